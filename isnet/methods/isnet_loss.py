@@ -1,0 +1,202 @@
+"""ISNet heatmap loss: background relevance minimisation (DESIGN §4).
+
+Works on heatmap tensors only (the LRP engine lives in ``isnet.lrp``), so it can
+be tested and reused without a model.  Shapes: heatmaps ``[B, K, H, W]`` (one
+map per explained class, already summed over colour channels), masks
+``[B, 1, H, W]`` or ``[B, H, W]`` with 1 = lung.
+
+Foreground scaling, our choice: with ``F`` the raw total ``|R|`` inside the
+lungs, the penalty is ``((C1 - F) / C1)**2`` below the band and
+``((F - C2) / C2)**2`` above it.  Dividing by the violated bound makes both
+sides relative errors, so "20 % too little" and "20 % too much" cost the same
+although C2 can be up to 25x C1, and the term is independent of the units of
+the relevance (a raw squared error would be dominated by the upper band).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F_nn
+from torch import Tensor
+
+from .gwrp import gwrp
+from .isnet_targets import VARIANTS, explain_targets
+
+__all__ = [
+    "ISNetLossConfig",
+    "explain_targets",
+    "isnet_heatmap_loss",
+    "isnet_total_loss",
+    "lung_relevance_totals",
+    "tune_foreground_band",
+]
+
+
+@dataclass
+class ISNetLossConfig:
+    """Hyper-parameters of the ISNet loss, with the published defaults.
+
+    P: weight of the heatmap loss against cross-entropy, L = (1-P)·CE + P·L_hm.
+    d: GWRP decay (0.996 in a later version of the method).
+    E: squashing constant in f(v) = v / (v + E).
+    A, B: weights of the background and foreground terms (B = 1 in later versions).
+    C1, C2: band for the total lung relevance; None until tuned
+        (see ``tune_foreground_band``).  Required unless B == 0.
+    variant: which classes are explained: "original" | "stochastic" | "selective".
+    eps_norm: added to the mean lung |R| before dividing, so a vanishing lung
+        relevance does not divide by zero.
+    mask_threshold: mask values above it count as lung.
+    """
+
+    P: float = 0.7
+    d: float = 0.9
+    E: float = 1.0
+    A: float = 1.0
+    B: float = 3.0
+    C1: float | None = None
+    C2: float | None = None
+    variant: str = "original"
+    eps_norm: float = 1e-6
+    mask_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.P <= 1.0:
+            raise ValueError(f"ISNetLossConfig.P must lie in [0, 1], got {self.P}")
+        if not 0.0 <= self.d <= 1.0:
+            raise ValueError(f"ISNetLossConfig.d (GWRP decay) must lie in [0, 1], got {self.d}")
+        if not self.E > 0.0:
+            raise ValueError(f"ISNetLossConfig.E must be > 0, got {self.E}")
+        if self.A < 0.0 or self.B < 0.0:
+            raise ValueError(f"ISNetLossConfig.A and B must be >= 0, got A={self.A}, B={self.B}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"ISNetLossConfig.variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
+        if not self.eps_norm > 0.0:
+            raise ValueError(f"ISNetLossConfig.eps_norm must be > 0, got {self.eps_norm}")
+        if self.C1 is not None and not self.C1 > 0.0:
+            raise ValueError(f"ISNetLossConfig.C1 must be > 0, got {self.C1}")
+        if self.C2 is not None and not self.C2 > 0.0:
+            raise ValueError(f"ISNetLossConfig.C2 must be > 0, got {self.C2}")
+        if self.C1 is not None and self.C2 is not None and self.C2 < self.C1:
+            raise ValueError(f"ISNetLossConfig needs C1 <= C2, got C1={self.C1}, C2={self.C2}")
+
+
+def _prepare(heatmaps: Tensor, masks: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
+    """Check shapes; return |R| [B, K, H, W] (float32 at least) and a 0/1 mask [B, 1, H, W]."""
+    if not isinstance(heatmaps, Tensor) or heatmaps.dim() != 4:
+        shape = tuple(heatmaps.shape) if isinstance(heatmaps, Tensor) else type(heatmaps).__name__
+        raise ValueError(f"heatmaps must have shape [B, K, H, W], got {shape}")
+    if not heatmaps.is_floating_point():
+        raise ValueError(f"heatmaps must be floating point, got {heatmaps.dtype}")
+    if not isinstance(masks, Tensor) or masks.dim() not in (3, 4):
+        shape = tuple(masks.shape) if isinstance(masks, Tensor) else type(masks).__name__
+        raise ValueError(f"masks must have shape [B, 1, H, W] or [B, H, W], got {shape}")
+    if masks.dim() == 3:
+        masks = masks.unsqueeze(1)
+    if masks.shape[1] != 1:
+        raise ValueError(f"masks must have a single channel, got shape {tuple(masks.shape)}")
+    if masks.shape[0] != heatmaps.shape[0]:
+        raise ValueError(f"masks batch size {masks.shape[0]} != heatmaps batch size {heatmaps.shape[0]}")
+    # Sums over ~50k pixels overflow half precision; compute the loss in float32 at least.
+    dtype = heatmaps.dtype if heatmaps.dtype in (torch.float32, torch.float64) else torch.float32
+    abs_r = heatmaps.to(dtype).abs()
+    masks = masks.detach().to(device=heatmaps.device, dtype=dtype)
+    if masks.shape[-2:] != heatmaps.shape[-2:]:
+        masks = F_nn.interpolate(masks, size=heatmaps.shape[-2:], mode="nearest")
+    return abs_r, (masks > threshold).to(dtype)
+
+
+def lung_relevance_totals(heatmaps: Tensor, masks: Tensor, mask_threshold: float = 0.5) -> Tensor:
+    """Raw total |R| inside the lungs per image and class, flattened to [B*K] (image-major).
+
+    Collected over a warm-up classifier to tune C1/C2 with ``tune_foreground_band``.
+    """
+    abs_r, m = _prepare(heatmaps, masks, mask_threshold)
+    return (abs_r * m).sum(dim=(-2, -1)).reshape(-1)
+
+
+def isnet_heatmap_loss(heatmaps: Tensor, masks: Tensor, cfg: ISNetLossConfig) -> dict[str, Tensor]:
+    """Background (L_bg), foreground (L_fg) and combined (L_hm) heatmap losses.
+
+    Returns batch means ``L_bg``, ``L_fg``, ``L_hm`` (differentiable) and the
+    detached diagnostics ``bg_share`` (share of |R| in the background) and
+    ``fg_total`` (mean raw lung |R|).  Raises ValueError when the foreground band
+    is not set and ``cfg.B != 0``.
+    """
+    if cfg.B != 0 and (cfg.C1 is None or cfg.C2 is None):
+        raise ValueError(
+            "ISNet foreground band C1/C2 is not set: tune it with tune_foreground_band() on the lung "
+            "relevance totals of a warm-up classifier (lung_relevance_totals), set cfg.C1 and cfg.C2 "
+            "explicitly, or disable the foreground term with cfg.B = 0"
+        )
+    abs_r, m = _prepare(heatmaps, masks, cfg.mask_threshold)
+    batch, n_maps = abs_r.shape[:2]
+
+    lung_total = (abs_r * m).sum(dim=(-2, -1))  # [B, K]
+    # Empty masks are rejected by manifest validation; clamp keeps a stray one finite.
+    lung_area = m.sum(dim=(-2, -1)).clamp_min(1.0)  # [B, 1]
+    lung_mean = lung_total / lung_area
+    # Normalising by the lung mean makes L_bg scale-free: only the background/lung ratio counts.
+    normed = abs_r / (lung_mean + cfg.eps_norm)[..., None, None]
+    background = (normed * (1.0 - m)).reshape(batch * n_maps, -1)
+    pooled = gwrp(background, cfg.d).reshape(batch, n_maps)
+    # -log(1 - f(v)) with f(v) = v / (v + E) equals log((v + E) / E) = log1p(v / E): stable for any v >= 0.
+    l_bg = torch.log1p(pooled / cfg.E).mean(dim=1).mean()
+
+    if cfg.B == 0 and (cfg.C1 is None or cfg.C2 is None):
+        l_fg = torch.zeros((), dtype=abs_r.dtype, device=abs_r.device)
+    else:
+        c1, c2 = float(cfg.C1), float(cfg.C2)  # type: ignore[arg-type]
+        below = torch.clamp(c1 - lung_total, min=0.0) / c1
+        above = torch.clamp(lung_total - c2, min=0.0) / c2
+        l_fg = (below.square() + above.square()).mean()
+
+    l_hm = cfg.A * l_bg + cfg.B * l_fg
+
+    with torch.no_grad():
+        total = abs_r.sum(dim=(-2, -1))
+        bg_total = (abs_r * (1.0 - m)).sum(dim=(-2, -1))
+        tiny = torch.finfo(abs_r.dtype).tiny
+        bg_share = (bg_total / total.clamp_min(tiny)).mean()
+        fg_total = lung_total.mean()
+
+    return {
+        "L_bg": l_bg,
+        "L_fg": l_fg,
+        "L_hm": l_hm,
+        "bg_share": bg_share.detach(),
+        "fg_total": fg_total.detach(),
+    }
+
+
+def isnet_total_loss(ce: Tensor, terms: Mapping[str, Tensor] | Tensor, cfg: ISNetLossConfig) -> Tensor:
+    """Total ISNet objective (1 - P)·CE + P·L_hm; ``terms`` is the heatmap-loss dict or L_hm itself."""
+    l_hm = terms if isinstance(terms, Tensor) else terms["L_hm"]
+    return (1.0 - cfg.P) * ce + cfg.P * l_hm
+
+
+def tune_foreground_band(totals: Sequence[float] | Tensor) -> tuple[float, float]:
+    """C1, C2 from per-image total lung |R| of a plain warm-up classifier.
+
+    With mean μ and (population) std σ of the totals:
+    C1 = max(μ/5, μ − 3σ), C2 = min(25·C1, μ + 3σ).  Always 0 < C1 <= μ <= C2.
+    """
+    values = torch.as_tensor(totals, dtype=torch.float64).detach().reshape(-1).cpu()
+    if values.numel() < 2:
+        raise ValueError(
+            f"tune_foreground_band needs at least 2 lung relevance totals to estimate a spread, got {values.numel()}"
+        )
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError("tune_foreground_band got non-finite lung relevance totals (NaN or inf)")
+    mu = float(values.mean())
+    if mu <= 0.0:
+        raise ValueError(
+            f"tune_foreground_band: mean lung relevance is {mu} <= 0; the warm-up heatmaps carry no relevance "
+            "(check that they are absolute totals inside the lungs and that the classifier has trained)"
+        )
+    sigma = float(values.std(correction=0))
+    c1 = max(mu / 5.0, mu - 3.0 * sigma)
+    c2 = min(25.0 * c1, mu + 3.0 * sigma)
+    return c1, c2
