@@ -1,0 +1,5 @@
+import sys
+
+from isnet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,136 @@
+"""The typed run configuration.
+
+Every knob of a run lives here with its default, so that a YAML file only states what differs and the
+resolved config (logged to MLflow) says everything. Unknown keys are errors: a typo must never be ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+BACKBONES = ("small_cnn", "resnet18", "resnet50", "densenet121", "vgg16_bn")
+METHODS = ("standard", "isnet")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AugmentConfig(_Strict):
+    enabled: bool = True
+    prob: float = Field(0.5, ge=0, le=1)
+    rotate_deg: float = Field(5.0, ge=0, le=45)
+    scale: float = Field(0.05, ge=0, le=0.5)
+    translate: float = Field(0.03, ge=0, le=0.3)
+    gamma: tuple[float, float] = (0.8, 1.25)
+
+
+class DataConfig(_Strict):
+    classes: list[str] = ["normal", "covid", "tb"]
+    image_size: int = Field(128, ge=16, le=2048)
+    batch_size: int = Field(32, ge=1)
+    num_workers: int = Field(0, ge=0)
+    cache: Literal["memory", "none"] = "memory"
+    split_seed: int = 0
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    lower_percentile: float = Field(0.5, ge=0, lt=50)
+    upper_percentile: float = Field(99.5, gt=50, le=100)
+    augment: AugmentConfig = AugmentConfig()
+
+    @field_validator("classes")
+    @classmethod
+    def _two_distinct_classes(cls, v: list[str]) -> list[str]:
+        if len(v) < 2 or len(set(v)) != len(v):
+            raise ValueError("needs at least two distinct class names")
+        return v
+
+    @field_validator("split_fractions")
+    @classmethod
+    def _fractions_sum_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(f < 0 for f in v) or abs(sum(v) - 1.0) > 1e-6 or v[0] <= 0:
+            raise ValueError("must be three non-negative fractions (train, val, test) summing to 1")
+        return v
+
+
+class ModelConfig(_Strict):
+    backbone: Literal["small_cnn", "resnet18", "resnet50", "densenet121", "vgg16_bn"] = "resnet18"
+    width: int = Field(32, ge=4, description="base channel count of small_cnn")
+
+
+class OptimConfig(_Strict):
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    scheduler: Literal["cosine", "step", "none"] = "cosine"
+    step_size: int = Field(10, ge=1)
+    gamma: float = Field(0.1, gt=0, le=1)
+    epochs: int = Field(10, ge=1)
+    early_stopping_patience: int = Field(5, ge=0, description="epochs without val-loss improvement; 0 = off")
+    grad_clip_norm: Optional[float] = Field(None, gt=0)
+
+
+class ISNetConfig(_Strict):
+    """ISNet loss hyper-parameters; defaults are the published ones (DESIGN.md §4)."""
+
+    variant: Literal["original", "stochastic", "selective"] = "original"
+    P: float = Field(0.7, ge=0, le=1)
+    d: float = Field(0.9, gt=0, le=1)
+    E: float = Field(1.0, gt=0)
+    A: float = Field(1.0, ge=0)
+    B: float = Field(3.0, ge=0)
+    C1: Optional[float] = Field(None, gt=0)
+    C2: Optional[float] = Field(None, gt=0)
+    warmup_epochs: int = Field(2, ge=1, description="plain epochs used to tune C1/C2 when they are not set")
+    epsilon: float = Field(0.01, gt=0)
+    body_rule: Literal["epsilon", "zplus", "alpha2beta1", "epsilon_zplus"] = "epsilon"
+    first_rule: Literal["zb", "epsilon", "flat"] = "zb"
+    grad_clip_norm: Optional[float] = Field(1.0, gt=0)
+    heatmap_every: int = Field(1, ge=0, description="log a heatmap grid every N epochs; 0 = never")
+
+    @model_validator(mode="after")
+    def _band_ordered(self) -> "ISNetConfig":
+        if self.C1 is not None and self.C2 is not None and self.C1 >= self.C2:
+            raise ValueError(f"C1 ({self.C1}) must be smaller than C2 ({self.C2})")
+        return self
+
+
+class MethodParams(_Strict):
+    isnet: ISNetConfig = ISNetConfig()
+
+
+class RunConfig(_Strict):
+    seed: int = 0
+    deterministic: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["auto", "on", "off"] = "auto"
+    checkpoint_dir: str = "checkpoints"
+    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads; default: torch's choice")
+
+
+class TrackingConfig(_Strict):
+    experiment: str = "isnet"
+    run_name: Optional[str] = None
+    tracking_uri: Optional[str] = Field(None, description="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow/mlflow.db")
+    log_model: bool = True
+
+
+class TrainConfig(_Strict):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    train: RunConfig = RunConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    methods: list[Literal["standard", "isnet"]] = ["standard"]
+    method: MethodParams = MethodParams()
+
+    @field_validator("methods")
+    @classmethod
+    def _methods_compatible(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("lists a method twice")
+        if "standard" in v and len(v) > 1:
+            raise ValueError("'standard' means plain cross-entropy and cannot be combined with other methods")
+        return v or ["standard"]

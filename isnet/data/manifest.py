@@ -1,0 +1,200 @@
+"""The manifest: one row per radiograph (image, mask, label, site, patient_id, split, extras).
+
+Validation reports every problem at once, each with the manifest's file name, the row as a spreadsheet
+shows it (the header is row 1) and what is wrong, so that a user fixes a whole data set in one pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from isnet.data import io
+from isnet.data.splits import SPLITS, assign_splits
+from isnet.errors import ManifestError
+
+REQUIRED_COLUMNS = ("image", "label")
+KNOWN_COLUMNS = ("image", "mask", "label", "site", "patient_id", "split")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """Read a CSV or Parquet manifest; adds ``row`` (spreadsheet row number) and absolute paths."""
+    p = Path(path)
+    if not p.is_file():
+        raise ManifestError(f"manifest not found: {p}")
+    try:
+        if p.suffix.lower() in (".parquet", ".pq"):
+            df = pd.read_parquet(p)
+        else:
+            df = pd.read_csv(p, dtype=str, keep_default_na=False)
+    except Exception as exc:  # pandas raises many kinds for a malformed file
+        raise ManifestError(f"manifest {p} cannot be read: {exc}") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ManifestError(f"manifest {p} lacks required column(s) {missing}; it has {list(df.columns)}")
+    if df.empty:
+        raise ManifestError(f"manifest {p} has no rows")
+    df = df.copy()
+    for c in KNOWN_COLUMNS:
+        if c not in df.columns:
+            df[c] = ""
+        df[c] = df[c].fillna("").astype(str).str.strip()
+    df["split"] = df["split"].str.lower()
+    df["row"] = range(2, len(df) + 2)
+    base = p.resolve().parent
+    df["image_path"] = [_resolve(base, v) for v in df["image"]]
+    df["mask_path"] = [_resolve(base, v) if v else "" for v in df["mask"]]
+    if (df["site"] == "").any():
+        df.loc[df["site"] == "", "site"] = "unknown"
+    return df
+
+
+def _resolve(base: Path, value: str) -> str:
+    q = Path(value).expanduser()
+    return str(q if q.is_absolute() else base / q)
+
+
+@dataclass
+class ValidationReport:
+    manifest: Path
+    problems: list[str] = field(default_factory=list)
+
+    def add(self, row: int | None, what: str) -> None:
+        where = f"row {row}: " if row is not None else ""
+        self.problems.append(f"{self.manifest.name}: {where}{what}")
+
+    def raise_if_any(self) -> None:
+        if self.problems:
+            raise ManifestError(f"manifest {self.manifest} has {len(self.problems)} problem(s):", self.problems)
+
+
+def validate_manifest(df: pd.DataFrame, manifest: str | Path, classes: Iterable[str], *,
+                      require_masks: bool = False, check_files: bool = True) -> ValidationReport:
+    """Check schema, labels, splits, patient leakage, files, masks and duplicates; collect all problems."""
+    report = ValidationReport(Path(manifest))
+    classes = list(classes)
+    bad_labels = df[~df["label"].isin(classes)]
+    for r, lab in zip(bad_labels["row"], bad_labels["label"]):
+        shown = repr(lab) if lab else "empty"
+        report.add(r, f"unknown label {shown}; expected one of {classes}")
+    bad_split = df[~df["split"].isin(("",) + SPLITS)]
+    for r, s in zip(bad_split["row"], bad_split["split"]):
+        report.add(r, f"unknown split {s!r}; expected train, val, test or empty")
+    _check_patient_leakage(df, report)
+    dup = df[df["image_path"].duplicated(keep=False)]
+    for path, group in dup.groupby("image_path"):
+        report.add(None, f"image {Path(path).name!r} is listed in several rows {list(group['row'])}")
+    if check_files:
+        _check_files(df, report, require_masks)
+    elif require_masks:
+        for r in df.loc[df["mask"] == "", "row"]:
+            report.add(r, "mask cell is empty but this run needs lung masks")
+    return report
+
+
+def _check_patient_leakage(df: pd.DataFrame, report: ValidationReport) -> None:
+    named = df[(df["patient_id"] != "") & (df["split"] != "")]
+    for pid, group in named.groupby("patient_id"):
+        splits = sorted(set(group["split"]))
+        if len(splits) > 1:
+            report.add(None, f"patient {pid!r} appears in splits {splits} (rows {list(group['row'])}): "
+                             "one patient must stay in one split")
+
+
+def _check_files(df: pd.DataFrame, report: ValidationReport, require_masks: bool) -> None:
+    hashes: dict[str, int] = {}
+    for row in df.itertuples(index=False):
+        img = Path(row.image_path)
+        shape = None
+        if not img.is_file():
+            report.add(row.row, f"image file not found: {row.image!r} (looked at {img})")
+        else:
+            try:
+                shape = io.image_shape(img)
+            except Exception as exc:
+                report.add(row.row, f"image {row.image!r} cannot be read: {_short(exc)}")
+            else:
+                digest = sha256_file(img)
+                if digest in hashes:
+                    report.add(row.row, f"image {row.image!r} has the same content as the image in row {hashes[digest]}")
+                else:
+                    hashes[digest] = row.row
+        if not row.mask:
+            if require_masks:
+                report.add(row.row, f"mask cell is empty for image {row.image!r} but this run needs lung masks")
+            continue
+        mpath = Path(row.mask_path)
+        if not mpath.is_file():
+            report.add(row.row, f"mask file not found: {row.mask!r} (looked at {mpath})")
+            continue
+        try:
+            mask = io.read_mask(mpath)
+        except Exception as exc:
+            report.add(row.row, f"mask {row.mask!r} cannot be read: {_short(exc)}")
+            continue
+        if shape is not None and tuple(mask.shape) != tuple(shape):
+            report.add(row.row, f"mask {row.mask!r} is {mask.shape[1]}x{mask.shape[0]} but image {row.image!r} "
+                                f"is {shape[1]}x{shape[0]} (width x height)")
+        if mask.sum() == 0:
+            report.add(row.row, f"mask {row.mask!r} is empty (no lung pixels)")
+        elif mask.all():
+            report.add(row.row, f"mask {row.mask!r} covers the whole image (all ones)")
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]
+
+
+@dataclass
+class Manifest:
+    """A validated manifest with every row's split decided."""
+
+    path: Path
+    frame: pd.DataFrame
+    classes: list[str]
+    sha256: str
+
+    def rows(self, split: str) -> pd.DataFrame:
+        return self.frame[self.frame["split"] == split]
+
+    def records(self, split: str) -> list[dict]:
+        """Dictionaries for the MONAI pipeline: file paths, the class index and what reports need."""
+        index = {c: i for i, c in enumerate(self.classes)}
+        out = []
+        for r in self.rows(split).itertuples(index=False):
+            out.append({"image": r.image_path, "mask": r.mask_path, "label": index[r.label],
+                        "row": int(r.row), "site": r.site, "patient_id": r.patient_id})
+        return out
+
+    def counts(self) -> pd.DataFrame:
+        return self.frame.groupby(["split", "label"]).size().unstack(fill_value=0)
+
+
+def load_manifest(path: str | Path, classes: Iterable[str], *, require_masks: bool = False,
+                  check_files: bool = True, split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+                  split_seed: int = 0, need_splits: Iterable[str] = ("train", "val")) -> Manifest:
+    """Read, validate (raising one error listing every problem) and complete the splits of a manifest."""
+    p = Path(path)
+    classes = list(classes)
+    df = read_manifest(p)
+    validate_manifest(df, p, classes, require_masks=require_masks, check_files=check_files).raise_if_any()
+    df = assign_splits(df, split_fractions, split_seed)
+    present = set(df["split"])
+    missing = [s for s in need_splits if s not in present]
+    if missing:
+        raise ManifestError(f"manifest {p}: no rows in split(s) {missing} after assignment; "
+                            f"add rows or leave the split column empty for automatic assignment")
+    return Manifest(path=p, frame=df, classes=classes, sha256=sha256_file(p))

@@ -1,0 +1,90 @@
+"""MONAI dictionary pipelines that turn manifest records into ``{image, mask, label}`` tensors.
+
+Geometry (resize, pad, affine augmentation) is applied to image and mask together so the lung mask stays
+aligned with the pixels it describes; intensity changes touch the image only. The deterministic prefix
+(load → normalise → resize) is what ``CacheDataset`` keeps in memory.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Hashable, Mapping
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import (
+    Compose,
+    EnsureTyped,
+    MapTransform,
+    RandAdjustContrastd,
+    RandAffined,
+    Resized,
+    ScaleIntensityRangePercentilesd,
+    SpatialPadd,
+)
+
+from isnet.config.schema import DataConfig
+from isnet.data import io
+
+
+class LoadXrayd(MapTransform):
+    """Read an image (PNG/JPEG/DICOM) and its lung mask (PNG/NIfTI) into channel-first float arrays.
+
+    A record without a mask gets an all-zero mask and ``has_mask = 0``, so methods that need masks can
+    tell the difference instead of treating the whole image as background.
+    """
+
+    def __init__(self, image_key: str = "image", mask_key: str = "mask"):
+        super().__init__(keys=[image_key, mask_key], allow_missing_keys=True)
+        self.image_key, self.mask_key = image_key, mask_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        try:
+            img = io.read_image(str(d[self.image_key]))
+        except Exception as exc:
+            where = f" (manifest row {d['row']})" if "row" in d else ""
+            raise RuntimeError(f"cannot read image {d[self.image_key]}{where}: {exc}") from exc
+        mask_path = d.get(self.mask_key) or ""
+        if mask_path:
+            mask = io.read_mask(str(mask_path)).astype(np.float32)
+            d["has_mask"] = 1
+        else:
+            mask = np.zeros_like(img, dtype=np.float32)
+            d["has_mask"] = 0
+        d[self.image_key] = img[None]
+        d[self.mask_key] = mask[None]
+        return d
+
+
+def base_transforms(cfg: DataConfig) -> list:
+    size = cfg.image_size
+    return [
+        LoadXrayd(),
+        ScaleIntensityRangePercentilesd(keys="image", lower=cfg.lower_percentile, upper=cfg.upper_percentile,
+                                        b_min=0.0, b_max=1.0, clip=True),
+        Resized(keys=["image", "mask"], spatial_size=size, size_mode="longest", mode=("area", "nearest")),
+        SpatialPadd(keys=["image", "mask"], spatial_size=(size, size)),
+    ]
+
+
+def augment_transforms(cfg: DataConfig) -> list:
+    a = cfg.augment
+    if not a.enabled:
+        return []
+    shift = a.translate * cfg.image_size
+    return [
+        RandAffined(keys=["image", "mask"], prob=a.prob, rotate_range=math.radians(a.rotate_deg),
+                    scale_range=(a.scale, a.scale), translate_range=(shift, shift),
+                    mode=("bilinear", "nearest"), padding_mode="zeros"),
+        RandAdjustContrastd(keys="image", prob=a.prob, gamma=a.gamma),
+    ]
+
+
+def build_transforms(cfg: DataConfig, train: bool) -> Compose:
+    steps = base_transforms(cfg)
+    if train:
+        steps += augment_transforms(cfg)
+    steps.append(EnsureTyped(keys=["image", "mask"], dtype=torch.float32, track_meta=False))
+    return Compose(steps)

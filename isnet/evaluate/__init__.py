@@ -1,0 +1,1 @@
+"""Evaluation: classification metrics, stress tests and external-site reports."""

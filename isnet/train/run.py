@@ -1,0 +1,110 @@
+"""``train()``: the Python entry point behind ``isnet train`` (manifest → validated data → model → MLflow)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from isnet.config.load import config_to_dict
+from isnet.config.schema import TrainConfig
+from isnet.data.manifest import load_manifest
+from isnet.errors import UserError
+from isnet.methods import build_methods
+from isnet.models import build_classifier
+from isnet.tracking import Tracker
+from isnet.train.checkpoint import CheckpointError, load_checkpoint
+from isnet.train.seeding import seed_everything
+from isnet.train.trainer import FitResult, Trainer, TrainingDiverged
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _resume_state(cfg: TrainConfig, run_id: str) -> tuple[TrainConfig, dict, Path]:
+    ckpt_dir = Path(cfg.train.checkpoint_dir) / run_id
+    last = ckpt_dir / "last.pt"
+    if not last.is_file():
+        raise UserError(f"cannot resume run {run_id}: no checkpoint at {last} (a run writes one after its "
+                        f"first finished epoch; check train.checkpoint_dir)")
+    try:
+        state = load_checkpoint(last)
+    except CheckpointError as exc:
+        raise UserError(f"cannot resume run {run_id}: {exc}") from None
+    saved = TrainConfig.model_validate(state["config"])
+    if config_to_dict(saved) != config_to_dict(cfg):
+        print(f"note: resuming run {run_id} with the configuration it was started with", flush=True)
+    return saved, state, ckpt_dir
+
+
+def train(cfg: TrainConfig, manifest_path: str | Path, *, resume: str | None = None,
+          progress: bool | None = None) -> FitResult:
+    """Train a classifier with the configured methods; ``resume`` continues a run from its last checkpoint."""
+    state = None
+    if resume:
+        cfg, state, _ = _resume_state(cfg, resume)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
+    device = resolve_device(cfg.train.device)
+    methods = build_methods(cfg.methods, cfg)
+    manifest = load_manifest(manifest_path, cfg.data.classes, require_masks=any(m.needs_masks for m in methods),
+                             split_fractions=cfg.data.split_fractions, split_seed=cfg.data.split_seed)
+    if state is not None and state.get("manifest_sha256") != manifest.sha256:
+        raise UserError(f"cannot resume run {resume}: manifest {manifest_path} changed since the run started "
+                        f"(SHA-256 differs); start a new run instead")
+    model = build_classifier(cfg.model.backbone, len(cfg.data.classes), width=cfg.model.width)
+    tracker = Tracker(cfg.tracking.experiment, cfg.tracking.tracking_uri)
+    run_id = tracker.start(run_id=resume, run_name=cfg.tracking.run_name)
+    ckpt_dir = Path(cfg.train.checkpoint_dir) / (run_id or "local")
+    try:
+        trainer = Trainer(cfg, manifest, model, methods, tracker, device, ckpt_dir, progress=progress)
+        if state is not None:
+            trainer.load_state_dict(state)
+            print(f"resuming run {run_id} after epoch {trainer.epoch}", flush=True)
+        else:
+            tracker.log_run_context(config_to_dict(cfg), manifest.sha256, str(manifest_path))
+            _log_splits(tracker, manifest.frame)
+            counts = manifest.counts()
+            print(f"run {run_id} started; checkpoints in {ckpt_dir}\n"
+                  f"images per split and class:\n{counts.to_string()}", flush=True)
+        result = trainer.fit()
+        result.test_metrics = trainer.test()
+        tracker.log_metrics(result.test_metrics)
+        tracker.log_metrics({"best_epoch": result.best_epoch, "epochs_run": result.epochs_run})
+        tracker.log_artifact(trainer.best_path, "checkpoints")
+        if cfg.tracking.log_model:
+            size = cfg.data.image_size
+            example = np.zeros((1, 1, size, size), dtype=np.float32)
+            try:
+                tracker.log_model(trainer.model.cpu().eval(), example)
+            except Exception as exc:  # the weights are already logged as checkpoints/best.pt
+                print(f"warning: MLflow could not export the model ({type(exc).__name__}: {exc}); "
+                      f"the best checkpoint is logged under checkpoints/best.pt", flush=True)
+    except TrainingDiverged:
+        tracker.end("FAILED")
+        raise
+    except KeyboardInterrupt:
+        tracker.end("KILLED")
+        raise
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.end("FINISHED")
+    return result
+
+
+def _log_splits(tracker: Tracker, frame: pd.DataFrame) -> None:
+    cols = [c for c in frame.columns if c not in ("image_path", "mask_path")]
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Path(tmp) / "splits.csv"
+        frame[cols].to_csv(p, index=False)
+        tracker.log_artifact(p, "data")

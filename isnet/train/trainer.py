@@ -1,0 +1,269 @@
+"""The training loop: data, model, optimiser and the enabled methods composed through their hooks."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from isnet.config.load import config_to_dict
+from isnet.config.schema import TrainConfig
+from isnet.data.dataset import build_dataset, build_loader
+from isnet.data.manifest import Manifest
+from isnet.errors import UserError
+from isnet.methods.base import Method, StepOutput
+from isnet.tracking import Tracker
+from isnet.train.checkpoint import load_checkpoint, save_checkpoint
+from isnet.train.evaluation import per_site_accuracy, predict, score
+from isnet.train.seeding import epoch_seed
+
+CHECKPOINT_FORMAT = 1
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class FitResult:
+    run_id: str | None
+    epochs_run: int
+    best_epoch: int
+    best_val_loss: float
+    checkpoint_dir: Path
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if o.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+
+
+def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
+    o = cfg.optim
+    if o.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=o.epochs)
+    if o.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=o.step_size, gamma=o.gamma)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+class Trainer:
+    """Owns one training run; methods see it through their hooks (model, loaders, device, tracker, config)."""
+
+    def __init__(self, cfg: TrainConfig, manifest: Manifest, model: torch.nn.Module, methods: list[Method],
+                 tracker: Tracker, device: torch.device, checkpoint_dir: Path, progress: bool | None = None):
+        self.cfg = cfg
+        self.manifest = manifest
+        self.model = model.to(device)
+        self.methods = methods
+        self.tracker = tracker
+        self.device = device
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.progress = progress
+        self.num_classes = len(cfg.data.classes)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg)
+        self.epoch = 0  # completed epochs
+        self.global_step = 0
+        self.best_val_loss = math.inf
+        self.best_epoch = 0
+        self.bad_epochs = 0
+        self.history: list[dict[str, float]] = []
+        self.train_ds = build_dataset(manifest.records("train"), cfg.data, train=True)
+        self.val_ds = build_dataset(manifest.records("val"), cfg.data, train=False)
+        self.train_loader = build_loader(self.train_ds, cfg.data, shuffle=True, generator=torch.Generator())
+        self.val_loader = build_loader(self.val_ds, cfg.data, shuffle=False)
+        use_amp = device.type == "cuda" and cfg.train.amp != "off"
+        self.amp_dtype = (torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+                          else torch.float16) if use_amp else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "best_val_loss": self.best_val_loss,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "history": self.history,
+            "methods": {m.name: m.state_dict() for m in self.methods},
+            "config": config_to_dict(self.cfg),
+            "classes": list(self.cfg.data.classes),
+            "run_id": self.tracker.run_id,
+            "manifest_sha256": self.manifest.sha256,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch = int(state["epoch"])
+        self.global_step = int(state["global_step"])
+        self.best_val_loss = float(state["best_val_loss"])
+        self.best_epoch = int(state["best_epoch"])
+        self.bad_epochs = int(state["bad_epochs"])
+        self.history = list(state["history"])
+        for m in self.methods:
+            m.load_state_dict(state["methods"].get(m.name, {}))
+
+    @property
+    def last_path(self) -> Path:
+        return self.checkpoint_dir / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.checkpoint_dir / "best.pt"
+
+    def resume_from(self, path: Path) -> None:
+        self.load_state_dict(load_checkpoint(path, map_location=self.device))
+
+    # -- one step ------------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def forward(self, batch: dict) -> StepOutput:
+        owner = next((m for m in self.methods if m.owns_forward), None)
+        if owner is not None:
+            return owner.forward(self.model, batch, self)
+        with self._autocast():
+            return StepOutput(logits=self.model(batch["image"]))
+
+    def train_step(self, batch: dict) -> dict[str, float]:
+        batch = {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        for m in self.methods:
+            batch = m.before_forward(batch, self)
+        out = self.forward(batch)
+        logits = out.logits.float()
+        ce = F.cross_entropy(logits, batch["label"])
+        total = ce
+        metrics: dict[str, float] = {"ce": float(ce.detach())}
+        for m in self.methods:
+            total, extra = m.loss(total, ce, out, batch, self)
+            metrics.update(extra)
+        if not torch.isfinite(total):
+            raise TrainingDiverged(
+                f"loss became {float(total)} at epoch {self.epoch + 1}, step {self.global_step + 1}; training "
+                f"stopped and the last good checkpoint is kept at {self.last_path}. Lower the learning rate "
+                f"or enable gradient clipping (optim.grad_clip_norm).")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        clip = [c for c in [self.cfg.optim.grad_clip_norm] + [m.grad_clip_norm() for m in self.methods] if c]
+        if clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), min(clip))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        for m in self.methods:
+            m.after_step(self)
+        self.global_step += 1
+        metrics["loss"] = float(total.detach())
+        metrics["correct"] = float((logits.argmax(1) == batch["label"]).sum())
+        metrics["n"] = float(len(batch["label"]))
+        return metrics
+
+    # -- epochs --------------------------------------------------------------------------------------
+    def train_epoch(self) -> dict[str, float]:
+        e = self.epoch + 1
+        seed = epoch_seed(self.cfg.train.seed, e)
+        torch.manual_seed(seed)
+        self.train_loader.generator.manual_seed(seed)
+        if hasattr(self.train_ds.transform, "set_random_state"):
+            self.train_ds.transform.set_random_state(seed=seed)
+        for m in self.methods:
+            m.on_epoch_start(e, self)
+        self.model.train()
+        sums: dict[str, float] = {}
+        bar = tqdm(self.train_loader, desc=f"epoch {e}/{self.cfg.optim.epochs}", leave=False, file=sys.stderr,
+                   disable=self.progress is False or (self.progress is None and not sys.stderr.isatty()))
+        for batch in bar:
+            m = self.train_step(batch)
+            n = m.pop("n")
+            for k, v in m.items():
+                sums[k] = sums.get(k, 0.0) + (v if k == "correct" else v * n)
+            sums["n"] = sums.get("n", 0.0) + n
+            bar.set_postfix(loss=f"{sums['loss'] / sums['n']:.3f}", acc=f"{sums['correct'] / sums['n']:.3f}")
+        n = max(sums.pop("n", 1.0), 1.0)
+        out = {f"train_{k}": v / n for k, v in sums.items() if k != "correct"}
+        out["train_accuracy"] = sums.get("correct", 0.0) / n
+        return out
+
+    def validate(self) -> dict[str, float]:
+        pred = predict(self.model, self.val_loader, self.device)
+        metrics = {f"val_{k}": v for k, v in score(pred, self.num_classes).items()}
+        for m in self.methods:
+            metrics.update(m.validation_metrics(self, self.epoch + 1))
+        return metrics
+
+    def fit(self) -> FitResult:
+        """Train until the configured epochs or early stopping; checkpoint after every epoch."""
+        for m in self.methods:
+            m.on_fit_start(self)
+        patience = self.cfg.optim.early_stopping_patience
+        while self.epoch < self.cfg.optim.epochs:
+            if patience and self.bad_epochs >= patience:
+                break
+            t0 = time.perf_counter()
+            metrics = self.train_epoch()
+            metrics.update(self.validate())
+            metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+            self.scheduler.step()
+            self.epoch += 1
+            metrics["epoch_seconds"] = time.perf_counter() - t0
+            improved = metrics["val_loss"] < self.best_val_loss - 1e-6
+            if improved:
+                self.best_val_loss, self.best_epoch, self.bad_epochs = metrics["val_loss"], self.epoch, 0
+            else:
+                self.bad_epochs += 1
+            self.history.append({"epoch": float(self.epoch), **metrics})
+            self.tracker.log_metrics(metrics, step=self.epoch)
+            if improved:
+                save_checkpoint(self.best_weights_state(), self.best_path)
+            save_checkpoint(self.state_dict(), self.last_path)
+            print(f"epoch {self.epoch}/{self.cfg.optim.epochs}  train loss {metrics['train_loss']:.4f} "
+                  f"acc {metrics['train_accuracy']:.3f}  val loss {metrics['val_loss']:.4f} "
+                  f"acc {metrics['val_accuracy']:.3f} auc {metrics['val_macro_auc']:.3f}  "
+                  f"({metrics['epoch_seconds']:.0f}s){'  *best' if improved else ''}", flush=True)
+        if patience and self.bad_epochs >= patience and self.epoch < self.cfg.optim.epochs:
+            print(f"early stopping: no validation-loss improvement for {patience} epochs", flush=True)
+        return FitResult(self.tracker.run_id, self.epoch, self.best_epoch, self.best_val_loss,
+                         self.checkpoint_dir, history=self.history)
+
+    def best_weights_state(self) -> dict[str, Any]:
+        return {"format": CHECKPOINT_FORMAT, "model": self.model.state_dict(), "epoch": self.epoch,
+                "val_loss": self.best_val_loss, "config": config_to_dict(self.cfg),
+                "classes": list(self.cfg.data.classes), "run_id": self.tracker.run_id}
+
+    def test(self) -> dict[str, float]:
+        """Score the best checkpoint on the test split (overall and per site)."""
+        records = self.manifest.records("test")
+        if not records:
+            return {}
+        best = load_checkpoint(self.best_path, map_location=self.device)
+        self.model.load_state_dict(best["model"])
+        ds = build_dataset(records, self.cfg.data, train=False)
+        pred = predict(self.model, build_loader(ds, self.cfg.data, shuffle=False), self.device)
+        out = {f"test_{k}": v for k, v in score(pred, self.num_classes).items()}
+        out.update({f"test_accuracy_{site}": v for site, v in per_site_accuracy(pred).items()})
+        return out
