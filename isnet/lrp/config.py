@@ -1,0 +1,42 @@
+"""Configuration of the LRP rules used to build ISNet heatmaps."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BODY_RULES = ("epsilon", "zplus", "alpha2beta1", "epsilon_zplus")
+FIRST_RULES = ("zb", "epsilon", "flat")
+
+
+@dataclass(frozen=True)
+class LRPConfig:
+    """Which LRP rules to use and their parameters.
+
+    epsilon: LRP-ε stabiliser, z + sign(z)·ε with sign(0)=+1; also the stabiliser of every other rule's
+        denominator, so that a single knob controls how much relevance the stabilisers absorb.
+    body_rule: "epsilon" | "zplus" | "alpha2beta1" | "epsilon_zplus" (ε for dense layers, z⁺ for convolutions).
+        Pooling layers and residual sums always use the ε rule.
+    first_rule: rule of the first convolution/dense layer: "zb" (bounded z^B), "epsilon" or "flat".
+    low, high: z^B bounds, i.e. the range of the input pixels (isnet normalises images to [0, 1]).
+    """
+
+    epsilon: float = 0.01
+    body_rule: str = "epsilon"
+    first_rule: str = "zb"
+    low: float = 0.0
+    high: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.body_rule not in BODY_RULES:
+            raise ValueError(f"body_rule must be one of {BODY_RULES}, got {self.body_rule!r}")
+        if self.first_rule not in FIRST_RULES:
+            raise ValueError(f"first_rule must be one of {FIRST_RULES}, got {self.first_rule!r}")
+        if self.epsilon < 0:
+            raise ValueError("epsilon must be >= 0")
+        if self.low > self.high:
+            raise ValueError("low must not exceed high")
+
+    def layer_rule(self, dense: bool) -> str:
+        """The body rule for a dense (Linear) or convolutional layer."""
+        if self.body_rule == "epsilon_zplus":
+            return "epsilon" if dense else "zplus"
+        return self.body_rule

@@ -1,0 +1,117 @@
+"""Public entry: differentiable LRP heatmaps for the classifiers isnet trains."""
+from __future__ import annotations
+
+from typing import Callable, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.densenet import DenseNet
+from torchvision.models.resnet import ResNet
+from torchvision.models.vgg import VGG
+
+from .config import LRPConfig
+from .densenet import check_densenet, densenet_forward
+from .resnet import check_resnet, resnet_forward
+from .rules import relevance_pass
+from .sequential import check_layers, sequential_forward
+from .tracer import Tracer
+from .vgg import check_vgg, vgg_forward
+
+Targets = Union[Tensor, Callable[[Tensor], Tensor]]
+
+_ARCHS = (
+    (ResNet, check_resnet, resnet_forward),
+    (DenseNet, check_densenet, densenet_forward),
+    (VGG, check_vgg, vgg_forward),
+    (nn.Sequential, lambda m: check_layers(m), sequential_forward),
+)
+
+
+def _forward_for(model: nn.Module) -> Callable[[Tracer, nn.Module, Tensor], Tensor]:
+    for cls, check, forward in _ARCHS:
+        if isinstance(model, cls):
+            check(model)
+            return forward
+    raise TypeError(f"LRP: unsupported model type {type(model).__name__}")
+
+
+def supports_model(model: nn.Module) -> bool:
+    """Whether :func:`lrp_heatmaps` can explain ``model`` (a TypeError would name the offending layer)."""
+    try:
+        _forward_for(model)
+    except TypeError:
+        return False
+    return True
+
+
+def _initial_relevance(logits: Tensor, targets: Targets) -> Tensor:
+    """[B, K, C] relevance at the output: one-hot × logit for class indices, or the given float relevance."""
+    if callable(targets):
+        targets = targets(logits.detach())
+    targets = torch.as_tensor(targets, device=logits.device)
+    batch, n_classes = logits.shape
+    if not targets.is_floating_point():
+        if targets.dim() == 1:
+            targets = targets[:, None]
+        if targets.shape[0] != batch or targets.dim() != 2:
+            raise ValueError(f"class-index targets must be [B, K] with B={batch}, got {tuple(targets.shape)}")
+        if targets.numel() and (targets.min() < 0 or targets.max() >= n_classes):
+            raise ValueError(f"class indices must lie in [0, {n_classes})")
+        return F.one_hot(targets.long(), n_classes).to(logits.dtype) * logits[:, None, :]
+    if targets.dim() == 2:
+        targets = targets[:, None, :]
+    if targets.dim() != 3 or targets.shape[0] != batch or targets.shape[2] != n_classes:
+        raise ValueError(f"relevance targets must be [B, K, C]=[{batch}, K, {n_classes}], got {tuple(targets.shape)}")
+    return targets.to(logits.dtype)
+
+
+def lrp_heatmaps(
+    model: nn.Module,
+    x: Tensor,
+    targets: Targets,
+    *,
+    config: LRPConfig = LRPConfig(),
+    create_graph: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Forward ``model`` once and explain it with LRP.
+
+    Returns (logits [B, C], heatmaps [B, K, H, W] summed over input channels). ``targets``: LongTensor [B, K]
+    of classes to explain (initial relevance = one-hot × logit), float Tensor [B, K, C] of initial relevances,
+    or a callable mapping the detached logits to either. The logits are exactly ``model(x)`` (same graph, same
+    dropout mask, BN running statistics updated once), so a trainer needs no second forward; with
+    ``create_graph=True`` the heatmaps are differentiable functions of the weights. The K heatmaps share one
+    batched backward pass.
+    """
+    forward = _forward_for(model)
+    grad_enabled = torch.is_grad_enabled()
+    with torch.enable_grad():
+        xr = x if x.requires_grad else x.detach().requires_grad_(True)
+        tr = Tracer(xr, config)
+        logits = tr.output(forward(tr, model, xr))
+        if logits.dim() != 2:
+            raise ValueError(f"LRP: expected logits [B, C], got {tuple(logits.shape)}")
+        rel = _initial_relevance(logits, targets)
+        inputs = [t for t, _ in tr.heat_terms]
+        n_maps = rel.shape[1]
+        with relevance_pass():
+            grads = torch.autograd.grad(
+                logits,
+                inputs,
+                rel[:, 0] if n_maps == 1 else rel.transpose(0, 1),
+                retain_graph=True,
+                create_graph=create_graph,
+                allow_unused=True,
+                is_grads_batched=n_maps > 1,
+            )
+        heat = torch.zeros((n_maps,) + tuple(x.shape), dtype=logits.dtype, device=x.device)
+        for (t, coef), g in zip(tr.heat_terms, grads):
+            if g is not None:
+                g = g if n_maps > 1 else g[None]
+                heat = heat + coef * t * g
+        heat = heat.sum(2).transpose(0, 1)
+    if not create_graph:
+        heat = heat.detach()
+    if not grad_enabled:
+        logits = logits.detach()
+    return logits, heat

@@ -1,0 +1,181 @@
+"""LRP-aware functional building blocks used by the per-architecture forwards.
+
+Each method computes exactly what the model's own module computes (the modules themselves are called, so
+logits, dropout masks and BN running statistics are those of ``model(x)``) and attaches the LRP rule of that
+layer as an identity-forward autograd Function (see :mod:`isnet.lrp.rules`). A "layer" here is a linear map with
+any BatchNorm that directly follows it folded in; the rule Function sits at the BN output.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .batchnorm import batch_norm, channel_shape
+from .config import LRPConfig
+from .rules import AlphaBetaOut, EpsilonOut, RoutedOut, RuleInfo
+
+Op = Callable[[Tensor, Tensor], Tensor]
+
+
+def _conv_op(conv: nn.Conv2d) -> Op:
+    def op(inp: Tensor, w: Tensor) -> Tensor:
+        return F.conv2d(inp, w, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+    return op
+
+
+def _linear_op(inp: Tensor, w: Tensor) -> Tensor:
+    return F.linear(inp, w)
+
+
+def _channel_op(inp: Tensor, w: Tensor) -> Tensor:
+    return inp * channel_shape(w, inp.dim())
+
+
+class Tracer:
+    """Holds the rule configuration and the bookkeeping of one LRP-aware forward pass.
+
+    ``heat_terms`` lists (tensor, coefficient) pairs; the heatmap is Σ coef · tensor · ∂/∂tensor, i.e. x·∇x for
+    ε, and x·∇x − l·∇l − h·∇h for z^B (the three-term trick).
+    """
+
+    def __init__(self, x: Tensor, config: LRPConfig) -> None:
+        self.x = x
+        self.config = config
+        self.heat_terms: list[tuple[Tensor, float]] = [(x, 1.0)]
+        self._first_pending = True
+        self._last_out: Optional[Tensor] = None
+        self._last_info: Optional[RuleInfo] = None
+
+    # ------------------------------------------------------------------ rule plumbing
+    def _info(self, **kwargs: float) -> RuleInfo:
+        return RuleInfo(self.config.epsilon, **kwargs)
+
+    def _emit(self, out: Tensor, info: RuleInfo) -> Tensor:
+        self._last_out, self._last_info = out, info
+        return out
+
+    def epsilon(self, y: Tensor) -> Tensor:
+        """LRP-ε at ``y`` (output of any linear map, including pooling and sums)."""
+        info = self._info()
+        return self._emit(EpsilonOut.apply(y, info), info)
+
+    def _rule(self, y: Tensor, a: Tensor, op: Op, w: Tensor, b: Optional[Tensor], rule: str) -> Tensor:
+        """z⁺ or α2β1 for the linear map ``y = op(a, w) + b`` (zennit's conventions for signs and biases)."""
+        if rule == "epsilon":
+            return self.epsilon(y)
+        has_neg = bool((a < 0).any())
+        a_pos = a.clamp(min=0) if has_neg else a
+        a_neg = a.clamp(max=0) if has_neg else None
+        w_pos, w_neg = w.clamp(min=0), w.clamp(max=0)
+
+        def term(first_w: Tensor, bias: Optional[Tensor], second_w: Tensor) -> Tensor:
+            z = op(a_pos, first_w)
+            if bias is not None:
+                z = z + channel_shape(bias, z.dim())
+            if a_neg is not None:
+                z = z + op(a_neg, second_w)
+            return z
+
+        zpos = term(w_pos, None if b is None else b.clamp(min=0), w_neg)
+        if rule == "zplus":
+            info = self._info()
+            return self._emit(RoutedOut.apply(y, info, zpos, zpos), info)
+        if rule == "alpha2beta1":
+            zneg = term(w_neg, None if b is None else b.clamp(max=0), w_pos)
+            info = self._info(alpha=2.0, beta=1.0)
+            return self._emit(AlphaBetaOut.apply(y, info, zpos, zneg), info)
+        raise ValueError(f"unknown rule {rule!r}")
+
+    def _first(self, y: Tensor, op: Op, w: Tensor) -> Tensor:
+        """The first layer's rule; its input is the model input ``self.x``."""
+        cfg, x = self.config, self.x
+        info = self._info()
+        if cfg.first_rule == "epsilon":
+            return self.epsilon(y)
+        if cfg.first_rule == "flat":
+            u = torch.ones_like(x).requires_grad_(True)
+            zu = op(u, torch.ones_like(w))
+            self.heat_terms = [(u, 1.0)]
+            return self._emit(RoutedOut.apply(y, info, zu, zu), info)
+        # z^B: denominator Σ x·w − l·w⁺ − h·w⁻ (biases cancel, as in zennit's ZBox); relevance via 3 terms.
+        zx = op(x, w)
+        den, routes = zx, [zx]
+        for bound, wmod in ((cfg.low, w.clamp(min=0)), (cfg.high, w.clamp(max=0))):
+            if bound == 0:
+                continue  # the term bound·∇bound vanishes
+            t = torch.full_like(x, bound).requires_grad_(True)
+            z = op(t, wmod)
+            den = den - z
+            routes.append(z)
+            self.heat_terms.append((t, -1.0))
+        return self._emit(RoutedOut.apply(y, info, den, *routes), info)
+
+    # ------------------------------------------------------------------ layers
+    def linear_layer(
+        self, a: Tensor, module: nn.Module, bn: Optional[nn.Module] = None, *, defer: bool = False
+    ) -> Tensor:
+        """Conv2d/Linear ``module`` on ``a``, optionally followed by ``bn`` (folded functionally).
+
+        defer=True returns the raw output without a rule, when every consumer is a BN whose ε rule at its
+        output completes the layer (DenseNet: a BN after a concatenation, split over its producers).
+        """
+        z = module(a)
+        s = t = None
+        y = z
+        if bn is not None:
+            y, s, t = batch_norm(bn, z)
+        first = self._first_pending and a is self.x
+        self._first_pending = False
+        dense = isinstance(module, nn.Linear)
+        rule = self.config.layer_rule(dense)
+        if not first and (rule == "epsilon" or defer):
+            return y if defer else self.epsilon(y)
+        w: Tensor = module.weight
+        b: Optional[Tensor] = module.bias
+        if s is not None:
+            w = w * s.reshape((-1,) + (1,) * (w.dim() - 1))
+            b = t if b is None else b * s + t
+        op = _linear_op if dense else _conv_op(module)  # type: ignore[arg-type]
+        if first:
+            return self._first(y, op, w)
+        return self._rule(y, a, op, w, b, rule)
+
+    def batch_norm(self, a: Tensor, bn: nn.Module) -> Tensor:
+        """A BatchNorm not preceded by a linear layer of its own: an elementwise linear layer."""
+        y, s, t = batch_norm(bn, a)
+        self._first_pending = self._first_pending and a is not self.x
+        return self._rule(y, a, _channel_op, s, t, self.config.layer_rule(dense=False))
+
+    def avg_pool(self, a: Tensor, pool: Callable[[Tensor], Tensor], *, defer: bool = False) -> Tensor:
+        """Average pooling is linear: LRP-ε at its output."""
+        y = pool(a)
+        return y if defer else self.epsilon(y)
+
+    def max_pool(self, a: Tensor, pool: nn.Module) -> Tensor:
+        """Max pooling: winner takes all, which is exactly the gradient of the max."""
+        return pool(a)
+
+    def add(self, a: Tensor, b: Tensor) -> Tensor:
+        """Residual sum: relevance shared in proportion to each branch's contribution (ε-stabilised)."""
+        return self.epsilon(a + b)
+
+    @staticmethod
+    def relu(a: Tensor) -> Tensor:
+        return F.relu(a)
+
+    @staticmethod
+    def dropout(a: Tensor, module: nn.Module) -> Tensor:
+        """Same call (and random mask) as the module, never in place."""
+        return F.dropout(a, module.p, module.training)
+
+    def output(self, y: Tensor) -> Tensor:
+        """Mark ``y`` as the model output: the layer producing it takes the initial relevance directly."""
+        if y is self._last_out and self._last_info is not None:
+            self._last_info.seed = True
+            return y
+        info = self._info(seed=True)  # fallback: an ε "identity layer" at the output
+        return self._emit(EpsilonOut.apply(y, info), info)
