@@ -34,17 +34,19 @@ def assign_splits(df: pd.DataFrame, fractions: tuple[float, float, float] = (0.7
         site=("_site", "first"),
     )
     rng = np.random.default_rng(seed)
-    cum = np.cumsum(fractions)
+    target = np.asarray(fractions, dtype=float)
+    counts = np.zeros(3)
     patient_split: dict[str, str] = {}
+    # Walk the strata one after another (patients shuffled within each) and give every patient to the
+    # split that is furthest behind its target share: exact overall proportions, and even a stratum of
+    # five patients contributes to train, val and test.
     for _, group in per_patient.groupby(["label", "site"], sort=True):
         ids = np.array(sorted(group.index))
         rng.shuffle(ids)
-        n = len(ids)
-        cuts = np.round(cum * n).astype(int)
-        # every stratum of at least 3 patients gives each non-empty split one patient
-        for i in range(3):
-            lo = 0 if i == 0 else cuts[i - 1]
-            for p in ids[lo:cuts[i]]:
-                patient_split[p] = SPLITS[i]
+        for p in ids:
+            deficit = target * (counts.sum() + 1) - counts
+            k = int(np.argmax(deficit))
+            counts[k] += 1
+            patient_split[p] = SPLITS[k]
     out.loc[todo, "split"] = sub["_pid"].map(patient_split).values
     return out

@@ -83,7 +83,7 @@ def train(cfg: TrainConfig, manifest_path: str | Path, *, resume: str | None = N
         tracker.log_artifact(trainer.best_path, "checkpoints")
         if cfg.tracking.log_model:
             size = cfg.data.image_size
-            example = np.zeros((1, 1, size, size), dtype=np.float32)
+            example = np.zeros((2, 1, size, size), dtype=np.float32)  # batch 2: a batch of 1 would be exported as a fixed size
             try:
                 tracker.log_model(trainer.model.cpu().eval(), example)
             except Exception as exc:  # the weights are already logged as checkpoints/best.pt

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Create .venv if it is missing and (re)install isnet with its dev extra when pyproject.toml changed.
+# Sourced by quickstart.sh and test.sh; a second run installs nothing.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+VENV="${ISNET_VENV:-.venv}"
+PY="${PYTHON:-python3}"
+if ! "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' 2>/dev/null; then
+  echo "isnet needs Python >= 3.10 (set PYTHON=/path/to/python3.x)" >&2; exit 1
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "creating virtual environment in $VENV"
+  "$PY" -m venv "$VENV"
+fi
+stamp="$VENV/.isnet-installed"
+want="$(sha256sum pyproject.toml | cut -c1-16)"
+if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
+  echo "installing isnet and its dependencies into $VENV (first time: several minutes, torch is large)"
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
+  echo "$want" > "$stamp"
+fi
+export PATH="$PWD/$VENV/bin:$PATH"

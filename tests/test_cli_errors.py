@@ -1,0 +1,56 @@
+"""Every user error ends with one clear line naming the file/row/key, a non-zero exit and no traceback."""
+
+from pathlib import Path
+
+import pandas as pd
+
+from conftest import FAST_TRAIN, run_isnet, write_manifest
+
+
+def _assert_user_error(proc, *needles):
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("isnet: error: ")
+    for n in needles:
+        assert n in proc.stderr, proc.stderr
+
+
+def test_missing_manifest(tmp_path: Path):
+    proc = run_isnet(["train", "--manifest", "nowhere.csv"] + FAST_TRAIN, tmp_path)
+    _assert_user_error(proc, "manifest not found: nowhere.csv")
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_missing_image_and_unknown_label(toy_manifest: Path):
+    rows = pd.read_csv(toy_manifest, dtype=str, keep_default_na=False).to_dict("records")
+    rows[3]["image"] = "gone.png"
+    rows[5]["label"] = "sarcoidosis"
+    m = write_manifest(toy_manifest.parent / "bad.csv", rows)
+    proc = run_isnet(["train", "--manifest", str(m)] + FAST_TRAIN, toy_manifest.parent)
+    _assert_user_error(proc, "bad.csv: row 5: image file not found: 'gone.png'",
+                       "bad.csv: row 7: unknown label 'sarcoidosis'")
+    assert not (toy_manifest.parent / "mlflow").exists(), "no run may be started for an invalid manifest"
+
+
+def test_bad_config_key(toy_manifest: Path, tmp_path: Path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("optim:\n  learning_rate: 0.1\n")
+    proc = run_isnet(["train", "--config", str(cfg), "--manifest", str(toy_manifest)], tmp_path)
+    _assert_user_error(proc, "unknown key 'optim.learning_rate'", "c.yaml")
+    proc = run_isnet(["train", "--manifest", str(toy_manifest), "--set", "optim.epochs=many"], tmp_path)
+    _assert_user_error(proc, "'optim.epochs'")
+
+
+def test_resume_unknown_run(toy_manifest: Path, tmp_path: Path):
+    proc = run_isnet(["train", "--manifest", str(toy_manifest), "--resume", "abc123"] + FAST_TRAIN, tmp_path)
+    _assert_user_error(proc, "cannot resume run abc123", "no checkpoint")
+
+
+def test_manifest_validate_command(toy_manifest: Path):
+    ok = run_isnet(["manifest", "validate", str(toy_manifest)], toy_manifest.parent)
+    assert ok.returncode == 0 and "no problems found" in ok.stdout
+    rows = pd.read_csv(toy_manifest, dtype=str, keep_default_na=False).to_dict("records")
+    rows[0]["label"] = "flu"
+    m = write_manifest(toy_manifest.parent / "bad.csv", rows)
+    bad = run_isnet(["manifest", "validate", str(m)], toy_manifest.parent)
+    assert bad.returncode == 1 and "row 2: unknown label 'flu'" in bad.stderr
