@@ -93,7 +93,7 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
     for side in (-1, 1):
         right = side < 0  # patient right lung (image left): wider, higher dome
         u_m = (2.0 if right else 2.4) * s + n(0, 0.2)
-        width = (13.0 if right else 12.0) * s + n(0, 0.6)
+        width = (13.0 if right else 12.6) * s + n(0, 0.6)
         v_cp = (10.6 if right else 11.4) * s + n(0, 0.6)
         u_cp = u_m + width
         lungs.append(Lung(

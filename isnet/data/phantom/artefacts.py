@@ -50,15 +50,15 @@ def _shape(kind: str, px: int) -> np.ndarray:
 def _place(canvas: np.ndarray, stamp: np.ndarray, background: np.ndarray, rng: np.random.Generator,
            corner: int, inset: int) -> bool:
     """Paste ``stamp`` (max) near ``corner`` where it does not touch the lungs; False if nowhere fits."""
-    n = canvas.shape[0]
+    H, W = canvas.shape
     h, w = stamp.shape
-    if h + 2 * inset >= n or w + 2 * inset >= n:
+    if h + 2 * inset >= H or w + 2 * inset >= W:
         return False
     for _ in range(6):
-        jy, jx = (int(v) for v in rng.integers(0, max(n // 10, 1), size=2))
-        r0 = inset + jy if corner in (0, 1) else n - inset - h - jy
-        c0 = inset + jx if corner in (0, 2) else n - inset - w - jx
-        r0, c0 = min(max(r0, 0), n - h), min(max(c0, 0), n - w)
+        jy, jx = (int(v) for v in rng.integers(0, max(min(H, W) // 10, 1), size=2))
+        r0 = inset + jy if corner in (0, 1) else H - inset - h - jy
+        c0 = inset + jx if corner in (0, 2) else W - inset - w - jx
+        r0, c0 = min(max(r0, 0), H - h), min(max(c0, 0), W - w)
         if background[r0:r0 + h, c0:c0 + w].min() > 0:
             np.maximum(canvas[r0:r0 + h, c0:c0 + w], stamp, out=canvas[r0:r0 + h, c0:c0 + w])
             return True

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from .anatomy import MU_LUNG, MU_SOFT, line_integral, sample_anatomy
 from .artefacts import CLEAR, attenuating, burn_in
@@ -34,6 +35,18 @@ def _resize(a: np.ndarray, size: int) -> np.ndarray:
         return a.astype(np.float32, copy=False)
     return np.asarray(Image.fromarray(a.astype(np.float32, copy=False), "F").resize(
         (size, size), Image.Resampling.BILINEAR), np.float32)
+
+
+def _clean_mask(m: np.ndarray) -> np.ndarray:
+    """Keep the largest connected region on each half (one per lung), as an annotator would draw it."""
+    out = np.zeros(m.shape, np.uint8)
+    half = m.shape[1] // 2
+    for sl in (np.s_[:, :half], np.s_[:, half:]):
+        lab, k = ndimage.label(m[sl])
+        if k:
+            sizes = ndimage.sum_labels(np.ones_like(lab), lab, index=np.arange(1, k + 1))
+            out[sl] = lab == (1 + int(np.argmax(sizes)))
+    return out
 
 
 def render_case(seed: int | np.random.SeedSequence, *, label: str, site: SiteStyle | int = 0, size: int = 256,
@@ -89,7 +102,7 @@ def render_case(seed: int | np.random.SeedSequence, *, label: str, site: SiteSty
     img, over, meta_b = burn_in(r_burn, style, img, fields, label, class_marker_rate)
 
     image = np.clip(_resize(img, size), 0.0, 1.0)
-    mask = (_resize(margin, size) > 0).astype(np.uint8)
+    mask = _clean_mask(_resize(margin, size) > 0)
     lesion = _resize(np.abs(les), size)
     artefact = _resize(art + over, size)
     meta = dict(label=label, site=style.name, sex=a.sex, age=a.age, native=n, collimated=collimated,
