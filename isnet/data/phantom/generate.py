@@ -81,6 +81,8 @@ def write_case(case: PhantomCase, style: SiteStyle, out_dir: Path, pid: str, siz
     img_rel = f"{style.name}/images/{pid}.{'dcm' if style.fmt == 'dicom' else 'png'}"
     mask_rel = f"{style.name}/masks/{pid}.png"
     q = quantize(case, style)
+    (out_dir / img_rel).parent.mkdir(parents=True, exist_ok=True)
+    (out_dir / mask_rel).parent.mkdir(parents=True, exist_ok=True)
     if style.fmt == "dicom":
         slope, intercept = (1.0, 0.0) if style.bits == 12 else (0.25, -1024.0)
         top = 2 ** style.bits - 1
