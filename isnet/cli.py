@@ -114,6 +114,27 @@ def _cmd_manifest_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_explain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("explain", help="LRP heatmaps of a trained run on a manifest (overlays + CSV)")
+    p.add_argument("--run", required=True, help="MLflow run id of a training run")
+    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="output folder (overlays/, relevance.csv)")
+    p.add_argument("--split", default=None, help="only rows of this split (train/val/test)")
+    p.add_argument("--max-images", type=int, default=None)
+    p.add_argument("--checkpoint-dir", default="checkpoints")
+    p.set_defaults(func=_cmd_explain)
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from isnet.evaluate.explain import explain_run, summarise
+
+    table = explain_run(args.run, args.manifest, args.out, split=args.split, max_images=args.max_images,
+                        checkpoint_dir=args.checkpoint_dir)
+    print(summarise(table))
+    print(f"wrote {args.out / 'relevance.csv'} and {len(table)} overlays in {args.out / 'overlays'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="isnet", description="Chest X-ray classifiers that look at the lungs.")
     parser.add_argument("--version", action="version", version=f"isnet {__import__('isnet').__version__}")
@@ -121,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_phantom(sub)
     _add_train(sub)
     _add_manifest(sub)
+    _add_explain(sub)
     return parser
 
 

@@ -88,7 +88,6 @@ class ISNetConfig(_Strict):
     body_rule: Literal["epsilon", "zplus", "alpha2beta1", "epsilon_zplus"] = "epsilon"
     first_rule: Literal["zb", "epsilon", "flat"] = "zb"
     grad_clip_norm: Optional[float] = Field(1.0, gt=0)
-    heatmap_every: int = Field(1, ge=0, description="log a heatmap grid every N epochs; 0 = never")
 
     @model_validator(mode="after")
     def _band_ordered(self) -> "ISNetConfig":
@@ -108,6 +107,8 @@ class RunConfig(_Strict):
     amp: Literal["auto", "on", "off"] = "auto"
     checkpoint_dir: str = "checkpoints"
     threads: Optional[int] = Field(None, ge=1, description="torch CPU threads; default: torch's choice")
+    val_bg_share: bool = Field(True, description="measure the background relevance share on validation each epoch")
+    heatmap_every: int = Field(1, ge=0, description="log a validation heatmap grid every N epochs; 0 = never")
 
 
 class TrackingConfig(_Strict):

@@ -11,5 +11,8 @@ from isnet.methods.isnet_loss import (
     tune_foreground_band,
 )
 
-__all__ = ["Method", "StepOutput", "build_methods", "register", "gwrp", "ISNetLossConfig", "explain_targets",
+from isnet.methods import isnet as _isnet  # noqa: E402,F401  (registers "isnet")
+from isnet.methods.isnet import ISNetMethod  # noqa: E402
+
+__all__ = ["ISNetMethod", "Method", "StepOutput", "build_methods", "register", "gwrp", "ISNetLossConfig", "explain_targets",
            "isnet_heatmap_loss", "isnet_total_loss", "lung_relevance_totals", "tune_foreground_band"]

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -19,6 +21,9 @@ from isnet.config.schema import TrainConfig
 from isnet.data.dataset import build_dataset, build_loader
 from isnet.data.manifest import Manifest
 from isnet.errors import UserError
+from isnet.evaluate.figures import heatmap_grid
+from isnet.evaluate.relevance import explain_loader
+from isnet.lrp import LRPConfig, supports_model
 from isnet.methods.base import Method, StepOutput
 from isnet.tracking import Tracker
 from isnet.train.checkpoint import load_checkpoint, save_checkpoint
@@ -212,9 +217,35 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         pred = predict(self.model, self.val_loader, self.device)
         metrics = {f"val_{k}": v for k, v in score(pred, self.num_classes).items()}
+        metrics.update(self.relevance_diagnostics())
         for m in self.methods:
             metrics.update(m.validation_metrics(self, self.epoch + 1))
         return metrics
+
+    @property
+    def lrp_config(self) -> LRPConfig:
+        """The LRP rules of ``method.isnet``, used for every run's diagnostics so that runs compare."""
+        c = self.cfg.method.isnet
+        return LRPConfig(epsilon=c.epsilon, body_rule=c.body_rule, first_rule=c.first_rule)
+
+    def relevance_diagnostics(self) -> dict[str, float]:
+        """Background relevance share on validation, and every ``heatmap_every`` epochs a heatmap grid."""
+        every = self.cfg.train.heatmap_every
+        figure_now = every > 0 and (self.epoch + 1) % every == 0
+        if not self.cfg.train.val_bg_share or not supports_model(self.model):
+            return {}
+        res = explain_loader(self.model, self.val_loader, self.device, self.lrp_config, keep=8 if figure_now else 0)
+        shares = res["bg_share"]
+        if not len(shares) or np.isnan(shares).all():
+            return {}
+        kept = res["kept"]
+        if figure_now and kept["image"]:
+            names = self.cfg.data.classes
+            titles = [f"{names[t]} → {names[p]}" for t, p in zip(kept["label"], kept["pred"])]
+            fig = heatmap_grid(kept["image"], kept["mask"], kept["heatmap"], titles)
+            self.tracker.log_figure(fig, f"heatmaps/val_epoch_{self.epoch + 1:03d}.png")
+            plt.close(fig)
+        return {"val_bg_share": float(np.nanmean(shares))}
 
     def fit(self) -> FitResult:
         """Train until the configured epochs or early stopping; checkpoint after every epoch."""

@@ -1,0 +1,62 @@
+"""How much of a classifier's LRP relevance falls outside the lungs: the project's core diagnostic.
+
+The background share of an image is Σ|R|·(1−m) / Σ|R| for the heatmap R of the predicted class. A model
+that reads text markers or borders has a high share; one that looks at the lungs has a low one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from isnet.lrp import LRPConfig, lrp_heatmaps
+
+
+def background_share(heatmaps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """[B, K, H, W] heatmaps and [B, 1, H, W] masks → [B, K] share of |R| outside the mask."""
+    a = heatmaps.abs()
+    m = (masks[:, :1] > 0.5).to(a.dtype)
+    total = a.sum((-2, -1))
+    outside = (a * (1 - m)).sum((-2, -1))
+    return outside / total.clamp_min(torch.finfo(a.dtype).tiny)
+
+
+def predicted_class(logits: torch.Tensor) -> torch.Tensor:
+    return logits.argmax(1, keepdim=True)
+
+
+def explain_loader(model: torch.nn.Module, loader: DataLoader, device: torch.device, config: LRPConfig,
+                   max_images: int | None = None, keep: int = 0) -> dict:
+    """Heatmaps of the predicted class over a loader (eval mode): per-image shares, and the first ``keep``
+    images with their masks and heatmaps for figures."""
+    model.eval()
+    shares, rows, preds, labels, probs = [], [], [], [], []
+    kept: dict[str, list] = {"image": [], "mask": [], "heatmap": [], "label": [], "pred": []}
+    seen = 0
+    for batch in loader:
+        x = batch["image"].to(device)
+        logits, heat = lrp_heatmaps(model, x, predicted_class, config=config)
+        mask = batch["mask"].to(device)
+        share = background_share(heat, mask)[:, 0]
+        has = batch["has_mask"].bool().to(device)
+        share = torch.where(has, share, torch.full_like(share, float("nan")))
+        p = torch.softmax(logits.detach(), 1)
+        shares.append(share.cpu().numpy())
+        rows.extend(batch["row"].tolist())
+        preds.append(p.argmax(1).cpu().numpy())
+        labels.append(batch["label"].numpy())
+        probs.append(p.cpu().numpy())
+        if len(kept["image"]) < keep:
+            take = min(keep - len(kept["image"]), len(x))
+            kept["image"].extend(x[:take, 0].cpu().numpy())
+            kept["mask"].extend(mask[:take, 0].cpu().numpy())
+            kept["heatmap"].extend(heat[:take, 0].detach().cpu().numpy())
+            kept["label"].extend(batch["label"][:take].tolist())
+            kept["pred"].extend(p.argmax(1)[:take].tolist())
+        seen += len(x)
+        if max_images is not None and seen >= max_images:
+            break
+    cat = lambda v: np.concatenate(v) if v else np.zeros(0)  # noqa: E731
+    return {"bg_share": cat(shares), "rows": rows, "pred": cat(preds), "label": cat(labels),
+            "probs": cat(probs), "kept": kept}

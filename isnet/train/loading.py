@@ -1,0 +1,43 @@
+"""Loading a trained run's model back, by MLflow run id (local checkpoint first, then the run's artifact)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from isnet.config.schema import TrainConfig
+from isnet.errors import UserError
+from isnet.models import build_classifier
+from isnet.tracking import resolve_tracking_uri
+from isnet.train.checkpoint import CheckpointError, load_checkpoint
+
+
+def find_best_checkpoint(run_id: str, checkpoint_dir: str | Path = "checkpoints",
+                         tracking_uri: str | None = None) -> Path:
+    local = Path(checkpoint_dir) / run_id / "best.pt"
+    if local.is_file():
+        return local
+    import mlflow
+
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/best.pt",
+                                                   tracking_uri=resolve_tracking_uri(tracking_uri))
+    except Exception as exc:
+        raise UserError(f"run {run_id}: no checkpoint at {local} and none in the MLflow run "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+    return Path(path)
+
+
+def load_run_model(run_id: str, checkpoint_dir: str | Path = "checkpoints", tracking_uri: str | None = None,
+                   device: str | torch.device = "cpu") -> tuple[torch.nn.Module, TrainConfig]:
+    """The best weights of a run, rebuilt from the config stored beside them, in eval mode."""
+    path = find_best_checkpoint(run_id, checkpoint_dir, tracking_uri)
+    try:
+        state = load_checkpoint(path, map_location=device)
+    except CheckpointError as exc:
+        raise UserError(str(exc)) from None
+    cfg = TrainConfig.model_validate(state["config"])
+    model = build_classifier(cfg.model.backbone, len(state["classes"]), width=cfg.model.width)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), cfg
