@@ -1,6 +1,7 @@
 """Public entry: differentiable LRP heatmaps for the classifiers isnet trains."""
 from __future__ import annotations
 
+import os
 from typing import Callable, Union
 
 import torch
@@ -66,6 +67,20 @@ def _initial_relevance(logits: Tensor, targets: Targets) -> Tensor:
     return targets.to(logits.dtype)
 
 
+BATCHED = os.environ.get("ISNET_LRP_BATCHED", "1") == "1"
+
+
+def _relevance_grads(logits: Tensor, inputs: list[Tensor], rel: Tensor, create_graph: bool) -> list:
+    """Gradients [K, B, ...] of the relevance pass for the K initial relevances ``rel`` [B, K, C]."""
+    n_maps = rel.shape[1]
+    kwargs = dict(retain_graph=True, create_graph=create_graph, allow_unused=True)
+    with relevance_pass():
+        if n_maps > 1 and BATCHED:
+            return list(torch.autograd.grad(logits, inputs, rel.transpose(0, 1), is_grads_batched=True, **kwargs))
+        per_map = [torch.autograd.grad(logits, inputs, rel[:, k], **kwargs) for k in range(n_maps)]
+    return [None if g[0] is None else torch.stack(g) for g in zip(*per_map)]
+
+
 def lrp_heatmaps(
     model: nn.Module,
     x: Tensor,
@@ -87,27 +102,17 @@ def lrp_heatmaps(
     grad_enabled = torch.is_grad_enabled()
     with torch.enable_grad():
         xr = x if x.requires_grad else x.detach().requires_grad_(True)
-        tr = Tracer(xr, config)
+        tr = Tracer(xr, config, x_value=x)
         logits = tr.output(forward(tr, model, xr))
         if logits.dim() != 2:
             raise ValueError(f"LRP: expected logits [B, C], got {tuple(logits.shape)}")
         rel = _initial_relevance(logits, targets)
         inputs = [t for t, _ in tr.heat_terms]
         n_maps = rel.shape[1]
-        with relevance_pass():
-            grads = torch.autograd.grad(
-                logits,
-                inputs,
-                rel[:, 0] if n_maps == 1 else rel.transpose(0, 1),
-                retain_graph=True,
-                create_graph=create_graph,
-                allow_unused=True,
-                is_grads_batched=n_maps > 1,
-            )
+        grads = _relevance_grads(logits, inputs, rel, create_graph)
         heat = torch.zeros((n_maps,) + tuple(x.shape), dtype=logits.dtype, device=x.device)
         for (t, coef), g in zip(tr.heat_terms, grads):
             if g is not None:
-                g = g if n_maps > 1 else g[None]
                 heat = heat + coef * t * g
         heat = heat.sum(2).transpose(0, 1)
     if not create_graph:

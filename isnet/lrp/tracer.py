@@ -38,12 +38,15 @@ def _channel_op(inp: Tensor, w: Tensor) -> Tensor:
 class Tracer:
     """Holds the rule configuration and the bookkeeping of one LRP-aware forward pass.
 
-    ``heat_terms`` lists (tensor, coefficient) pairs; the heatmap is Σ coef · tensor · ∂/∂tensor, i.e. x·∇x for
-    ε, and x·∇x − l·∇l − h·∇h for z^B (the three-term trick).
+    ``heat_terms`` lists (tensor, coefficient) pairs; the heatmap is Σ coef · tensor · ∂/∂tensor summed over
+    channels: x·∇x for ε, and the three-term trick x·∇x − l·∇l − h·∇h for z^B. ``x`` is the input the model
+    forward is traced from (it requires grad); ``x_value`` the same values without that requirement, used by
+    first-layer rules whose relevance does not flow through the forward graph.
     """
 
-    def __init__(self, x: Tensor, config: LRPConfig) -> None:
+    def __init__(self, x: Tensor, config: LRPConfig, x_value: Optional[Tensor] = None) -> None:
         self.x = x
+        self.x_value = x if x_value is None else x_value
         self.config = config
         self.heat_terms: list[tuple[Tensor, float]] = [(x, 1.0)]
         self._first_pending = True
@@ -90,9 +93,9 @@ class Tracer:
             return self._emit(AlphaBetaOut.apply(y, info, zpos, zneg), info)
         raise ValueError(f"unknown rule {rule!r}")
 
-    def _first(self, y: Tensor, op: Op, w: Tensor) -> Tensor:
+    def _first(self, y: Tensor, module: nn.Module, op: Op, w: Tensor) -> Tensor:
         """The first layer's rule; its input is the model input ``self.x``."""
-        cfg, x = self.config, self.x
+        cfg, x = self.config, self.x_value
         info = self._info()
         if cfg.first_rule == "epsilon":
             return self.epsilon(y)
@@ -101,18 +104,25 @@ class Tracer:
             zu = op(u, torch.ones_like(w))
             self.heat_terms = [(u, 1.0)]
             return self._emit(RoutedOut.apply(y, info, zu, zu), info)
-        # z^B: denominator Σ x·w − l·w⁺ − h·w⁻ (biases cancel, as in zennit's ZBox); relevance via 3 terms.
-        zx = op(x, w)
-        den, routes = zx, [zx]
+        # z^B: denominator Σ x·w − l·w⁺ − h·w⁻ (biases cancel, as in zennit's ZBox). The three terms are one
+        # linear map of the stacked input [x, l, h] with weights [w, −w⁺, −w⁻], whose input × gradient summed
+        # over channels is the z^B relevance; bound terms that are 0 are left out.
+        inputs, weights = [x], [w]
         for bound, wmod in ((cfg.low, w.clamp(min=0)), (cfg.high, w.clamp(max=0))):
-            if bound == 0:
-                continue  # the term bound·∇bound vanishes
-            t = torch.full_like(x, bound).requires_grad_(True)
-            z = op(t, wmod)
-            den = den - z
-            routes.append(z)
-            self.heat_terms.append((t, -1.0))
-        return self._emit(RoutedOut.apply(y, info, den, *routes), info)
+            if bound != 0:
+                inputs.append(torch.full_like(x, bound))
+                weights.append(-wmod)
+        groups = getattr(module, "groups", 1)
+        if groups == 1:
+            stacked = torch.cat(inputs, 1)
+            stacked = stacked if stacked.requires_grad else stacked.requires_grad_(True)
+            den = op(stacked, torch.cat(weights, 1))
+            self.heat_terms = [(stacked, 1.0)]
+            return self._emit(RoutedOut.apply(y, info, den, den), info)
+        leaves = [t if t.requires_grad else t.requires_grad_(True) for t in inputs]
+        terms = [op(t, wt) for t, wt in zip(leaves, weights)]
+        self.heat_terms = [(t, 1.0) for t in leaves]
+        return self._emit(RoutedOut.apply(y, info, sum(terms[1:], terms[0]), *terms), info)
 
     # ------------------------------------------------------------------ layers
     def linear_layer(
@@ -123,13 +133,15 @@ class Tracer:
         defer=True returns the raw output without a rule, when every consumer is a BN whose ε rule at its
         output completes the layer (DenseNet: a BN after a concatenation, split over its producers).
         """
+        first = self._first_pending and a is self.x
+        self._first_pending = False
+        if first and self.config.first_rule != "epsilon":
+            a = self.x_value  # the relevance takes the rule's own path: no input gradient on the forward graph
         z = module(a)
         s = t = None
         y = z
         if bn is not None:
             y, s, t = batch_norm(bn, z)
-        first = self._first_pending and a is self.x
-        self._first_pending = False
         dense = isinstance(module, nn.Linear)
         rule = self.config.layer_rule(dense)
         if not first and (rule == "epsilon" or defer):
@@ -141,7 +153,7 @@ class Tracer:
             b = t if b is None else b * s + t
         op = _linear_op if dense else _conv_op(module)  # type: ignore[arg-type]
         if first:
-            return self._first(y, op, w)
+            return self._first(y, module, op, w)
         return self._rule(y, a, op, w, b, rule)
 
     def batch_norm(self, a: Tensor, bn: nn.Module) -> Tensor:
