@@ -77,8 +77,19 @@ def small_resnet() -> nn.Module:
     return m.train()
 
 
-def test_train_mode_call_replaces_the_forward_pass() -> None:
-    model = small_resnet()
+def small_densenet() -> nn.Module:
+    import torchvision
+
+    torch.manual_seed(0)
+    m = torchvision.models.DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=8, drop_rate=0.2,
+                                    num_classes=3)
+    m.features.conv0 = nn.Conv2d(1, 8, 7, 2, 3, bias=False)
+    return m.train()
+
+
+@pytest.mark.parametrize("build", [small_resnet, small_densenet])
+def test_train_mode_call_replaces_the_forward_pass(build) -> None:
+    model = build()
     ref = copy.deepcopy(model)
     x = torch.rand(4, 1, 32, 32)
     y = torch.tensor([0, 1, 2, 1])
@@ -100,7 +111,8 @@ def test_train_mode_call_replaces_the_forward_pass() -> None:
     heat.abs().sum().backward()
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    assert model.conv1.weight.grad.abs().sum() > 0
+    first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert first_conv.weight.grad.abs().sum() > 0
 
 
 def test_dropout_mask_is_shared_by_logits_and_heatmap() -> None:

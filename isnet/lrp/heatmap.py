@@ -1,7 +1,6 @@
 """Public entry: differentiable LRP heatmaps for the classifiers isnet trains."""
 from __future__ import annotations
 
-import os
 from typing import Callable, Union
 
 import torch
@@ -67,17 +66,16 @@ def _initial_relevance(logits: Tensor, targets: Targets) -> Tensor:
     return targets.to(logits.dtype)
 
 
-BATCHED = os.environ.get("ISNET_LRP_BATCHED", "1") == "1"
-
-
 def _relevance_grads(logits: Tensor, inputs: list[Tensor], rel: Tensor, create_graph: bool) -> list:
-    """Gradients [K, B, ...] of the relevance pass for the K initial relevances ``rel`` [B, K, C]."""
-    n_maps = rel.shape[1]
+    """Gradients [K, B, ...] of the relevance pass for the K initial relevances ``rel`` [B, K, C].
+
+    One autograd.grad per explained class over the shared forward graph. (``is_grads_batched`` runs the
+    backward under PyTorch's legacy vmap, which has no batching rule for convolution backward and so loops
+    internally anyway, and it does not support the custom Function that keeps the conv double backward cheap.)
+    """
     kwargs = dict(retain_graph=True, create_graph=create_graph, allow_unused=True)
     with relevance_pass():
-        if n_maps > 1 and BATCHED:
-            return list(torch.autograd.grad(logits, inputs, rel.transpose(0, 1), is_grads_batched=True, **kwargs))
-        per_map = [torch.autograd.grad(logits, inputs, rel[:, k], **kwargs) for k in range(n_maps)]
+        per_map = [torch.autograd.grad(logits, inputs, rel[:, k], **kwargs) for k in range(rel.shape[1])]
     return [None if g[0] is None else torch.stack(g) for g in zip(*per_map)]
 
 
@@ -95,8 +93,8 @@ def lrp_heatmaps(
     of classes to explain (initial relevance = one-hot × logit), float Tensor [B, K, C] of initial relevances,
     or a callable mapping the detached logits to either. The logits are exactly ``model(x)`` (same graph, same
     dropout mask, BN running statistics updated once), so a trainer needs no second forward; with
-    ``create_graph=True`` the heatmaps are differentiable functions of the weights. The K heatmaps share one
-    batched backward pass.
+    ``create_graph=True`` the heatmaps are differentiable functions of the weights. The K heatmaps share the
+    forward pass and its graph; each takes one relevance backward pass.
     """
     forward = _forward_for(model)
     grad_enabled = torch.is_grad_enabled()

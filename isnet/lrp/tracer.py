@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from .batchnorm import batch_norm, channel_shape
 from .config import LRPConfig
+from .conv import conv2d
 from .rules import AlphaBetaOut, EpsilonOut, RoutedOut, RuleInfo
 
 Op = Callable[[Tensor, Tensor], Tensor]
@@ -137,7 +138,7 @@ class Tracer:
         self._first_pending = False
         if first and self.config.first_rule != "epsilon":
             a = self.x_value  # the relevance takes the rule's own path: no input gradient on the forward graph
-        z = module(a)
+        z = conv2d(module, a) if isinstance(module, nn.Conv2d) else module(a)
         s = t = None
         y = z
         if bn is not None:
