@@ -55,54 +55,46 @@ class RuleInfo:
     seed: bool = False
 
 
-def _scaled(g: Tensor, y: Tensor, den: Tensor, info: RuleInfo) -> Tensor:
-    """``R_y / stab(den)`` with ``R_y = y·g`` (or ``g`` itself at the seed). The factor is formed on the
-    unbatched saved tensors first, so that K batched heatmaps cost one batched multiplication."""
-    if info.seed:
-        return g / stabilize(den, info.epsilon)
-    return g * (y / stabilize(den, info.epsilon))
-
-
 class EpsilonOut(torch.autograd.Function):
-    """LRP-ε at the output ``y`` of a linear layer (conv, dense, average pooling, residual sum, folded BN)."""
+    """LRP-ε at the output ``y`` of a linear layer (conv, dense, average pooling, residual sum, folded BN).
+    ``factor`` = y / stab(y), formed once in the forward so that each explained class costs one multiply."""
 
     @staticmethod
-    def forward(ctx, y: Tensor, info: RuleInfo) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(y)
+    def forward(ctx, y: Tensor, factor: Tensor, info: RuleInfo) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(y, factor)
         ctx.info = info
         return y.view_as(y)
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
         if not in_relevance_pass():
-            return g, None
-        (y,) = ctx.saved_tensors
-        info = ctx.info
-        if info.seed:
-            return g / stabilize(y, info.epsilon), None
-        a = y.abs()  # y / (y + sign(y)·ε) == |y| / (|y| + ε): fewer passes over the activation
-        return g * (a / (a + info.epsilon)), None
+            return g, None, None
+        y, factor = ctx.saved_tensors
+        if ctx.info.seed:
+            return g / stabilize(y, ctx.info.epsilon), None, None
+        return g * factor, None, None
 
 
 class RoutedOut(torch.autograd.Function):
     """A rule whose denominator is not ``y`` (z^B, flat, z⁺): forward returns ``y``; the relevance backward
-    sends ``R_y / stab(den)`` into each of ``routes`` (tensors built with the rule's modified weights and inputs)
-    instead of into ``y``."""
+    sends ``R_y / stab(den)`` (``factor`` = y / stab(den) times g) into each of ``routes`` (tensors built with
+    the rule's modified weights and inputs) instead of into ``y``."""
 
     @staticmethod
-    def forward(ctx, y: Tensor, info: RuleInfo, den: Tensor, *routes: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(y, den)
+    def forward(ctx, y: Tensor, info: RuleInfo, factor: Tensor, den: Tensor, *routes: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(factor, den)
         ctx.info = info
         ctx.n_routes = len(routes)
         return y.view_as(y)
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
+        none = (None,) * (3 + ctx.n_routes)
         if not in_relevance_pass():
-            return (g, None, None) + (None,) * ctx.n_routes
-        y, den = ctx.saved_tensors
-        c = _scaled(g, y, den, ctx.info)
-        return (None, None, None) + (c,) * ctx.n_routes
+            return (g,) + none
+        factor, den = ctx.saved_tensors
+        c = g / stabilize(den, ctx.info.epsilon) if ctx.info.seed else g * factor
+        return (None, None, None, None) + (c,) * ctx.n_routes
 
 
 class AlphaBetaOut(torch.autograd.Function):
@@ -120,9 +112,21 @@ class AlphaBetaOut(torch.autograd.Function):
             return g, None, None, None
         y, zpos, zneg = ctx.saved_tensors
         info = ctx.info
-        cpos = _scaled(g, y, zpos, info) * info.alpha
-        cneg = _scaled(g, y, zneg, info) * -info.beta
+        r = g if info.seed else g * y
+        cpos = r * (info.alpha / stabilize(zpos, info.epsilon))
+        cneg = r * (-info.beta / stabilize(zneg, info.epsilon))
         return None, None, cpos, cneg
+
+
+def epsilon_out(y: Tensor, info: RuleInfo) -> Tensor:
+    """Attach LRP-ε at ``y``. y / (y + sign(y)·ε) == |y| / (|y| + ε)."""
+    a = y.abs()
+    return EpsilonOut.apply(y, a / (a + info.epsilon), info)
+
+
+def routed_out(y: Tensor, info: RuleInfo, den: Tensor, *routes: Tensor) -> Tensor:
+    """Attach a rule with denominator ``den`` whose relevance flows into ``routes``."""
+    return RoutedOut.apply(y, info, y / stabilize(den, info.epsilon), den, *routes)
 
 
 class StatGate(torch.autograd.Function):

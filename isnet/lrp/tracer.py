@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from .batchnorm import batch_norm, channel_shape
 from .config import LRPConfig
 from .conv import conv2d
-from .rules import AlphaBetaOut, EpsilonOut, RoutedOut, RuleInfo
+from .rules import AlphaBetaOut, RuleInfo, epsilon_out, routed_out
 
 Op = Callable[[Tensor, Tensor], Tensor]
 
@@ -65,7 +65,7 @@ class Tracer:
     def epsilon(self, y: Tensor) -> Tensor:
         """LRP-ε at ``y`` (output of any linear map, including pooling and sums)."""
         info = self._info()
-        return self._emit(EpsilonOut.apply(y, info), info)
+        return self._emit(epsilon_out(y, info), info)
 
     def _rule(self, y: Tensor, a: Tensor, op: Op, w: Tensor, b: Optional[Tensor], rule: str) -> Tensor:
         """z⁺ or α2β1 for the linear map ``y = op(a, w) + b`` (zennit's conventions for signs and biases)."""
@@ -87,7 +87,7 @@ class Tracer:
         zpos = term(w_pos, None if b is None else b.clamp(min=0), w_neg)
         if rule == "zplus":
             info = self._info()
-            return self._emit(RoutedOut.apply(y, info, zpos, zpos), info)
+            return self._emit(routed_out(y, info, zpos, zpos), info)
         if rule == "alpha2beta1":
             zneg = term(w_neg, None if b is None else b.clamp(max=0), w_pos)
             info = self._info(alpha=2.0, beta=1.0)
@@ -104,7 +104,7 @@ class Tracer:
             u = torch.ones_like(x).requires_grad_(True)
             zu = op(u, torch.ones_like(w))
             self.heat_terms = [(u, 1.0)]
-            return self._emit(RoutedOut.apply(y, info, zu, zu), info)
+            return self._emit(routed_out(y, info, zu, zu), info)
         # z^B: denominator Σ x·w − l·w⁺ − h·w⁻ (biases cancel, as in zennit's ZBox). The three terms are one
         # linear map of the stacked input [x, l, h] with weights [w, −w⁺, −w⁻], whose input × gradient summed
         # over channels is the z^B relevance; bound terms that are 0 are left out.
@@ -119,11 +119,11 @@ class Tracer:
             stacked = stacked if stacked.requires_grad else stacked.requires_grad_(True)
             den = op(stacked, torch.cat(weights, 1))
             self.heat_terms = [(stacked, 1.0)]
-            return self._emit(RoutedOut.apply(y, info, den, den), info)
+            return self._emit(routed_out(y, info, den, den), info)
         leaves = [t if t.requires_grad else t.requires_grad_(True) for t in inputs]
         terms = [op(t, wt) for t, wt in zip(leaves, weights)]
         self.heat_terms = [(t, 1.0) for t in leaves]
-        return self._emit(RoutedOut.apply(y, info, sum(terms[1:], terms[0]), *terms), info)
+        return self._emit(routed_out(y, info, sum(terms[1:], terms[0]), *terms), info)
 
     # ------------------------------------------------------------------ layers
     def linear_layer(
@@ -191,4 +191,4 @@ class Tracer:
             self._last_info.seed = True
             return y
         info = self._info(seed=True)  # fallback: an ε "identity layer" at the output
-        return self._emit(EpsilonOut.apply(y, info), info)
+        return self._emit(epsilon_out(y, info), info)
