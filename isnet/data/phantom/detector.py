@@ -16,6 +16,8 @@ from scipy.ndimage import gaussian_filter
 
 from .sites import SiteStyle
 
+LUNG_REF = 2.57  # mean lung line integral of an average phantom patient
+
 
 def lowpass(a: np.ndarray, factor: int, sigma: float) -> np.ndarray:
     """Cheap wide Gaussian blur: box-downsample by ``factor``, blur there, bilinear upsample."""
@@ -26,8 +28,13 @@ def lowpass(a: np.ndarray, factor: int, sigma: float) -> np.ndarray:
     return np.asarray(Image.fromarray(small, "F").resize((n1, n0), Image.Resampling.BILINEAR))
 
 
-def expose(P: np.ndarray, field: np.ndarray, style: SiteStyle, rng: np.random.Generator) -> np.ndarray:
-    """Processed radiograph in [0, 1] (MONOCHROME2 sense) from the line integral P and the field mask."""
+def expose(P: np.ndarray, field: np.ndarray, style: SiteStyle, rng: np.random.Generator,
+           shift: float = 0.0) -> np.ndarray:
+    """Processed radiograph in [0, 1] (MONOCHROME2 sense) from the line integral P and the field mask.
+
+    ``shift`` moves the window as exposure control / auto-ranging does, so that patients of any size land
+    in the same display range (the caller measures it on the lesion-free anatomy, so it carries no class).
+    """
     n = P.shape[0]
     primary = np.exp(-P) * field
     scat = lowpass(primary, 8, n / 96) * (style.scatter * 0.25)  # kernel ~ 3 cm
@@ -38,7 +45,7 @@ def expose(P: np.ndarray, field: np.ndarray, style: SiteStyle, rng: np.random.Ge
     p = -np.log(np.maximum(I, 2e-4))
     if style.eq > 0:
         p = p + style.eq * (p - lowpass(p, 8, n / 110))  # kernel ~ 2.5 cm
-    x = (p - style.lo) / (style.hi - style.lo)
+    x = (p - style.lo - shift) / (style.hi - style.lo)
     if style.curve == "sigmoid":
         lo_, hi_ = 1 / (1 + np.exp(style.slope * 0.5)), 1 / (1 + np.exp(-style.slope * 0.5))
         x = (1.0 / (1.0 + np.exp(-style.slope * (x - 0.5))) - lo_) / (hi_ - lo_)

@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from .anatomy import MU_LUNG, MU_SOFT, line_integral, sample_anatomy
 from .artefacts import CLEAR, attenuating, burn_in
-from .detector import expose
+from .detector import LUNG_REF, expose
 from .geometry import Grid
 from .lesions import LABELS, lesion_map
 from .sites import SITE_TABLE, SiteStyle
@@ -79,6 +79,8 @@ def render_case(seed: int | np.random.SeedSequence, *, label: str, site: SiteSty
     hila = [(side * (a.lungs[i].u_m + 1.0 * a.scale), a.lungs[0].v_top + 8.5 * a.scale)
             for i, side in ((0, -1), (1, 1))]
     P += (MU_SOFT - MU_LUNG) * vessel_markings(r_tex, g.x, g.y, hila, lc)
+    inner = fields["margin"][::3, ::3] > 1.0
+    shift = float(P[::3, ::3][inner].mean()) - LUNG_REF if inner.any() else 0.0
     les = lesion_map(r_les, label, a, g, fields, lesion_contrast)
     P += les
     # collimation: a field box that always contains the lungs with room to spare
@@ -98,7 +100,7 @@ def render_case(seed: int | np.random.SeedSequence, *, label: str, site: SiteSty
         fld[r0:r1, c0:c1] = 1.0
     art, meta_a = attenuating(r_art, style, a, g, fields, box)
     P += art
-    img = expose(P, fld, style, r_noise)
+    img = expose(P, fld, style, r_noise, shift=shift)
     img, over, meta_b = burn_in(r_burn, style, img, fields, label, class_marker_rate)
 
     image = np.clip(_resize(img, size), 0.0, 1.0)
