@@ -83,7 +83,7 @@ class ISNetConfig(_Strict):
     B: float = Field(3.0, ge=0)
     C1: Optional[float] = Field(None, gt=0)
     C2: Optional[float] = Field(None, gt=0)
-    warmup_epochs: int = Field(2, ge=1, description="plain epochs used to tune C1/C2 when they are not set")
+    warmup_epochs: int = Field(5, ge=1, description="plain epochs of a model copy used to tune C1/C2 when they are not set")
     epsilon: float = Field(0.01, gt=0)
     body_rule: Literal["epsilon", "zplus", "alpha2beta1", "epsilon_zplus"] = "epsilon"
     first_rule: Literal["zb", "epsilon", "flat"] = "zb"
