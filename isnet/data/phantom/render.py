@@ -16,7 +16,7 @@ from .lesions import LABELS, lesion_map
 from .sites import SITE_TABLE, SiteStyle
 from .textures import mottle, vessel_markings
 
-DEFAULT_LESION_CONTRAST = 1.0
+DEFAULT_LESION_CONTRAST = 1.4  # calibrated: small CNN reaches ~91% (64 px)
 
 
 @dataclass

@@ -65,11 +65,18 @@ def vessel_markings(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, hila
     for hx, hy in hila:
         k = int(rng.integers(N_BANK))
         off = int(rng.integers(na))
-        dx, dy = x - hx, y - hy
+        cols = np.flatnonzero((x[0] > hx) if hx > 0 else (x[0] < hx))
+        if cols.size == 0:
+            continue
+        cs = slice(cols[0], cols[-1] + 1)
+        rows = np.flatnonzero(lung_chord[:, cs].any(axis=1))
+        if rows.size == 0:
+            continue
+        rs = slice(rows[0], rows[-1] + 1)
+        dx, dy = x[:, cs] - hx, y[rs, :] - hy
         r = np.sqrt(dx * dx + dy * dy)
         ang = np.arctan2(dy, dx)
         ia = ((ang * (na / (2 * np.pi))).astype(np.int64) + off) % na
         ir = np.minimum((r * (nr / 16.0)).astype(np.int64), nr - 1)
-        side = (dx > 0) if hx > 0 else (dx < 0)
-        out += bank[k][ia, ir] * np.exp(-r / 7.0) * side
+        out[rs, cs] += bank[k][ia, ir] * np.exp(-r / 7.0)
     return out * 0.9 * np.minimum(lung_chord / 6.0, 1.0)
