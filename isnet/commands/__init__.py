@@ -1,0 +1,1 @@
+"""One module per ``isnet`` subcommand, each exposing ``add_parser(subparsers)``."""

@@ -1,0 +1,52 @@
+"""``isnet train``: train a classifier from a manifest."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from isnet.errors import UserError  # noqa: F401
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a classifier from a manifest (tracked in MLflow)")
+    p.add_argument("--config", type=Path, default=None, help="YAML config (pipelines/*.yaml); defaults if omitted")
+    p.add_argument("--manifest", type=Path, required=True, help="manifest CSV/Parquet")
+    p.add_argument("--resume", metavar="RUN_ID", default=None, help="continue a stopped run from its last checkpoint")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config value, e.g. --set optim.lr=3e-4 (repeatable)")
+    for flag, key, typ in [("--epochs", "optim.epochs", int), ("--batch-size", "data.batch_size", int),
+                           ("--image-size", "data.image_size", int), ("--backbone", "model.backbone", str),
+                           ("--lr", "optim.lr", float), ("--seed", "train.seed", int),
+                           ("--device", "train.device", str), ("--experiment", "tracking.experiment", str),
+                           ("--run-name", "tracking.run_name", str)]:
+        p.add_argument(flag, dest=key, type=typ, default=None, help=f"shortcut for --set {key}=...")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from isnet.config import load_config
+    from isnet.train.run import train
+
+    overrides = list(args.overrides)
+    for key in ("optim.epochs", "data.batch_size", "data.image_size", "model.backbone", "optim.lr", "train.seed",
+                "train.device", "tracking.experiment", "tracking.run_name"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    cfg = load_config(args.config, overrides)
+    result = train(cfg, args.manifest, resume=args.resume, progress=False if args.no_progress else None)
+    t = result.test_metrics
+    print(f"finished run {result.run_id}: {result.epochs_run} epochs, best epoch {result.best_epoch} "
+          f"(val loss {result.best_val_loss:.4f})")
+    if t:
+        print(f"test accuracy {t['test_accuracy']:.3f}, balanced accuracy {t['test_balanced_accuracy']:.3f}, "
+              f"macro AUC {t['test_macro_auc']:.3f}")
+    from isnet.tracking import DEFAULT_URI, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
+    print(f"MLflow run {result.run_id} in {uri}" + (f"  (view: mlflow ui --backend-store-uri {uri})"
+                                                    if uri == DEFAULT_URI else ""))
+    return 0
