@@ -42,3 +42,20 @@ def test_isnet_moves_relevance_off_the_background_marker(marker_manifest, tmp_pa
     for key in ("train_L_bg", "train_L_fg", "train_ce", "train_bg_share"):
         assert key in isn
     assert float(params["method.isnet.C1_tuned"]) < float(params["method.isnet.C2_tuned"])
+
+
+@pytest.mark.parametrize("variant", ["original", "stochastic", "selective"])
+def test_each_variant_trains_and_logs_its_terms(variant, toy_manifest, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, [
+        "methods=[isnet]", "model.backbone=small_cnn", "model.width=4", "data.image_size=32", "optim.epochs=1",
+        f"method.isnet.variant={variant}", "method.isnet.C1=0.01", "method.isnet.C2=10", "train.heatmap_every=1",
+        "tracking.log_model=false", "train.threads=1",
+    ])
+    result = train(cfg, toy_manifest, progress=False)
+    client = MlflowClient("sqlite:///mlflow/mlflow.db")
+    m = client.get_run(result.run_id).data.metrics
+    for key in ("train_ce", "train_L_bg", "train_L_fg", "train_L_hm", "val_bg_share"):
+        assert key in m and m[key] == m[key], key
+    assert 0.0 <= m["val_bg_share"] <= 1.0
+    assert "heatmaps" in {a.path for a in client.list_artifacts(result.run_id)}
