@@ -12,7 +12,6 @@ from isnet.lrp import LRPConfig, lrp_heatmaps
 
 zennit = pytest.importorskip("zennit")
 from zennit.attribution import Gradient  # noqa: E402
-from zennit.canonizers import SequentialMergeBatchNorm  # noqa: E402
 from zennit.composites import SpecialFirstLayerMapComposite  # noqa: E402
 from zennit.layer import Sum  # noqa: E402
 from zennit.rules import Epsilon, Norm, Pass, ZBox  # noqa: E402

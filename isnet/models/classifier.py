@@ -6,7 +6,6 @@ one input channel (radiographs are grey) with the same kernel, stride and paddin
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 from torchvision import models as tvm
 
