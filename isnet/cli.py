@@ -15,7 +15,7 @@ from typing import Sequence
 
 from isnet.errors import UserError
 
-COMMANDS = ("phantom", "manifest", "train", "explain")
+COMMANDS = ("phantom", "manifest", "train", "explain", "stress-test")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"isnet {__import__('isnet').__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
-        importlib.import_module(f"isnet.commands.{name}").add_parser(sub)
+        importlib.import_module(f"isnet.commands.{name.replace('-', '_')}").add_parser(sub)
     return parser
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from monai.data import CacheDataset, Dataset
 from torch.utils.data import DataLoader
@@ -12,9 +14,11 @@ from isnet.data.transforms import build_transforms
 _KEEP = ("image", "mask", "label", "has_mask", "row", "site", "patient_id")
 
 
-def build_dataset(records: list[dict], cfg: DataConfig, *, train: bool, progress: bool = False) -> Dataset:
-    """``CacheDataset`` keeps load→normalise→resize results in memory; random augmentation runs each epoch."""
-    transform = build_transforms(cfg, train=train)
+def build_dataset(records: list[dict], cfg: DataConfig, *, train: bool, progress: bool = False,
+                  extra: Sequence = ()) -> Dataset:
+    """``CacheDataset`` keeps load→normalise→resize results in memory; random augmentation runs each epoch.
+    ``extra``: transforms inserted after resize (see ``build_transforms``)."""
+    transform = build_transforms(cfg, train=train, extra=extra)
     if cfg.cache == "memory":
         return CacheDataset(records, transform=transform, cache_rate=1.0, num_workers=None,
                             progress=progress, copy_cache=False)

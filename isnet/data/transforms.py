@@ -8,7 +8,7 @@ aligned with the pixels it describes; intensity changes touch the image only. Th
 from __future__ import annotations
 
 import math
-from typing import Hashable, Mapping
+from typing import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -82,8 +82,10 @@ def augment_transforms(cfg: DataConfig) -> list:
     ]
 
 
-def build_transforms(cfg: DataConfig, train: bool) -> Compose:
-    steps = base_transforms(cfg)
+def build_transforms(cfg: DataConfig, train: bool, extra: Sequence = ()) -> Compose:
+    """``extra`` transforms run right after resize/pad, before augmentation (e.g. the stress test's bias
+    injection); deterministic ones are cached with the prefix by ``CacheDataset``."""
+    steps = base_transforms(cfg) + list(extra)
     if train:
         steps += augment_transforms(cfg)
     steps.append(EnsureTyped(keys=["image", "mask"], dtype=torch.float32, track_meta=False))

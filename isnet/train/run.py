@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -46,8 +47,13 @@ def _resume_state(cfg: TrainConfig, run_id: str) -> tuple[TrainConfig, dict, Pat
 
 
 def train(cfg: TrainConfig, manifest_path: str | Path, *, resume: str | None = None,
-          progress: bool | None = None) -> FitResult:
-    """Train a classifier with the configured methods; ``resume`` continues a run from its last checkpoint."""
+          progress: bool | None = None, extra_transforms: Mapping[str, Sequence] | None = None,
+          parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None) -> FitResult:
+    """Train a classifier with the configured methods; ``resume`` continues a run from its last checkpoint.
+
+    ``extra_transforms`` maps a split ("train", "val", "test") to transforms inserted after resize (e.g. the
+    stress test's bias injection; pass them again on resume); ``parent_run_id`` nests the MLflow run under
+    a parent run; ``tags`` are set on the run."""
     state = None
     if resume:
         cfg, state, _ = _resume_state(cfg, resume)
@@ -63,10 +69,13 @@ def train(cfg: TrainConfig, manifest_path: str | Path, *, resume: str | None = N
                         f"(SHA-256 differs); start a new run instead")
     model = build_classifier(cfg.model.backbone, len(cfg.data.classes), width=cfg.model.width)
     tracker = Tracker(cfg.tracking.experiment, cfg.tracking.tracking_uri)
-    run_id = tracker.start(run_id=resume, run_name=cfg.tracking.run_name)
+    run_id = tracker.start(run_id=resume, run_name=cfg.tracking.run_name, parent_run_id=parent_run_id)
+    if tags:
+        tracker.set_tags(tags)
     ckpt_dir = Path(cfg.train.checkpoint_dir) / (run_id or "local")
     try:
-        trainer = Trainer(cfg, manifest, model, methods, tracker, device, ckpt_dir, progress=progress)
+        trainer = Trainer(cfg, manifest, model, methods, tracker, device, ckpt_dir, progress=progress,
+                          extra_transforms=extra_transforms)
         if state is not None:
             trainer.load_state_dict(state)
             print(f"resuming run {run_id} after epoch {trainer.epoch}", flush=True)

@@ -8,7 +8,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -68,8 +68,11 @@ class Trainer:
     """Owns one training run; methods see it through their hooks (model, loaders, device, tracker, config)."""
 
     def __init__(self, cfg: TrainConfig, manifest: Manifest, model: torch.nn.Module, methods: list[Method],
-                 tracker: Tracker, device: torch.device, checkpoint_dir: Path, progress: bool | None = None):
+                 tracker: Tracker, device: torch.device, checkpoint_dir: Path, progress: bool | None = None,
+                 extra_transforms: Mapping[str, Sequence] | None = None):
         self.cfg = cfg
+        # per split ("train", "val", "test"): transforms inserted after resize, e.g. a stress-test bias
+        self.extra_transforms = {k: list(v) for k, v in (extra_transforms or {}).items()}
         self.manifest = manifest
         self.model = model.to(device)
         self.methods = methods
@@ -86,8 +89,10 @@ class Trainer:
         self.best_epoch = 0
         self.bad_epochs = 0
         self.history: list[dict[str, float]] = []
-        self.train_ds = build_dataset(manifest.records("train"), cfg.data, train=True)
-        self.val_ds = build_dataset(manifest.records("val"), cfg.data, train=False)
+        self.train_ds = build_dataset(manifest.records("train"), cfg.data, train=True,
+                                      extra=self.extra_transforms.get("train", ()))
+        self.val_ds = build_dataset(manifest.records("val"), cfg.data, train=False,
+                                    extra=self.extra_transforms.get("val", ()))
         self.train_loader = build_loader(self.train_ds, cfg.data, shuffle=True, generator=torch.Generator())
         self.val_loader = build_loader(self.val_ds, cfg.data, shuffle=False)
         use_amp = device.type == "cuda" and cfg.train.amp != "off"
@@ -293,7 +298,7 @@ class Trainer:
             return {}
         best = load_checkpoint(self.best_path, map_location=self.device)
         self.model.load_state_dict(best["model"])
-        ds = build_dataset(records, self.cfg.data, train=False)
+        ds = build_dataset(records, self.cfg.data, train=False, extra=self.extra_transforms.get("test", ()))
         pred = predict(self.model, build_loader(ds, self.cfg.data, shuffle=False), self.device)
         out = {f"test_{k}": v for k, v in score(pred, self.num_classes).items()}
         out.update({f"test_accuracy_{site}": v for site, v in per_site_accuracy(pred).items()})

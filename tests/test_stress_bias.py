@@ -1,0 +1,139 @@
+"""Bias injectors: never on the (dilated) lungs, deterministic, and the test sets differ only in the bias."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from isnet.data.bias import (
+    BIAS_KINDS,
+    SHAPES,
+    BiasPlacementError,
+    BiasSpec,
+    InjectBiasd,
+    bias_present,
+    forbidden_zone,
+    inject,
+    parse_bias,
+)
+from isnet.errors import UserError
+
+ALL_SPECS = ([BiasSpec(kind="shape", shape=s) for s in SHAPES]
+             + [BiasSpec(kind="text", text="PORTABLE"), BiasSpec(kind="patch"), BiasSpec(kind="border"),
+                BiasSpec(kind="noise")])
+
+
+def random_lungs(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Two elliptical 'lungs' of random size and position."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    m = np.zeros((size, size), np.float32)
+    for side in (0.3, 0.7):
+        cy = size * rng.uniform(0.4, 0.6)
+        cx = size * (side + rng.uniform(-0.05, 0.05))
+        ry, rx = size * rng.uniform(0.2, 0.33), size * rng.uniform(0.08, 0.14)
+        m[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1] = 1
+    return m
+
+
+@pytest.mark.parametrize("spec", ALL_SPECS, ids=lambda s: s.label)
+def test_bias_never_touches_the_dilated_lungs(spec):
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        size = int(rng.choice([64, 96, 128]))
+        mask = random_lungs(rng, size)
+        img = rng.random((size, size)).astype(np.float32) * 0.5
+        out, where = inject(img, mask, [spec], seed=i, row=i)
+        zone = forbidden_zone(mask, int(round(spec.margin * size)))
+        assert where.any()
+        assert not (where & zone).any()
+        changed = out != img
+        assert not (changed & ~where).any(), "pixels outside the bias footprint changed"
+        assert not changed[mask > 0.5].any()
+
+
+def test_several_biases_do_not_overlap_and_stay_off_the_lungs():
+    rng = np.random.default_rng(1)
+    specs = [BiasSpec(kind="text", text="PORTABLE"), BiasSpec(kind="shape", shape="circle"),
+             BiasSpec(kind="noise", size=(0.08, 0.1))]
+    for i in range(30):
+        mask = random_lungs(rng, 96)
+        img = np.full((96, 96), 0.3, np.float32)
+        _, where = inject(img, mask, specs, seed=3, row=i)
+        assert not (where & forbidden_zone(mask, 3)).any()
+        # each stamped bias is visible: the total footprint is at least as large as the biggest one alone
+        singles = [inject(img, mask, [s], seed=3, row=i)[1].sum() for s in specs]
+        assert where.sum() >= max(singles)
+
+
+def test_injection_is_deterministic_per_row_and_seed():
+    rng = np.random.default_rng(2)
+    mask = random_lungs(rng, 64)
+    img = rng.random((64, 64)).astype(np.float32)
+    spec = [BiasSpec(kind="shape", shape="triangle")]
+    a = inject(img, mask, spec, seed=5, row=17)[0]
+    assert np.array_equal(a, inject(img, mask, spec, seed=5, row=17)[0])
+    others = [inject(img, mask, spec, seed=s, row=r)[0] for s, r in [(6, 17), (5, 18), (7, 3)]]
+    assert any(not np.array_equal(a, o) for o in others)
+
+
+def test_no_room_names_the_image():
+    mask = np.ones((32, 32), np.float32)
+    mask[:2] = 0
+    with pytest.raises(BiasPlacementError, match="chest_017.png"):
+        inject(np.zeros((32, 32), np.float32), mask, [BiasSpec(kind="shape")], 0, 3, name="chest_017.png (row 3)")
+    with pytest.raises(BiasPlacementError, match="empty"):
+        inject(np.zeros((32, 32), np.float32), np.zeros((32, 32)), [BiasSpec()], 0, 3)
+
+
+def _sample(label: int, row: int, size: int = 64) -> dict:
+    rng = np.random.default_rng(row)
+    return {"image": torch.as_tensor(rng.random((1, size, size)), dtype=torch.float32),
+            "mask": random_lungs(rng, size)[None], "label": label, "row": row}
+
+
+def test_clean_aligned_flipped_differ_only_in_the_bias():
+    specs = [BiasSpec(kind="shape", shape="square"), BiasSpec(kind="text", text="AP")]
+    target = 1
+    samples = [_sample(label=r % 3, row=r) for r in range(30)]
+    sets = {mode: [InjectBiasd(specs, target, mode=mode, seed=4)(s) for s in samples]
+            for mode in ("clean", "aligned", "flipped")}
+    for i, s in enumerate(samples):
+        clean, aligned, flipped = (sets[m][i] for m in ("clean", "aligned", "flipped"))
+        assert torch.equal(clean["image"], s["image"]) and clean["bias_present"] == 0
+        is_target = s["label"] == target
+        assert aligned["bias_present"] == int(is_target) and flipped["bias_present"] == int(not is_target)
+        for d in (aligned, flipped):
+            diff = (d["image"] != clean["image"]).numpy()
+            assert not (diff & ~d["bias_region"]).any(), "a pixel outside the bias region differs"
+            assert d["bias_region"].any() == bool(d["bias_present"])
+            assert not (d["bias_region"][0] & (s["mask"][0] > 0.5)).any()
+        # the same image carries the same bias in the aligned and the flipped set
+        biased = aligned if is_target else flipped
+        assert torch.equal(biased["image"], InjectBiasd(specs, target, mode="all", seed=4)(s)["image"])
+
+
+def test_train_mode_presence_follows_strength():
+    rows = range(4000)
+    rate = np.mean([bias_present("train", 1, 1, 0.8, 0, r) for r in rows])
+    assert abs(rate - 0.8) < 0.03
+    assert not any(bias_present("train", 0, 1, 1.0, 0, r) for r in rows)
+    assert all(bias_present("train", 1, 1, 1.0, 0, r) for r in rows)
+    # nested across strengths: an image biased at 0.5 is biased at 0.8 too (same seed)
+    assert all(bias_present("train", 1, 1, 0.8, 0, r) for r in rows if bias_present("train", 1, 1, 0.5, 0, r))
+
+
+@pytest.mark.parametrize("text,kind", [("shape:triangle", "shape"), ('text:"PORTABLE"', "text"), ("patch", "patch"),
+                                       ("border", "border"), ("noise", "noise"), ("shape:circle", "shape")])
+def test_parse_bias(text, kind):
+    spec = parse_bias(text)
+    assert spec.kind == kind and kind in BIAS_KINDS
+    if kind == "text":
+        assert spec.text == "PORTABLE"
+
+
+@pytest.mark.parametrize("text,msg", [("star", "unknown bias kind"), ("shape:hexagon", "unknown shape"),
+                                      ("text:", "needs the token"), ("patch:big", "takes no argument")])
+def test_parse_bias_errors(text, msg):
+    with pytest.raises(UserError, match=msg):
+        parse_bias(text)
