@@ -69,6 +69,19 @@ def point_metrics(y: Sequence[int], probs: np.ndarray, classes: Sequence[str]) -
         vals[name] = {classes[c]: float(arr[c]) for c in labels}
         defined = ~np.isnan(arr)
         vals["macro_" + name] = float(arr[defined].mean()) if defined.any() else nan
+    for c in labels:
+        name = classes[c]
+        if c in absent:
+            reasons[f"sensitivity.{name}"] = f"no {name} images here"
+            reasons[f"auc.{name}"] = f"no {name} images here"
+        elif len(present) < 2:
+            reasons[f"auc.{name}"] = f"only {name} images here: AUC needs negatives"
+        if c in never_pred:
+            reasons[f"precision.{name}"] = f"the model never predicted {name} here"
+        if np.isnan(spec[c]):
+            reasons[f"specificity.{name}"] = f"only {name} images here: no negatives"
+        if np.isnan(f1[c]):
+            reasons[f"f1.{name}"] = f"{name} neither present nor predicted"
     if len(present) < 2:
         only = _names(present, classes)
         why = f"only one class ({only}) at this site: AUC and specificity need images of other classes"

@@ -1,0 +1,328 @@
+"""``isnet report``: score trained runs on an external manifest and write the HTML + JSON report.
+
+For every run: predictions on the external images (``predict``), the background relevance share of every
+image with a mask (``explain_loader``), predictions on the run's own test split (rebuilt from the
+``data/splits.csv`` artifact and the ``manifest_path`` tag, else the logged ``test_*`` metrics), and heatmap
+galleries of the most confident correct and wrong predictions per site. The numbers come from
+:func:`isnet.evaluate.report.assemble_report`; both files are logged to an MLflow run in experiment
+``reports``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from isnet.config.schema import DataConfig, TrainConfig  # noqa: E402
+from isnet.data.dataset import build_dataset, build_loader  # noqa: E402
+from isnet.data.manifest import read_manifest, sha256_file, validate_manifest  # noqa: E402
+from isnet.errors import UserError  # noqa: E402
+from isnet.evaluate.calibration import reliability_figure  # noqa: E402
+from isnet.evaluate.figures import heatmap_grid  # noqa: E402
+from isnet.evaluate.relevance import explain_loader  # noqa: E402
+from isnet.evaluate.report import OVERALL, Cohort, MethodResult, assemble_report  # noqa: E402
+from isnet.evaluate.report_html import render_html  # noqa: E402
+from isnet.lrp import LRPConfig  # noqa: E402
+from isnet.tracking import Tracker, resolve_tracking_uri  # noqa: E402
+from isnet.train.evaluation import predict  # noqa: E402
+from isnet.train.loading import load_run_model  # noqa: E402
+
+
+def _records(df: pd.DataFrame, classes: Sequence[str]) -> list[dict]:
+    index = {c: i for i, c in enumerate(classes)}
+    return [{"image": r.image_path, "mask": r.mask_path, "label": index[r.label], "row": int(r.row), "site": r.site,
+             "patient_id": r.patient_id or f"row{int(r.row)}"} for r in df.itertuples(index=False)]
+
+
+def _loader(records: list[dict], cfg: TrainConfig, batch_size: int):
+    data_cfg = DataConfig(**{**cfg.data.model_dump(), "cache": "none", "batch_size": batch_size, "num_workers": 0})
+    return build_loader(build_dataset(records, data_cfg, train=False), data_cfg, shuffle=False)
+
+
+def _lrp_config(cfg: TrainConfig) -> LRPConfig:
+    c = cfg.method.isnet
+    return LRPConfig(epsilon=c.epsilon, body_rule=c.body_rule, first_rule=c.first_rule)
+
+
+def _in_distribution(run_id: str, tracking_uri: str, classes: Sequence[str]) -> tuple[pd.DataFrame | None, dict, str]:
+    """(test-split rows with resolved paths or None, logged test metrics, note)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    try:
+        run = MlflowClient(tracking_uri).get_run(run_id)
+    except Exception as exc:
+        return None, {}, f"run {run_id} not found in {tracking_uri} ({type(exc).__name__})"
+    logged = {k: v for k, v in run.data.metrics.items() if k.startswith("test_")}
+    manifest_tag = run.data.tags.get("manifest_path", "")
+    try:
+        splits_path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="data/splits.csv",
+                                                          tracking_uri=tracking_uri)
+        splits = pd.read_csv(splits_path, dtype=str, keep_default_na=False)
+    except Exception:
+        return None, logged, "the run has no data/splits.csv artifact"
+    base = Path(manifest_tag).expanduser()
+    base = (base if base.is_absolute() else Path.cwd() / base).resolve().parent
+    test = splits[splits.get("split", pd.Series(dtype=str)) == "test"].copy()
+    if test.empty:
+        return None, logged, "the run has no test split"
+    test["image_path"] = [str(Path(v) if Path(v).is_absolute() else base / v) for v in test["image"]]
+    test["mask_path"] = [str(Path(v) if Path(v).is_absolute() else base / v) if v else ""
+                         for v in test.get("mask", pd.Series([""] * len(test), index=test.index))]
+    missing = [p for p in test["image_path"] if not Path(p).is_file()]
+    if missing:
+        return None, logged, (f"test images of the run not found (e.g. {missing[0]}; manifest_path tag "
+                              f"{manifest_tag!r})")
+    test = test[test["label"].isin(classes)]
+    test["row"] = test["row"].astype(int) if "row" in test else range(len(test))
+    trained = splits[splits["split"].isin(["train", "val"])]
+    test.attrs["trained_images"] = {str(Path(v) if Path(v).is_absolute() else base / v) for v in trained["image"]}
+    return test, logged, ""
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _confusion_figure(report: dict, name: str) -> bytes:
+    groups = [g for g in report["groups"] if report["data"][g]["n_images"] > 0]
+    classes = report["classes"]
+    fig, axes = plt.subplots(1, len(groups), figsize=(2.6 * len(groups), 2.7), squeeze=False)
+    for ax, g in zip(axes[0], groups):
+        cm = np.asarray(report["metrics"][name][g]["values"]["confusion_matrix"])
+        norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if norm[i, j] > 0.6 else "black")
+        ax.set_xticks(range(len(classes)), classes, fontsize=7, rotation=30)
+        ax.set_yticks(range(len(classes)), classes, fontsize=7)
+        ax.set_xlabel("predicted", fontsize=7)
+        ax.set_ylabel("true", fontsize=7)
+        ax.set_title(g, fontsize=8)
+    fig.suptitle(name, fontsize=9)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _forest_figure(report: dict, metric: str, label: str) -> bytes:
+    """Point and CI of a metric per group (rows) and method (colours)."""
+    names = [m["name"] for m in report["methods"]]
+    groups = report["groups"]
+    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(groups) * len(names) + 1.0))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    y = 0
+    ticks, labels = [], []
+    for g in groups:
+        for k, n in enumerate(names):
+            e = report["metrics"][n][g]
+            v, (lo, hi) = e["values"].get(metric, math.nan), e["ci"].get(metric, [math.nan, math.nan])
+            if math.isfinite(v):
+                ax.plot([v], [y], "o", color=colours[k % len(colours)], label=n if g == groups[0] else None)
+                if math.isfinite(lo):
+                    ax.plot([lo, hi], [y, y], "-", color=colours[k % len(colours)])
+            else:
+                ax.text(0.5, y, "undefined", fontsize=7, va="center", color="grey",
+                        label=None, transform=ax.get_yaxis_transform())
+            ticks.append(y)
+            labels.append(f"{g} · {n}")
+            y -= 1
+        y -= 0.5
+    ax.set_yticks(ticks, labels, fontsize=7)
+    ax.set_xlabel(label)
+    ax.grid(axis="x", alpha=0.3)
+    handles = ax.get_legend_handles_labels()[0]
+    if handles:
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _gallery(records: list[dict], model, cfg: TrainConfig, device, classes: Sequence[str], probs_by_row: dict,
+             title: str) -> bytes | None:
+    if not records:
+        return None
+    out = explain_loader(model, _loader(records, cfg, len(records)), device, _lrp_config(cfg), keep=len(records))
+    k = out["kept"]
+    titles = []
+    for lab, pred, r in zip(k["label"], k["pred"], out["rows"]):
+        titles.append(f"row {r}: {classes[lab]} → {classes[pred]} ({probs_by_row[r][pred]:.2f})")
+    fig = heatmap_grid(k["image"], [m if np.any(m > 0.5) else None for m in k["mask"]], k["heatmap"], titles,
+                       columns=len(records))
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _json_safe(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (np.floating,)):
+        return _json_safe(float(obj))
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def run_report(run_ids: Sequence[str], manifest: str | Path, out: str | Path, *, sites: Sequence[str] | None = None,
+               n_resamples: int = 1000, seed: int = 0, n_bins: int = 10, gallery_size: int = 3,
+               checkpoint_dir: str | Path = "checkpoints", tracking_uri: str | None = None, batch_size: int = 32,
+               device: str = "cpu", log_mlflow: bool = True) -> dict:
+    """Write ``out`` (HTML) and ``out`` with suffix ``.json``; returns the report dict (with paths)."""
+    run_ids = [r.strip() for r in run_ids if r.strip()]
+    if not run_ids:
+        raise UserError("report: --runs needs at least one run id")
+    if len(set(run_ids)) != len(run_ids):
+        raise UserError(f"report: a run id is listed twice in {run_ids}")
+    out = Path(out)
+    json_path = out.with_suffix(".json")
+    uri = resolve_tracking_uri(tracking_uri)
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    loaded = [load_run_model(r, checkpoint_dir, uri, device=dev) for r in run_ids]
+    classes = list(loaded[0][1].data.classes)
+    for r, (_, cfg) in zip(run_ids, loaded):
+        if list(cfg.data.classes) != classes:
+            raise UserError(f"report: run {r} has classes {cfg.data.classes} but run {run_ids[0]} has {classes}; "
+                            f"methods can only be compared on the same classes")
+
+    df = read_manifest(manifest)
+    all_sites = sorted(set(df["site"]))
+    if sites:
+        sites = list(dict.fromkeys(s.strip() for s in sites if s.strip()))
+        df = df[df["site"].isin(sites)]
+        if df.empty:
+            raise UserError(f"report: manifest {manifest} has no rows of site(s) {sites}; its sites are {all_sites}")
+    else:
+        sites = all_sites
+    report_val = validate_manifest(df, manifest, classes)
+    report_val.raise_if_any()
+    df = df.sort_values("row")
+    records = _records(df, classes)
+    labels = np.array([r["label"] for r in records])
+    ext_sites = [r["site"] for r in records]
+    ext_patients = [r["patient_id"] for r in records]
+    warnings: list[str] = []
+    for s in sites:
+        if s not in set(ext_sites):
+            warnings.append(f"site {s!r} has no images in {Path(manifest).name}: its metrics are undefined")
+
+    methods: list[MethodResult] = []
+    models = {}
+    names_seen: set[str] = set()
+    for run_id, (model, cfg) in zip(run_ids, loaded):
+        name = f"{'+'.join(cfg.methods)} {run_id[:8]}"
+        names_seen.add(name)
+        print(f"scoring run {run_id} ({'+'.join(cfg.methods)}, {cfg.model.backbone}) on {len(records)} images",
+              flush=True)
+        pred = predict(model, _loader(records, cfg, batch_size), dev)
+        if pred["rows"] != [r["row"] for r in records]:
+            raise RuntimeError("loader changed the order of the manifest rows")
+        rel = explain_loader(model, _loader(records, cfg, batch_size), dev, _lrp_config(cfg))
+        share = dict(zip(rel["rows"], rel["bg_share"].tolist()))
+        bg = np.array([share[r["row"]] for r in records], dtype=float)
+        test_df, logged, note = _in_distribution(run_id, uri, classes)
+        id_cohort = None
+        if test_df is not None:
+            trained = test_df.attrs.get("trained_images", set())
+            overlap = sum(1 for r in records if str(Path(r["image"])) in trained)
+            if overlap:
+                warnings.append(f"{overlap} external image(s) were in the train/val split of run {run_id}: "
+                                f"this is not an external test (filter with --sites)")
+            id_records = _records(test_df, classes)
+            id_pred = predict(model, _loader(id_records, cfg, batch_size), dev)
+            id_cohort = Cohort(id_pred["labels"], id_pred["sites"], [r["patient_id"] for r in id_records],
+                               id_pred["probs"])
+        elif note:
+            warnings.append(f"run {run_id}: in-distribution metrics not recomputed: {note}")
+        methods.append(MethodResult(
+            name, run_id, Cohort(labels, ext_sites, ext_patients, pred["probs"], bg), id_cohort, logged, note,
+            info={"methods": list(cfg.methods), "backbone": cfg.model.backbone, "image_size": cfg.data.image_size}))
+        models[name] = (model, cfg)
+
+    report = assemble_report(methods, classes, sites, n_resamples=n_resamples, seed=seed, n_bins=n_bins)
+    report["manifest"] = str(manifest)
+    report["manifest_sha256"] = sha256_file(manifest)
+    report["warnings"] = warnings
+    report["predictions"] = {m.name: [{"row": r["row"], "site": r["site"], "patient_id": r["patient_id"],
+                                       "label": classes[r["label"]], "probs": [float(x) for x in m.external.probs[i]],
+                                       "bg_share": float(m.external.bg_share[i])}
+                                      for i, r in enumerate(records)] for m in methods}
+
+    # galleries: most confident correct and wrong predictions per site and method
+    figures: dict[str, bytes] = {}
+    gallery: dict = {}
+    for m in methods:
+        model, cfg = models[m.name]
+        probs = m.external.probs
+        conf = probs.max(1) if len(probs) else np.zeros(0)
+        correct = probs.argmax(1) == labels if len(probs) else np.zeros(0, dtype=bool)
+        by_row = {r["row"]: probs[i] for i, r in enumerate(records)}
+        for s in sites:
+            idx = np.flatnonzero(np.asarray(ext_sites) == s)
+            entry = gallery.setdefault(s, {}).setdefault(m.name, {})
+            for kind, want in (("correct", True), ("wrong", False)):
+                pick = idx[correct[idx] == want]
+                pick = pick[np.argsort(-conf[pick], kind="stable")][:gallery_size]
+                entry[kind] = [{"row": records[i]["row"], "label": classes[labels[i]],
+                                "predicted": classes[int(probs[i].argmax())], "confidence": float(conf[i])}
+                               for i in pick]
+                png = _gallery([records[i] for i in pick], model, cfg, dev, classes, by_row,
+                               f"{s} · {m.name} · most confident {kind}")
+                if png:
+                    figures[f"gallery/{s}/{m.name}/{kind}"] = png
+    report["gallery"] = gallery
+    figures["forest_auc"] = _forest_figure(report, "macro_auc", "macro AUC (one-vs-rest), 95% CI")
+    figures["forest_bg"] = _forest_figure(report, "bg_share_mean", "mean background relevance share, 95% CI")
+    curves = {m.name: report["metrics"][m.name][OVERALL]["calibration"] for m in methods}
+    figures["reliability"] = _png(reliability_figure(curves, "Reliability, all external images"))
+    for m in methods:
+        figures[f"confusion/{m.name}"] = _confusion_figure(report, m.name)
+
+    tracker = Tracker("reports", uri, enabled=log_mlflow)
+    report_run = tracker.start(run_name=f"report {out.stem}")
+    report["report_run_id"] = report_run
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(_json_safe(report), indent=1, allow_nan=False))
+        out.write_text(render_html(report, figures), encoding="utf-8")
+        tracker.log_params({"runs": ",".join(run_ids), "manifest": str(manifest), "sites": ",".join(sites),
+                            "n_resamples": n_resamples, "seed": seed, "n_bins": n_bins})
+        tracker.set_tags({"manifest_sha256": report["manifest_sha256"]})
+        flat = {}
+        for m in methods:
+            for g in report["groups"]:
+                vals = report["metrics"][m.name][g]["values"]
+                for k in ("macro_auc", "balanced_accuracy", "macro_f1", "ece", "bg_share_mean"):
+                    flat[f"{m.run_id[:8]}.{g}.{k}"] = vals[k]
+            for k, v in report["gap"][m.name]["gap"].items():
+                flat[f"{m.run_id[:8]}.gap.{k}"] = v["difference"]
+        tracker.log_metrics(flat)
+        tracker.log_artifact(out, "report")
+        tracker.log_artifact(json_path, "report")
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.end("FINISHED")
+    report["html_path"], report["json_path"] = str(out), str(json_path)
+    return report
