@@ -15,7 +15,7 @@ from typing import Sequence
 
 from isnet.errors import UserError
 
-COMMANDS = ("phantom", "manifest", "train", "explain", "stress-test", "report")
+COMMANDS = ("phantom", "manifest", "train", "explain", "stress-test", "report", "segmenter")
 
 
 def build_parser() -> argparse.ArgumentParser:
