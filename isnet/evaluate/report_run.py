@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
