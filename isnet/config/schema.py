@@ -11,7 +11,9 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 BACKBONES = ("small_cnn", "resnet18", "resnet50", "densenet121", "vgg16_bn")
-METHODS = ("standard", "isnet")
+METHODS = ("standard", "isnet", "sgdrop", "reldrop", "rrr", "masked_input")
+#: methods that compute the forward pass themselves; at most one of them can be on
+FORWARD_OWNERS = ("isnet",)
 
 
 class _Strict(BaseModel):
@@ -27,6 +29,18 @@ class AugmentConfig(_Strict):
     gamma: tuple[float, float] = (0.8, 1.25)
 
 
+class InputMaskConfig(_Strict):
+    """Multiply every image by its dilated lung mask (the segment-then-classify baseline, ``masked_input``).
+
+    Part of the data pipeline so that training, validation, the test evaluation, ``isnet explain`` and
+    anything else that builds a dataset from a run's stored config see the same masked images.
+    """
+
+    dilation_px: int = Field(5, ge=0, le=256, description="dilation of the lung mask, in pixels of the network input")
+    source: Literal["manifest"] = Field(
+        "manifest", description="where the mask comes from; 'segmenter' (lung segmenter, issue 8) plugs in here")
+
+
 class DataConfig(_Strict):
     classes: list[str] = ["normal", "covid", "tb"]
     image_size: int = Field(128, ge=16, le=2048)
@@ -38,6 +52,8 @@ class DataConfig(_Strict):
     lower_percentile: float = Field(0.5, ge=0, lt=50)
     upper_percentile: float = Field(99.5, gt=50, le=100)
     augment: AugmentConfig = AugmentConfig()
+    input_mask: Optional[InputMaskConfig] = Field(
+        None, description="set from method.masked_input when that method is on; do not set by hand")
 
     @field_validator("classes")
     @classmethod
@@ -96,8 +112,55 @@ class ISNetConfig(_Strict):
         return self
 
 
+class SGDropConfig(_Strict):
+    """Saliency-guided dropout at a latent feature map (DESIGN.md §5)."""
+
+    rho: float = Field(0.9, gt=0, lt=1, description="quantile q_rho: features attributed above it are zeroed "
+                                                     "(about 1 - rho of them)")
+    layer: Optional[str] = Field(None, description="module name (model.named_modules()); default: the last "
+                                                   "convolutional block of the backbone")
+    at: Literal["input", "output"] = Field("output", description="mask the named module's input or output")
+    attribution: Literal["grad_x_act"] = "grad_x_act"
+    rescale: bool = Field(True, description="scale kept features by 1/keep-fraction, like dropout")
+    ema: bool = Field(False, description="threshold = exponential moving average of the batch's q_rho across steps")
+    ema_momentum: float = Field(0.9, ge=0, lt=1)
+
+
+class RelDropConfig(_Strict):
+    """Relevance-driven input dropout (DESIGN.md §5): occlusion guided by one eval-mode LRP pass per batch."""
+
+    variant: Literal["pixel", "block"] = "pixel"
+    prob: float = Field(0.5, ge=0, le=1, description="probability that an image is occluded")
+    alpha: float = Field(0.5, ge=0, le=1, description="pixel: weight of uniform noise against relevance; "
+                                                      "block: probability of a random (not top-k) box centre")
+    beta: float = Field(0.5, ge=0, le=1, description="pixel: drop where alpha*U + (1-alpha)*R >= 1 - beta")
+    top_k: int = Field(10, ge=1, description="block: the centre is one of the k most relevant pixels")
+    area: tuple[float, float] = Field((0.02, 0.33), description="block: box area range, fraction of the image")
+    aspect: tuple[float, float] = Field((0.3, 3.3), description="block: box aspect-ratio range")
+    fill: Literal["zero", "mean", "noise"] = "zero"
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "RelDropConfig":
+        lo, hi = self.area
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"area must be 0 < low <= high <= 1, got {self.area}")
+        if not 0 < self.aspect[0] <= self.aspect[1]:
+            raise ValueError(f"aspect must be 0 < low <= high, got {self.aspect}")
+        return self
+
+
+class RRRConfig(_Strict):
+    """Right for the right reasons: lambda * ||(1 - m) * d(sum log p)/dx||^2 (DESIGN.md §5)."""
+
+    lam: float = Field(10.0, ge=0, description="weight of the input-gradient penalty")
+
+
 class MethodParams(_Strict):
     isnet: ISNetConfig = ISNetConfig()
+    sgdrop: SGDropConfig = SGDropConfig()
+    reldrop: RelDropConfig = RelDropConfig()
+    rrr: RRRConfig = RRRConfig()
+    masked_input: InputMaskConfig = InputMaskConfig()
 
 
 class RunConfig(_Strict):
@@ -124,7 +187,7 @@ class TrainConfig(_Strict):
     optim: OptimConfig = OptimConfig()
     train: RunConfig = RunConfig()
     tracking: TrackingConfig = TrackingConfig()
-    methods: list[Literal["standard", "isnet"]] = ["standard"]
+    methods: list[Literal["standard", "isnet", "sgdrop", "reldrop", "rrr", "masked_input"]] = ["standard"]
     method: MethodParams = MethodParams()
 
     @field_validator("methods")
@@ -134,4 +197,16 @@ class TrainConfig(_Strict):
             raise ValueError("lists a method twice")
         if "standard" in v and len(v) > 1:
             raise ValueError("'standard' means plain cross-entropy and cannot be combined with other methods")
+        owners = [m for m in v if m in FORWARD_OWNERS]
+        if len(owners) > 1:
+            raise ValueError(f"methods {owners} each compute their own forward pass and cannot be combined")
         return v or ["standard"]
+
+    @model_validator(mode="after")
+    def _input_mask_follows_method(self) -> "TrainConfig":
+        """The masked-input method is a property of the data: stored in ``data.input_mask`` so that every
+        pipeline built from this config (val, test, explain) masks the images the way training did."""
+        want = self.method.masked_input if "masked_input" in self.methods else None
+        if self.data.input_mask != want:
+            self.data.input_mask = want
+        return self

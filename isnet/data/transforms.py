@@ -12,7 +12,7 @@ from typing import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
-from monai.config import KeysCollection
+import torch.nn.functional as F
 from monai.transforms import (
     Compose,
     EnsureTyped,
@@ -24,7 +24,7 @@ from monai.transforms import (
     SpatialPadd,
 )
 
-from isnet.config.schema import DataConfig
+from isnet.config.schema import DataConfig, InputMaskConfig
 from isnet.data import io
 
 
@@ -82,6 +82,41 @@ def augment_transforms(cfg: DataConfig) -> list:
     ]
 
 
+def dilate_mask(mask: torch.Tensor, px: int) -> torch.Tensor:
+    """Binary dilation of a [..., H, W] 0/1 mask by a disc of radius ``px`` pixels (float 0/1 result)."""
+    m = (mask > 0.5).float()
+    if px <= 0:
+        return m
+    r = torch.arange(-px, px + 1, dtype=torch.float32, device=m.device)
+    disc = ((r[:, None] ** 2 + r[None, :] ** 2) <= px * px + 1e-6).float()[None, None]
+    flat = m.reshape((-1, 1) + m.shape[-2:])
+    hit = F.conv2d(flat, disc, padding=px) > 0.5
+    return hit.float().reshape(m.shape)
+
+
+class MaskInputd(MapTransform):
+    """``image *= dilate(mask)``: the classifier sees only the (slightly enlarged) lungs.
+
+    The last step of every pipeline, so the dilation is in pixels of the network input and the mask has
+    moved with the image through augmentation. A record without a mask cannot be masked: this is where a
+    lung segmenter (issue 8, ``source: segmenter``) will supply one; until then it is an error naming the row.
+    """
+
+    def __init__(self, cfg: InputMaskConfig):
+        super().__init__(keys=["image", "mask"])
+        self.cfg = cfg
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        if not d.get("has_mask", 1):
+            where = f"manifest row {d['row']}" if "row" in d else "an image"
+            raise RuntimeError(f"{where} has no lung mask, but this model was trained with masked input "
+                               f"(method masked_input, mask source {self.cfg.source!r}) and needs one")
+        image = torch.as_tensor(d["image"])
+        d["image"] = image * dilate_mask(torch.as_tensor(d["mask"]), self.cfg.dilation_px).to(image.dtype)
+        return d
+
+
 def build_transforms(cfg: DataConfig, train: bool, extra: Sequence = ()) -> Compose:
     """``extra`` transforms run right after resize/pad, before augmentation (e.g. the stress test's bias
     injection); deterministic ones are cached with the prefix by ``CacheDataset``."""
@@ -89,4 +124,6 @@ def build_transforms(cfg: DataConfig, train: bool, extra: Sequence = ()) -> Comp
     if train:
         steps += augment_transforms(cfg)
     steps.append(EnsureTyped(keys=["image", "mask"], dtype=torch.float32, track_meta=False))
+    if cfg.input_mask is not None:  # masked-input models: train, val, test and explain alike
+        steps.append(MaskInputd(cfg.input_mask))
     return Compose(steps)

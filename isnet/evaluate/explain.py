@@ -36,7 +36,8 @@ def explain_run(run_id: str, manifest: str | Path, out_dir: str | Path, *, split
         if df.empty:
             raise ManifestError(f"manifest {manifest} has no rows with split {split!r}")
     labelled = df["label"].isin(classes) | (df["label"] == "")
-    report = validate_manifest(df[labelled], manifest, classes)
+    # a masked-input model sees only the lungs: every image needs its mask (cfg.data.input_mask)
+    report = validate_manifest(df[labelled], manifest, classes, require_masks=cfg.data.input_mask is not None)
     for r, lab in zip(df.loc[~labelled, "row"], df.loc[~labelled, "label"]):
         report.add(r, f"unknown label {lab!r}; the model knows {classes}")
     report.raise_if_any()

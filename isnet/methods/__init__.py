@@ -11,8 +11,12 @@ from isnet.methods.isnet_loss import (
     tune_foreground_band,
 )
 
-from isnet.methods import isnet as _isnet  # noqa: E402,F401  (registers "isnet")
+# importing a method module registers it under its name
 from isnet.methods.isnet import ISNetMethod  # noqa: E402
+from isnet.methods.masked_input import MaskedInputMethod  # noqa: E402
+from isnet.methods.reldrop import RelDropMethod  # noqa: E402
+from isnet.methods.rrr import RRRMethod, rrr_penalty  # noqa: E402
+from isnet.methods.sgdrop import SGDropMethod  # noqa: E402
 
-__all__ = ["ISNetMethod", "Method", "StepOutput", "build_methods", "register", "gwrp", "ISNetLossConfig", "explain_targets",
+__all__ = ["ISNetMethod", "MaskedInputMethod", "RelDropMethod", "RRRMethod", "SGDropMethod", "rrr_penalty", "Method", "StepOutput", "build_methods", "register", "gwrp", "ISNetLossConfig", "explain_targets",
            "isnet_heatmap_loss", "isnet_total_loss", "lung_relevance_totals", "tune_foreground_band"]

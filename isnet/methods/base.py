@@ -58,6 +58,9 @@ class Method:
     def after_step(self, trainer: "Trainer") -> None:
         """Called after the optimiser step."""
 
+    def on_fit_end(self, trainer: "Trainer") -> None:
+        """Called once after the last epoch, before testing and model export (e.g. to remove module hooks)."""
+
     def validation_metrics(self, trainer: "Trainer", epoch: int) -> dict[str, float]:
         """Extra validation metrics logged per epoch."""
         return {}

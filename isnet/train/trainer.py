@@ -283,6 +283,8 @@ class Trainer:
                   f"({metrics['epoch_seconds']:.0f}s){'  *best' if improved else ''}", flush=True)
         if patience and self.bad_epochs >= patience and self.epoch < self.cfg.optim.epochs:
             print(f"early stopping: no validation-loss improvement for {patience} epochs", flush=True)
+        for m in self.methods:
+            m.on_fit_end(self)
         return FitResult(self.tracker.run_id, self.epoch, self.best_epoch, self.best_val_loss,
                          self.checkpoint_dir, history=self.history)
 

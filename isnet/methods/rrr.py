@@ -1,0 +1,46 @@
+"""RRR, right for the right reasons (DESIGN.md §5): penalise input gradients in the background.
+
+Loss term λ·‖(1 − m)·∂(Σ_c log p_c)/∂x‖², summed over pixels and averaged over the batch, with m the lung
+mask. The input gradient is taken with ``create_graph=True`` on the forward graph of the step, so it composes
+with ISNet (whose LRP forward returns logits whose graph reaches the input) as well as with the plain forward.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from isnet.methods.base import Method, register
+
+if TYPE_CHECKING:  # pragma: no cover
+    from isnet.config.schema import TrainConfig
+    from isnet.train.trainer import Trainer
+
+
+def rrr_penalty(logits: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of Σ_pixels ((1 − m)·∂Σ_c log p_c/∂x)², differentiable w.r.t. the weights."""
+    log_p = F.log_softmax(logits.float(), dim=1).sum()
+    (grad,) = torch.autograd.grad(log_p, x, create_graph=True)
+    background = 1.0 - (mask > 0.5).to(grad.dtype)
+    return ((background * grad) ** 2).flatten(1).sum(1).mean()
+
+
+@register("rrr")
+class RRRMethod(Method):
+    name = "rrr"
+    needs_masks = True
+
+    def __init__(self, cfg: "TrainConfig"):
+        self.lam = cfg.method.rrr.lam
+
+    def before_forward(self, batch: dict, trainer: "Trainer") -> dict:
+        x = batch["image"]
+        if x.requires_grad:  # another method made it part of a graph already
+            return batch
+        return {**batch, "image": x.detach().requires_grad_(True)}
+
+    def loss(self, total, ce, out, batch, trainer) -> tuple[torch.Tensor, dict[str, float]]:
+        penalty = rrr_penalty(out.logits, batch["image"], batch["mask"])
+        return total + self.lam * penalty, {"rrr_penalty": float(penalty.detach())}

@@ -1,0 +1,171 @@
+"""SGDrop: saliency-guided dropout of the most attributed latent features (DESIGN.md §5).
+
+Before each training forward, one extra pass on the batch computes the attribution of the true-class score
+on a feature map (gradient × activation); the features above the per-sample quantile q_rho are zeroed in the
+real forward and the kept ones rescaled like dropout. The extra pass runs the body of the network without a
+graph and differentiates only the part after the feature map, so its cost is one forward plus the head's
+backward (BatchNorm running statistics are restored afterwards: the batch is counted once).
+
+The mask is applied by a module hook, so it acts wherever the model's modules are called: in the plain
+forward and inside :func:`isnet.lrp.lrp_heatmaps`, which calls the same modules (``methods: [isnet, sgdrop]``).
+A constant elementwise mask is a linear, relevance-transparent map (like dropout): the relevance of a
+dropped feature is zero and a kept one passes its relevance on unchanged. The default layers are ones the
+LRP forward calls as modules (the last block's output, taken at the input of the global pooling).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torchvision.models.densenet import DenseNet
+from torchvision.models.resnet import ResNet
+from torchvision.models.vgg import VGG
+
+from isnet.methods.base import Method, register
+
+if TYPE_CHECKING:  # pragma: no cover
+    from isnet.config.schema import TrainConfig
+    from isnet.train.trainer import Trainer
+
+
+def default_layer(model: nn.Module) -> tuple[str, str]:
+    """(module name, "input"/"output") of the last convolutional block's feature map for our backbones."""
+    if isinstance(model, (ResNet, VGG)):
+        return "avgpool", "input"  # layer4 / features output
+    if isinstance(model, DenseNet):
+        return "features.norm5", "output"  # features output (before the final ReLU and functional pooling)
+    pools = [n for n, m in model.named_modules() if isinstance(m, nn.AdaptiveAvgPool2d)]
+    if pools:  # small_cnn: the last conv block feeds its global pooling
+        return pools[-1], "input"
+    raise ValueError(f"SGDrop has no default layer for {type(model).__name__}; set method.sgdrop.layer")
+
+
+def quantile_mask(attribution: torch.Tensor, threshold: torch.Tensor, rescale: bool) -> torch.Tensor:
+    """Keep (1) features whose attribution is ≤ the per-sample ``threshold`` [B], drop (0) the rest; with
+    ``rescale`` the kept ones are scaled by (number of features / number kept), like dropout."""
+    flat = attribution.flatten(1)
+    keep = (flat <= threshold.reshape(-1, 1).to(flat.dtype)).to(flat.dtype)
+    if rescale:
+        keep = keep * (flat.shape[1] / keep.sum(1, keepdim=True).clamp_min(1.0))
+    return keep.reshape(attribution.shape)
+
+
+@register("sgdrop")
+class SGDropMethod(Method):
+    name = "sgdrop"
+
+    def __init__(self, cfg: "TrainConfig"):
+        self.params = cfg.method.sgdrop
+        self.threshold: float | None = None  # EMA of the batch-mean q_rho (ema variant)
+        self.layer = ""
+        self._handle: Any = None
+        self._mask: torch.Tensor | None = None
+        self._capture = False
+        self._feature: torch.Tensor | None = None
+        self._applied = 0
+        self._dropped = float("nan")
+
+    # -- the module hook ----------------------------------------------------------------------------
+    def attach(self, model: nn.Module) -> None:
+        """Register the hook on the configured (or default) layer; idempotent."""
+        self.detach()
+        name, at = (self.params.layer, self.params.at) if self.params.layer else default_layer(model)
+        modules = dict(model.named_modules())
+        if name not in modules:
+            raise ValueError(f"method.sgdrop.layer {name!r} is not a module of the model "
+                             f"(e.g. {', '.join(list(modules)[1:6])}, ...)")
+        module = modules[name]
+        self.layer = f"{name}.{at}"
+        if at == "input":
+            self._handle = module.register_forward_pre_hook(lambda mod, args: (self._hook(mod, args[0]),) + args[1:])
+        else:
+            self._handle = module.register_forward_hook(lambda mod, args, out: self._hook(mod, out))
+
+    def detach(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def _hook(self, module: nn.Module, t: torch.Tensor) -> torch.Tensor:
+        if self._capture:  # attribution pass: the head after this point is differentiated w.r.t. t
+            self._feature = t.detach().requires_grad_(True)
+            torch.set_grad_enabled(True)  # the caller's no_grad block restores the mode when it exits
+            return self._feature.clone()  # not the leaf itself: DenseNet applies an in-place ReLU next
+        if self._mask is None or not module.training:
+            return t
+        if self._mask.shape != t.shape:
+            raise RuntimeError(f"SGDrop mask {tuple(self._mask.shape)} does not fit the feature map "
+                               f"{tuple(t.shape)} at {self.layer}")
+        self._applied += 1
+        return t * self._mask.to(t.dtype)
+
+    # -- the mask -------------------------------------------------------------------------------------
+    def attribution(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Gradient × activation of the true-class logits on the hooked feature map (detached)."""
+        buffers = [b.detach().clone() for b in model.buffers()]
+        self._capture, self._feature = True, None
+        try:
+            with torch.no_grad():
+                logits = model(x)
+                if self._feature is None:
+                    raise RuntimeError(f"SGDrop: the layer {self.layer} was not called by the model's forward")
+                score = logits.float().gather(1, y[:, None]).sum()
+                (grad,) = torch.autograd.grad(score, self._feature)
+        finally:
+            self._capture = False
+            with torch.no_grad():
+                for b, saved in zip(model.buffers(), buffers):
+                    b.copy_(saved)
+        attr = (grad * self._feature).detach()
+        self._feature = None
+        return attr
+
+    def compute_mask(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        attr = self.attribution(model, x, y)
+        flat = attr.flatten(1).float()
+        k = min(flat.shape[1], max(1, math.ceil(self.params.rho * flat.shape[1])))
+        q = flat.kthvalue(k, dim=1).values  # q_rho per sample (kthvalue: no size limit, unlike quantile)
+        if self.params.ema:
+            m = self.params.ema_momentum
+            batch_q = float(q.mean())
+            self.threshold = batch_q if self.threshold is None else m * self.threshold + (1 - m) * batch_q
+            q = torch.full_like(q, self.threshold)
+        mask = quantile_mask(attr, q, self.params.rescale)
+        self._dropped = float((mask == 0).float().mean())
+        return mask
+
+    # -- hooks ----------------------------------------------------------------------------------------
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        self.attach(trainer.model)
+
+    def on_fit_end(self, trainer: "Trainer") -> None:
+        self.detach()
+
+    def before_forward(self, batch: dict, trainer: "Trainer") -> dict:
+        self._mask = None
+        if trainer.model.training:
+            self._mask = self.compute_mask(trainer.model, batch["image"], batch["label"])
+            self._applied = 0
+        return batch
+
+    def loss(self, total, ce, out, batch, trainer) -> tuple[torch.Tensor, dict[str, float]]:
+        if self._mask is None:
+            return total, {}
+        if not self._applied:
+            raise RuntimeError(f"SGDrop: the mask at {self.layer} was not applied by the forward pass; choose a "
+                               f"layer that the model (and, with ISNet, the LRP forward) calls as a module")
+        self._mask = None
+        metrics = {"sgdrop_drop_fraction": self._dropped}
+        if self.threshold is not None:
+            metrics["sgdrop_threshold"] = self.threshold
+        return total, metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"threshold": self.threshold}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        t = state.get("threshold")
+        self.threshold = None if t is None else float(t)

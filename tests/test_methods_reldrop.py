@@ -1,0 +1,79 @@
+"""RelDrop: α = 1 is random occlusion, α = 0 hits the most relevant pixels; LRP pass in eval mode."""
+
+import pytest
+import torch
+
+from isnet.config import load_config
+from isnet.methods import RelDropMethod
+from isnet.methods.reldrop import block_drop, normalise, occlude, pixel_drop
+from isnet.models import build_classifier
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_alpha_one_is_random_occlusion_of_fraction_beta():
+    rel = torch.zeros(8, 1, 64, 64)
+    rel[:, :, 20:30, 20:30] = 5.0  # a strongly relevant square
+    drop = pixel_drop(rel, alpha=1.0, beta=0.3, gen=_gen())
+    assert abs(float(drop.float().mean()) - 0.3) < 0.02
+    inside = float(drop[:, :, 20:30, 20:30].float().mean())
+    assert abs(inside - 0.3) < 0.06, "random occlusion must not prefer the relevant pixels"
+    u = torch.rand(rel.shape, generator=_gen())
+    assert torch.equal(drop, u >= 0.7)
+
+
+def test_alpha_zero_drops_exactly_the_most_relevant_pixels():
+    rel = torch.randn(4, 1, 32, 32)
+    drop = pixel_drop(rel, alpha=0.0, beta=0.1, gen=_gen())
+    r = normalise(rel)
+    assert torch.equal(drop, r >= 0.9)
+    for i in range(4):
+        assert r[i][drop[i]].min() >= r[i][~drop[i]].max()  # every dropped pixel outranks every kept one
+    assert pixel_drop(rel, alpha=0.0, beta=1.0, gen=_gen()).all()
+
+
+def test_block_centred_on_a_top_k_pixel_with_alpha_zero():
+    p = load_config(None, ["method.reldrop.variant=block", "method.reldrop.alpha=0", "method.reldrop.top_k=1",
+                           "method.reldrop.area=[0.01,0.01]", "method.reldrop.aspect=[1,1]"]).method.reldrop
+    rel = torch.rand(6, 1, 40, 40) * 0.1
+    peaks = [(5, 7), (30, 33), (20, 20), (1, 38), (38, 1), (12, 25)]
+    for i, (y, x) in enumerate(peaks):
+        rel[i, 0, y, x] = 1.0
+    drop = block_drop(rel, p, _gen())
+    for i, (y, x) in enumerate(peaks):
+        assert drop[i, 0, y, x]
+        assert 9 <= int(drop[i].sum()) <= 16  # a 4×4 box (area 0.01·1600), clipped at the border
+
+
+def test_fill_values():
+    x = torch.rand(2, 1, 8, 8)
+    drop = torch.zeros(2, 1, 8, 8, dtype=torch.bool)
+    drop[:, :, :4] = True
+    assert (occlude(x, drop, "zero", _gen())[drop] == 0).all()
+    mean = occlude(x, drop, "mean", _gen())
+    assert torch.allclose(mean[0][drop[0]], x[0].mean().expand(32))
+    noisy = occlude(x, drop, "noise", _gen())
+    assert torch.equal(noisy[~drop], x[~drop]) and not torch.equal(noisy[drop], x[drop])
+
+
+def test_before_forward_uses_eval_lrp_and_restores_train_mode():
+    class T:  # the parts of the trainer the method uses
+        pass
+
+    cfg = load_config(None, ["methods=[reldrop]", "method.reldrop.prob=1"])
+    t = T()
+    t.model = build_classifier("small_cnn", 3, width=4).train()
+    from isnet.lrp import LRPConfig
+    t.lrp_config = LRPConfig()
+    buffers = [b.clone() for b in t.model.buffers()]
+    m = RelDropMethod(cfg)
+    x = torch.rand(4, 1, 32, 32) + 0.1
+    out = m.before_forward({"image": x, "label": torch.tensor([0, 1, 2, 0])}, t)
+    assert t.model.training and all(mod.training for mod in t.model.modules())
+    assert all(torch.equal(a, b) for a, b in zip(buffers, t.model.buffers())), "eval-mode pass leaves BN stats"
+    dropped = out["image"] == 0
+    assert 0 < m._fraction == pytest.approx(float(dropped.float().mean()))
+    m2 = RelDropMethod(load_config(None, ["methods=[reldrop]", "method.reldrop.prob=0"]))
+    assert m2.before_forward({"image": x, "label": torch.tensor([0, 1, 2, 0])}, t)["image"] is x
