@@ -1,0 +1,112 @@
+"""Peak memory of one operation above the process baseline.
+
+CPU: the peak resident set size (VmHWM in /proc/self/status) is reset through /proc/self/clear_refs just
+before the measured call, and the baseline is the resident size at that moment (model, optimiser state and a
+warm-up call already in place). Each configuration runs in a fresh subprocess so peaks cannot contaminate each
+other, with glibc's mmap threshold pinned so that freed tensor buffers go back to the system at once (resident
+size then follows live memory). CUDA: the caching allocator's peak (``max_memory_allocated``) above the memory
+allocated before the call.
+
+Run as ``python -m isnet.bench.memory '<spec json>'``; prints one JSON line.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from typing import Callable
+
+import torch
+
+from isnet.bench.steps import Spec, build_case
+
+_KB = 1024
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def rss_bytes() -> int | None:
+    kb = _status_kb("VmRSS")
+    return None if kb is None else kb * _KB
+
+
+def peak_rss_bytes() -> int | None:
+    kb = _status_kb("VmHWM")
+    return None if kb is None else kb * _KB
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0). False where that is not possible."""
+    try:
+        fd = os.open("/proc/self/clear_refs", os.O_WRONLY)
+        try:
+            os.write(fd, b"5")
+        finally:
+            os.close(fd)
+        return True
+    except OSError:
+        return False
+
+
+def peak_above_baseline(fn: Callable[[], object], device: torch.device, warmup: int = 1) -> dict:
+    """Run ``fn`` ``warmup`` times, then once more measuring its peak above the memory in use before it."""
+    for _ in range(warmup):
+        fn()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+        return {"peak_bytes": peak - base, "baseline_bytes": base, "kind": "cuda max_memory_allocated"}
+    base = rss_bytes()
+    if base is None:
+        return {"peak_bytes": None, "baseline_bytes": None, "kind": "unavailable (no /proc)"}
+    exact = reset_peak_rss()
+    fn()
+    peak = peak_rss_bytes()
+    kind = "peak RSS (VmHWM reset)" if exact else "peak RSS (VmHWM not resettable: upper bound)"
+    return {"peak_bytes": max(0, peak - base), "baseline_bytes": base, "kind": kind}
+
+
+def measure_case_subprocess(name: str, spec: Spec, threads: int, timeout: float = 900) -> dict:
+    """Peak memory of one case, measured in a fresh Python process."""
+    env = dict(os.environ)
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")  # a fixed threshold disables glibc's dynamic raising
+    env.setdefault("MALLOC_TRIM_THRESHOLD_", "0")
+    env["OMP_NUM_THREADS"] = str(threads)
+    payload = json.dumps({"case": name, "spec": asdict(spec), "threads": threads})
+    proc = subprocess.run([sys.executable, "-m", "isnet.bench.memory", payload], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"peak_bytes": None, "error": tail[:300]}
+    return json.loads(lines[-1])
+
+
+def _main(argv: list[str]) -> int:
+    req = json.loads(argv[0])
+    torch.set_num_threads(int(req.get("threads") or torch.get_num_threads()))
+    spec = Spec(**req["spec"])
+    fn = build_case(req["case"], spec)
+    print(json.dumps(peak_above_baseline(fn, spec.torch_device)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

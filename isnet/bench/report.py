@@ -1,0 +1,138 @@
+"""Table (stdout) and JSON output of the benchmark, with the machine it ran on and the targets of issue 9."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+
+#: (description, case, field, comparison, limit) — benchmarks, not tests: the report says what was reached
+TARGETS = [
+    ("ISNet stochastic step <= 3.0x standard", "isnet-stochastic", "time_ratio", "<=", 3.0),
+    ("ISNet selective step <= 3.0x standard", "isnet-selective", "time_ratio", "<=", 3.0),
+    ("ISNet original (3 classes) step <= 4.0x standard", "isnet-original", "time_ratio", "<=", 4.0),
+    ("ISNet stochastic peak memory <= 2.0x standard", "isnet-stochastic", "memory_ratio", "<=", 2.0),
+    ("ISNet selective peak memory <= 2.0x standard", "isnet-selective", "memory_ratio", "<=", 2.0),
+    ("ISNet original peak memory <= 3.0x standard", "isnet-original", "memory_ratio", "<=", 3.0),
+]
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+
+    def ver(pkg: str) -> str | None:
+        try:
+            return version(pkg)
+        except PackageNotFoundError:
+            return None
+
+    info = {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "cpu": cpu,
+            "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "load_avg": load,
+            "platform": platform.platform(), "python": platform.python_version(),
+            "versions": {p: ver(p) for p in ("torch", "torchvision", "zennit", "monai", "isnet")}}
+    if torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def evaluate_targets(train_rows: list[dict], loader_rows: list[dict] | None = None) -> list[dict]:
+    out = []
+    groups = sorted({(r["backbone"], r["size"]) for r in train_rows})
+    for backbone, size in groups:
+        by_case = {r["case"]: r for r in train_rows if (r["backbone"], r["size"]) == (backbone, size)}
+        checks = [(d, by_case.get(c, {}).get(f), op, lim) for d, c, f, op, lim in TARGETS]
+        for variant in ("stochastic", "original"):
+            ours, naive = by_case.get(f"isnet-{variant}"), by_case.get(f"zennit-naive-{variant}")
+            value = naive["median_s"] / ours["median_s"] if ours and naive else None
+            checks.append((f"our engine >= 2x faster than naive zennit ({variant})", value, ">=", 2.0))
+        for d, value, op, lim in checks:
+            met = None if value is None else (value <= lim if op == "<=" else value >= lim)
+            out.append({"where": f"{backbone} {size}px", "target": d, "value": value, "met": met})
+    if loader_rows:
+        cached = next((r for r in loader_rows if r["case"] == "loader cached epoch"), None)
+        if cached:
+            v = cached["ratio_to_standard_step"]
+            out.append({"where": "loader", "target": "cached loader >= 3x the standard step's images/s",
+                        "value": v, "met": v >= 3.0})
+    return out
+
+
+def _f(v, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def train_table(rows: list[dict]) -> str:
+    head = f"{'backbone':<12}{'px':>5}{'B':>4}  {'case':<26}{'median s':>10}{'min-max s':>16}{'img/s':>9}" \
+           f"{'x std':>7}{'peak MB':>10}{'x std':>7}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['backbone']:<12}{r['size']:>5}{r['batch']:>4}  {r['case']:<26}"
+                     f"{_f(r['median_s'], '.3f'):>10}{_f(r['min_s'], '.3f') + '-' + _f(r['max_s'], '.3f'):>16}"
+                     f"{_f(r['images_per_s'], '.1f'):>9}{_f(r['time_ratio'], '.2f'):>7}"
+                     f"{_f(r['peak_mb'], '.0f'):>10}{_f(r['memory_ratio'], '.2f'):>7}")
+    return "\n".join(lines)
+
+
+def loader_table(rows: list[dict]) -> str:
+    head = f"{'case':<36}{'median s':>10}{'images':>8}{'img/s':>10}{'x std step':>12}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['case']:<36}{_f(r['median_s'], '.3f'):>10}{r['images']:>8}"
+                     f"{_f(r['images_per_s'], '.1f'):>10}{_f(r.get('ratio_to_standard_step'), '.2f'):>12}")
+    return "\n".join(lines)
+
+
+def targets_table(targets: list[dict]) -> str:
+    lines = []
+    for t in targets:
+        mark = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
+        lines.append(f"  [{mark:>6}] {t['where']:<18} {t['target']:<52} {_f(t['value'], '.2f')}")
+    return "\n".join(lines)
+
+
+def render(result: dict) -> str:
+    m = result["machine"]
+    parts = [f"isnet bench — {m['date']} — {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, "
+             f"load {', '.join(f'{x:.2f}' for x in m['load_avg']) if m.get('load_avg') else '?'}"
+             + (f", CUDA: {m['cuda_device']}" if m.get("cuda_device") else "")]
+    ts = result.get("train_step")
+    if ts:
+        parts += ["", "Training step (ratios to the standard step of the same backbone and size):",
+                  train_table(ts["rows"])]
+        for k, v in ts.get("skipped", {}).items():
+            parts.append(f"  skipped {k}: {v}")
+        for k, v in ts.get("errors", {}).items():
+            parts.append(f"  error {k}: {v}")
+        for r in ts["rows"]:
+            if r.get("memory_error"):
+                parts.append(f"  memory of {r['backbone']}/{r['size']}/{r['case']} not measured: {r['memory_error']}")
+    ld = result.get("loader")
+    if ld:
+        s = ld["settings"]
+        parts += ["", f"Loader ({s['images']} images of {s['manifest']}, {s['size']} px, batch {s['batch']}, "
+                      f"{s['num_workers']} workers; step: {s['backbone']}):", loader_table(ld["rows"])]
+    if result.get("targets"):
+        parts += ["", "Targets (issue 9):", targets_table(result["targets"])]
+    return "\n".join(parts)
+
+
+def write_json(result: dict, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2, default=str))
+    os.replace(tmp, path)

@@ -1,0 +1,259 @@
+"""The measured operations ("cases"), each built as a zero-argument callable on a synthetic batch.
+
+Training rows go through the real :meth:`isnet.train.trainer.Trainer.train_step` with the method objects built by
+:func:`isnet.methods.build_methods` from a :class:`TrainConfig`, so the benchmark measures exactly what
+``isnet train`` runs (method hooks, loss, gradient clipping, optimiser step, AMP policy). Methods registered in
+:mod:`isnet.methods` besides ISNet (SGDrop, RelDrop, RRR, ...) get a row automatically.
+"""
+from __future__ import annotations
+
+import copy
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from isnet.config.schema import TrainConfig
+from isnet.lrp import LRPConfig, lrp_heatmaps
+from isnet.methods import build_methods
+from isnet.methods.base import _REGISTRY
+from isnet.methods.isnet_loss import ISNetLossConfig, isnet_heatmap_loss, isnet_total_loss
+from isnet.models import build_classifier
+
+CLASSES = ["normal", "covid", "tb"]
+ISNET_VARIANTS = ("original", "stochastic", "selective")
+#: methods the benchmark expects; listed as skipped with a note while they are not registered
+EXPECTED_METHODS = ("sgdrop", "reldrop", "rrr")
+#: fixed foreground band, so that no warm-up tuning runs inside the benchmark
+C1, C2 = 1.0, 25.0
+
+
+@dataclass(frozen=True)
+class Spec:
+    backbone: str
+    size: int
+    batch: int
+    device: str = "cpu"
+    width: int = 8  # small_cnn only
+    seed: int = 0
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
+
+
+def extra_methods() -> list[str]:
+    """Registered training methods other than ISNet, in a stable order (expected ones first)."""
+    names = [n for n in _REGISTRY if n != "isnet"]
+    return [n for n in EXPECTED_METHODS if n in names] + sorted(n for n in names if n not in EXPECTED_METHODS)
+
+
+def case_names() -> tuple[list[str], dict[str, str]]:
+    """(cases to run, {skipped case: why}) for the train-step suite."""
+    cases = ["standard", "inference", "explain"] + [f"isnet-{v}" for v in ISNET_VARIANTS]
+    extra = extra_methods()
+    cases += extra
+    cases += ["zennit-naive-stochastic", "zennit-naive-original"]
+    skipped = {m: "method not registered in isnet.methods" for m in EXPECTED_METHODS if m not in extra}
+    try:
+        import zennit  # noqa: F401
+    except ImportError:  # pragma: no cover - zennit is a dependency
+        for c in ("zennit-naive-stochastic", "zennit-naive-original"):
+            cases.remove(c)
+            skipped[c] = "zennit is not installed"
+    return cases, skipped
+
+
+def synthetic_batch(spec: Spec) -> dict:
+    """A batch shaped like the loader's: images in [0, 1], two elliptic 'lungs' as masks, balanced labels."""
+    g = torch.Generator().manual_seed(spec.seed)
+    b, s = spec.batch, spec.size
+    image = torch.rand(b, 1, s, s, generator=g)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, s), torch.linspace(-1, 1, s), indexing="ij")
+    lungs = (((xx - 0.4) / 0.3) ** 2 + (yy / 0.6) ** 2 <= 1) | (((xx + 0.4) / 0.3) ** 2 + (yy / 0.6) ** 2 <= 1)
+    mask = lungs.float().expand(b, 1, s, s).clone()
+    label = torch.arange(b) % len(CLASSES)
+    return {"image": image, "mask": mask, "label": label, "has_mask": torch.ones(b, dtype=torch.long),
+            "row": torch.arange(b), "site": ["bench"] * b, "patient_id": [f"p{i}" for i in range(b)]}
+
+
+def train_config(spec: Spec, methods: list[str], variant: str = "stochastic") -> TrainConfig:
+    cfg = TrainConfig()
+    cfg.data.classes = list(CLASSES)
+    cfg.data.image_size = spec.size
+    cfg.data.batch_size = spec.batch
+    cfg.model.backbone = spec.backbone
+    cfg.model.width = spec.width
+    cfg.train.device = "cuda" if spec.device.startswith("cuda") else "cpu"
+    cfg.train.seed = spec.seed
+    cfg.methods = methods
+    cfg.method.isnet.variant = variant
+    cfg.method.isnet.C1, cfg.method.isnet.C2 = C1, C2
+    return cfg
+
+
+def _model(spec: Spec) -> nn.Module:
+    torch.manual_seed(spec.seed)
+    return build_classifier(spec.backbone, len(CLASSES), width=spec.width).to(spec.torch_device)
+
+
+def bench_trainer(cfg: TrainConfig, spec: Spec, batch: dict):
+    """A :class:`Trainer` wired like ``Trainer.__init__`` (model, methods, optimiser, AMP policy) but without
+    data sets, tracker or checkpoints, which a single step does not touch. Methods get their start hooks."""
+    from isnet.train.trainer import Trainer, build_optimizer, build_scheduler
+
+    device = spec.torch_device
+    tr = Trainer.__new__(Trainer)
+    tr.cfg = cfg
+    tr.extra_transforms = {}
+    tr.device = device
+    tr.model = _model(spec)
+    tr.methods = build_methods(list(cfg.methods), cfg)
+    tr.tracker = None
+    tr.checkpoint_dir = Path(tempfile.gettempdir()) / "isnet-bench-unused"
+    tr.progress = False
+    tr.num_classes = len(cfg.data.classes)
+    tr.optimizer = build_optimizer(tr.model, cfg)
+    tr.scheduler = build_scheduler(tr.optimizer, cfg)
+    tr.epoch, tr.global_step = 0, 0
+    tr.history = []
+    tr.train_loader = [batch]  # methods that look at training data in on_fit_start see the bench batch
+    tr.val_loader = [batch]
+    # the trainer's AMP policy: autocast for a model-owned forward on CUDA (ISNet's LRP forward stays fp32)
+    use_amp = device.type == "cuda" and cfg.train.amp != "off"
+    tr.amp_dtype = (torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+                    else torch.float16) if use_amp else None
+    tr.scaler = torch.amp.GradScaler("cuda", enabled=tr.amp_dtype == torch.float16)
+    for m in tr.methods:
+        m.on_fit_start(tr)
+    for m in tr.methods:
+        m.on_epoch_start(1, tr)
+    tr.model.train()
+    return tr
+
+
+def _train_step(spec: Spec, methods: list[str], variant: str = "stochastic") -> Callable[[], None]:
+    batch = synthetic_batch(spec)
+    tr = bench_trainer(train_config(spec, methods, variant), spec, batch)
+    dev_batch = {k: (v.to(tr.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    return lambda: tr.train_step(dev_batch)
+
+
+def _inference(spec: Spec) -> Callable[[], None]:
+    model = _model(spec).eval()
+    x = synthetic_batch(spec)["image"].to(spec.torch_device)
+
+    def run() -> None:
+        with torch.no_grad():
+            model(x)
+    return run
+
+
+def _explain(spec: Spec) -> Callable[[], None]:
+    """What ``isnet explain`` and the validation diagnostics run per batch: eval mode, predicted class, no graph."""
+    from isnet.evaluate.relevance import predicted_class
+
+    model = _model(spec).eval()
+    x = synthetic_batch(spec)["image"].to(spec.torch_device)
+    cfg = TrainConfig().method.isnet
+    lrp = LRPConfig(epsilon=cfg.epsilon, body_rule=cfg.body_rule, first_rule=cfg.first_rule)
+    return lambda: lrp_heatmaps(model, x, predicted_class, config=lrp)
+
+
+def _zennit_composite(model: nn.Module, epsilon: float):
+    from torchvision.models.resnet import ResNet
+    from torchvision.models.vgg import VGG
+    from zennit.canonizers import SequentialMergeBatchNorm
+    from zennit.composites import SpecialFirstLayerMapComposite
+    from zennit.layer import Sum
+    from zennit.rules import Epsilon, Norm, Pass, ZBox
+    from zennit.torchvision import ResNetCanonizer, VGGCanonizer
+    from zennit.types import Activation, AvgPool, Convolution
+
+    if isinstance(model, ResNet):
+        canonizers = [ResNetCanonizer()]
+    elif isinstance(model, VGG):
+        canonizers = [VGGCanonizer()]
+    else:  # Sequential CNNs; zennit has no DenseNet canonizer (BN after concatenations stays a plain layer)
+        canonizers = [SequentialMergeBatchNorm()]
+    return SpecialFirstLayerMapComposite(
+        layer_map=[(Activation, Pass()), (Sum, Norm(epsilon)), (AvgPool, Norm(epsilon)),
+                   (Convolution, Epsilon(epsilon)), (nn.Linear, Epsilon(epsilon))],
+        first_map=[(Convolution, ZBox(0.0, 1.0, epsilon))],
+        canonizers=canonizers,
+    )
+
+
+def _zennit_naive(spec: Spec, variant: str) -> Callable[[], None]:
+    """The naive baseline: the same ISNet loss, with heatmaps from zennit's rule hooks (and canonizers) on a deep
+    copy of the model and ``create_graph=True``: one forward, one backward per explained class. Its weight
+    gradient is incomplete (zennit rebuilds modified weights from ``param.data``), so it is a cost reference only."""
+    from isnet.methods.isnet_targets import explain_targets
+    from isnet.train.trainer import build_optimizer
+
+    cfg = train_config(spec, ["isnet"], variant)
+    c = cfg.method.isnet
+    loss_cfg = ISNetLossConfig(P=c.P, d=c.d, E=c.E, A=c.A, B=c.B, C1=C1, C2=C2, variant=variant)
+    model = copy.deepcopy(_model(spec)).train()
+    opt = build_optimizer(model, cfg)
+    composite = _zennit_composite(model, c.epsilon)
+    batch = {k: (v.to(spec.torch_device) if torch.is_tensor(v) else v) for k, v in synthetic_batch(spec).items()}
+    gen = torch.Generator().manual_seed(spec.seed)
+
+    def run() -> None:
+        x = batch["image"].detach().requires_grad_(True)
+        with composite.context(model):
+            logits = model(x)
+            targets = explain_targets(logits.detach(), variant, gen)
+            n_maps = targets.shape[1]
+            maps = []
+            for k in range(n_maps):
+                if targets.is_floating_point():
+                    seed = targets[:, k]
+                else:
+                    seed = F.one_hot(targets[:, k], logits.shape[1]).to(logits) * logits
+                (g,) = torch.autograd.grad(logits, x, seed, create_graph=True, retain_graph=True)
+                maps.append(g.sum(1))
+            heat = torch.stack(maps, 1)
+            ce = F.cross_entropy(logits.float(), batch["label"])
+            terms = isnet_heatmap_loss(heat, batch["mask"], loss_cfg)
+            total = isnet_total_loss(ce, terms, loss_cfg)
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip_norm or 1.0)
+        opt.step()
+    return run
+
+
+def build_case(name: str, spec: Spec) -> Callable[[], None]:
+    """The callable of one train-step-suite case (see :func:`case_names`)."""
+    if name == "standard":
+        return _train_step(spec, ["standard"])
+    if name == "inference":
+        return _inference(spec)
+    if name == "explain":
+        return _explain(spec)
+    if name.startswith("isnet-"):
+        return _train_step(spec, ["isnet"], name.split("-", 1)[1])
+    if name.startswith("zennit-naive-"):
+        return _zennit_naive(spec, name.rsplit("-", 1)[1])
+    if name in _REGISTRY:
+        return _train_step(spec, [name])
+    raise ValueError(f"unknown bench case {name!r}")
+
+
+#: what each case is, for the table's legend
+DESCRIPTIONS = {
+    "standard": "plain cross-entropy training step (Trainer.train_step)",
+    "inference": "eval forward, no grad (ISNet adds nothing here)",
+    "explain": "LRP heatmap of the predicted class, eval, no graph (isnet explain)",
+    "isnet-original": "ISNet training step, heatmaps of all 3 classes",
+    "isnet-stochastic": "ISNet training step, one heatmap per image (random class)",
+    "isnet-selective": "ISNet training step, one heatmap per image (softmax score)",
+    "zennit-naive-stochastic": "same ISNet loss, zennit rule hooks + create_graph, 1 map",
+    "zennit-naive-original": "same ISNet loss, zennit rule hooks + create_graph, 3 maps",
+}

@@ -1,0 +1,90 @@
+"""``isnet bench``: cost of a training step per method, of heatmaps and of data loading (table + JSON)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from isnet.errors import UserError
+
+SUITES = ("train-step", "loader", "all")
+BACKBONES = ("small_cnn", "resnet18", "resnet50", "densenet121", "vgg16_bn")
+
+
+def _csv(kind):
+    def parse(text: str) -> list:
+        try:
+            return [kind(t) for t in text.split(",") if t.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}") from None
+    return parse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="time and peak memory of training steps (standard, ISNet, other methods, "
+                                     "naive zennit baseline), heatmaps and the data loader")
+    p.add_argument("--suite", choices=SUITES, default="all", help="default: all (train-step and loader)")
+    p.add_argument("--backbones", type=_csv(str), default=["resnet18"], help="comma-separated (default resnet18)")
+    p.add_argument("--sizes", type=_csv(int), default=[128], help="image sides in pixels (default 128)")
+    p.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
+    p.add_argument("--cases", type=_csv(str), default=None,
+                   help="only these train-step cases (the standard step always runs); default: all")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls per case before timing (default 1)")
+    p.add_argument("--repeats", type=int, default=3, help="timed calls per case, interleaved (default 3)")
+    p.add_argument("--no-memory", action="store_true", help="skip the per-case peak-memory subprocesses")
+    p.add_argument("--manifest", type=Path, default=None,
+                   help="loader suite: manifest to load (default: a small generated phantom set)")
+    p.add_argument("--classes", type=_csv(str), default=None, help="loader suite: class names of the manifest")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda when available)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    p.set_defaults(func=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from isnet.bench.report import evaluate_targets, machine_info, render, write_json
+    from isnet.bench.suites import loader_suite, train_step_suite
+
+    for b in args.backbones:
+        if b not in BACKBONES:
+            raise UserError(f"--backbones: unknown backbone {b!r}; choose from {', '.join(BACKBONES)}")
+    if not args.sizes or min(args.sizes) < 16:
+        raise UserError("--sizes: image sizes must be at least 16 px")
+    if args.batch < 1 or args.repeats < 1 or args.warmup < 0:
+        raise UserError("--batch and --repeats must be >= 1 and --warmup >= 0")
+    if args.manifest is not None and not args.manifest.is_file():
+        raise UserError(f"--manifest: no such file {args.manifest}")
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    result: dict = {"machine": machine_info(), "command": "isnet " + " ".join(sys.argv[1:])}
+    if args.suite in ("train-step", "all"):
+        try:
+            result["train_step"] = train_step_suite(
+                args.backbones, args.sizes, args.batch, device=device, warmup=args.warmup, repeats=args.repeats,
+                memory=not args.no_memory, threads=args.threads, cases=args.cases, log=log)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    if args.suite in ("loader", "all"):
+        result["loader"] = loader_suite(args.manifest, size=args.sizes[0], batch=args.batch,
+                                        backbone=args.backbones[0], device=device, warmup=args.warmup,
+                                        repeats=args.repeats, threads=args.threads, classes=args.classes, log=log)
+    result["machine_after"] = {"load_avg": machine_info()["load_avg"]}
+    result["targets"] = evaluate_targets(result.get("train_step", {}).get("rows", []),
+                                         result.get("loader", {}).get("rows"))
+    print(render(result))
+    if args.out:
+        write_json(result, args.out)
+        print(f"wrote {args.out}")
+    return 0
