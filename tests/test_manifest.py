@@ -34,7 +34,7 @@ def test_every_problem_reported_at_once(tmp_path: Path):
     assert "row 3: unknown label 'pneumonia'" in text
     assert "row 4: mask 'small_mask.png' is 30x30 but image" in text
     assert "row 5: mask 'empty_mask.png' is empty" in text
-    assert "row 6: image 'broken.png' cannot be read" in text
+    assert "row 6: image 'broken.png' is not an image file" in text
     assert "patient 'pX' appears in splits ['test', 'train']" in text
     assert "listed in several rows [9, 10]" in text
     assert text.count("bad.csv: ") >= 7

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pydicom.errors
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -90,24 +91,84 @@ def write_dicom(path: str | Path, pixels: np.ndarray, *, photometric: str = "MON
     return path
 
 
+class DicomError(ValueError):
+    """A DICOM file we cannot turn into a radiograph; the message names the file and what to do, never PHI."""
+
+
+# pip packages that add decoders to pydicom, by transfer syntax family (installed with isnet: pylibjpeg*)
+DECODER_PACKAGES = {
+    "JPEG Baseline": "pylibjpeg pylibjpeg-libjpeg (or pillow)",
+    "JPEG Extended": "pylibjpeg pylibjpeg-libjpeg",
+    "JPEG Lossless": "pylibjpeg pylibjpeg-libjpeg",
+    "JPEG-LS": "pylibjpeg pylibjpeg-libjpeg (or pyjpegls)",
+    "JPEG 2000": "pylibjpeg pylibjpeg-openjpeg (or pillow)",
+    "High-Throughput JPEG 2000": "pylibjpeg pylibjpeg-openjpeg>=2.4",
+    "RLE": "none needed (pydicom decodes RLE itself)",
+}
+
+
+def transfer_syntax(ds: Dataset) -> pydicom.uid.UID | None:
+    meta = getattr(ds, "file_meta", None)
+    uid = meta.get("TransferSyntaxUID") if meta is not None else None
+    return pydicom.uid.UID(str(uid)) if uid else None
+
+
+def _decoder_hint(uid: pydicom.uid.UID) -> str:
+    name = uid.name
+    for family, pkgs in DECODER_PACKAGES.items():
+        if name.startswith(family):
+            return f"pip install {pkgs}" if not pkgs.startswith("none") else pkgs
+    return "no pip decoder is known for it; convert the file to uncompressed DICOM or 16-bit PNG"
+
+
+def _pixels(ds: Dataset, path: Path) -> np.ndarray:
+    """Decode the pixel data, turning pydicom's many failure modes into one clear ``DicomError``."""
+    if "PixelData" not in ds:
+        raise DicomError(f"{path}: DICOM file has no pixel data (a report or structured document?)")
+    uid = transfer_syntax(ds)
+    if uid is not None and uid.is_compressed:
+        from pydicom.pixels import get_decoder
+
+        try:
+            available = get_decoder(uid).is_available
+        except (NotImplementedError, ValueError, KeyError):
+            available = False
+        if not available:
+            raise DicomError(f"{path}: compressed transfer syntax {uid.name!r} ({uid}) cannot be decoded here; "
+                             f"{_decoder_hint(uid)}")
+    try:
+        return ds.pixel_array
+    except Exception as exc:
+        text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        what = f"compressed ({uid.name}) " if uid is not None and uid.is_compressed else ""
+        raise DicomError(f"{path}: {what}DICOM pixel data is corrupt or truncated ({text})") from None
+
+
 def read_dicom(path: str | Path, *, voi: bool = True) -> tuple[np.ndarray, dict]:
     """Pixels as float32 (higher = more attenuating) and a PHI-free info dict.
 
     Applies the modality LUT (rescale), then with ``voi`` the VOI LUT or window if the file has one, then
     inverts MONOCHROME1 within the output range so both photometric interpretations read the same way.
+    Compressed transfer syntaxes are decoded when a decoder is installed (pylibjpeg, pillow, pydicom's own
+    RLE); otherwise, and for corrupt, truncated or multi-frame files, a ``DicomError`` says what to do.
     """
     path = Path(path)
-    ds = pydicom.dcmread(path)
+    try:
+        ds = pydicom.dcmread(path)
+    except pydicom.errors.InvalidDicomError:
+        raise DicomError(f"{path}: not a DICOM file (no DICM preamble and no readable data set)") from None
+    except Exception as exc:
+        raise DicomError(f"{path}: DICOM header is corrupt or truncated ({type(exc).__name__})") from None
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
-        raise ValueError(f"{path}: multi-frame DICOM ({frames} frames) is not supported; "
+        raise DicomError(f"{path}: multi-frame DICOM ({frames} frames) is not supported; "
                          "export one frame per file")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if photometric not in PHOTOMETRICS:
-        raise ValueError(f"{path}: PhotometricInterpretation {photometric!r} is not a grey-scale radiograph")
-    raw = ds.pixel_array
+        raise DicomError(f"{path}: PhotometricInterpretation {photometric!r} is not a grey-scale radiograph")
+    raw = _pixels(ds, path)
     if raw.ndim != 2:
-        raise ValueError(f"{path}: expected a 2-D single-frame image, got shape {raw.shape}")
+        raise DicomError(f"{path}: expected a 2-D single-frame image, got shape {raw.shape}")
     bits = int(ds.get("BitsStored", 16))
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     lo_raw, hi_raw = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)

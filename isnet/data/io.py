@@ -30,6 +30,53 @@ def is_dicom(path: Path) -> bool:
     return False
 
 
+# leading bytes of the formats we read, and of files people put in image columns by mistake
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpeg"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"),
+          (b"BM", "bmp"), (b"GIF8", "gif"), (b"%PDF", "pdf"), (b"PK\x03\x04", "zip"), (b"\x1f\x8b", "gzip"))
+IMAGE_FORMATS = ("png", "jpeg", "tiff", "bmp", "gif", "dicom")
+
+
+def sniff_format(path: str | Path) -> str:
+    """The file's format from its first bytes (not its name): an image format, ``dicom``, ``nifti``,
+    ``pdf``/``zip``/``gzip``, ``text``, ``empty`` or ``unknown``."""
+    p = Path(path)
+    with open(p, "rb") as f:
+        head = f.read(512)
+    if not head:
+        return "empty"
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
+    if is_nifti(p) and (head[:2] == b"\x1f\x8b" or len(head) >= 348):
+        return "nifti"
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return name
+    if p.suffix.lower() in DICOM_SUFFIXES:
+        return "dicom"  # a DICOM without preamble (raw data set); pydicom decides
+    try:
+        head.decode("utf-8")
+        return "text"
+    except UnicodeDecodeError:
+        return "unknown"
+
+
+def check_image(path: str | Path) -> tuple[int, int]:
+    """Decode the whole image (so that truncated or corrupt files fail here, not mid-training) and return
+    (rows, columns). Raises ``ValueError`` naming what the file is when it is not an image at all."""
+    p = Path(path)
+    fmt = sniff_format(p)
+    if fmt not in IMAGE_FORMATS:
+        what = {"empty": "an empty file", "text": "a text file", "pdf": "a PDF document", "zip": "a ZIP archive",
+                "gzip": "a gzip archive", "nifti": "a NIfTI volume", "unknown": "of an unknown format"}.get(fmt, fmt)
+        raise NotAnImageError(f"not an image file: it is {what} (expected PNG, JPEG, TIFF, BMP or DICOM)")
+    arr = read_image(p)
+    return int(arr.shape[0]), int(arr.shape[1])
+
+
+class NotAnImageError(ValueError):
+    pass
+
+
 def is_nifti(path: Path) -> bool:
     return path.name.lower().endswith(NIFTI_SUFFIXES)
 
@@ -51,6 +98,7 @@ def read_image(path: str | Path) -> np.ndarray:
         pixels, _ = read_dicom(p)
         return pixels.astype(np.float32, copy=False)
     with Image.open(p) as img:
+        img.load()  # decode now: a truncated file raises here ("image file is truncated")
         arr = _pil_to_gray(img)
     if arr.ndim != 2:
         raise ValueError(f"{p}: expected a single 2-D image, got shape {arr.shape}")

@@ -14,6 +14,7 @@ from typing import Iterable
 import pandas as pd
 
 from isnet.data import io
+from isnet.data.dicom import DicomError
 from isnet.data.splits import SPLITS, assign_splits
 from isnet.errors import ManifestError
 
@@ -93,6 +94,7 @@ def validate_manifest(df: pd.DataFrame, manifest: str | Path, classes: Iterable[
     for r, s in zip(bad_split["row"], bad_split["split"]):
         report.add(r, f"unknown split {s!r}; expected train, val, test or empty")
     _check_patient_leakage(df, report)
+    _check_split_classes(df, report, classes)
     dup = df[df["image_path"].duplicated(keep=False)]
     for path, group in dup.groupby("image_path"):
         report.add(None, f"image {Path(path).name!r} is listed in several rows {list(group['row'])}")
@@ -104,6 +106,20 @@ def validate_manifest(df: pd.DataFrame, manifest: str | Path, classes: Iterable[
     return report
 
 
+def summarize(df: pd.DataFrame) -> str:
+    """Counts a user checks before training: images per site x class and split x class (with totals),
+    lung masks present, distinct patients."""
+    def table(index: str) -> str:
+        t = pd.crosstab(df[index].replace("", "(auto)"), df["label"].replace("", "(none)"),
+                        margins=True, margins_name="total")
+        t.index.name, t.columns.name = index, None
+        return t.to_string()
+    masks = int((df["mask"] != "").sum())
+    patients = df.loc[df["patient_id"] != "", "patient_id"].nunique()
+    return (f"{len(df)} images, {patients} patient ids, {masks} with a lung mask ({len(df) - masks} without)\n"
+            f"per site and class:\n{table('site')}\nper split and class:\n{table('split')}")
+
+
 def _check_patient_leakage(df: pd.DataFrame, report: ValidationReport) -> None:
     named = df[(df["patient_id"] != "") & (df["split"] != "")]
     for pid, group in named.groupby("patient_id"):
@@ -111,6 +127,22 @@ def _check_patient_leakage(df: pd.DataFrame, report: ValidationReport) -> None:
         if len(splits) > 1:
             report.add(None, f"patient {pid!r} appears in splits {splits} (rows {list(group['row'])}): "
                              "one patient must stay in one split")
+
+
+def _check_split_classes(df: pd.DataFrame, report: ValidationReport, classes: list[str]) -> None:
+    """With explicit splits (no empty split cell), every split must see every class the manifest has:
+    a class missing from val or test cannot be measured there, one missing from train cannot be learnt."""
+    if (df["split"] == "").any():
+        return
+    present = [c for c in classes if (df["label"] == c).any()]
+    for split in SPLITS:
+        labels = set(df.loc[df["split"] == split, "label"])
+        if not labels:
+            continue
+        missing = [c for c in present if c not in labels]
+        if missing:
+            report.add(None, f"split {split!r} has no image of class(es) {missing} "
+                             f"(other splits have them); move some rows or leave the split column empty")
 
 
 def _check_files(df: pd.DataFrame, report: ValidationReport, require_masks: bool) -> None:
@@ -122,7 +154,11 @@ def _check_files(df: pd.DataFrame, report: ValidationReport, require_masks: bool
             report.add(row.row, f"image file not found: {row.image!r} (looked at {img})")
         else:
             try:
-                shape = io.image_shape(img)
+                shape = io.check_image(img)
+            except io.NotAnImageError as exc:
+                report.add(row.row, f"image {row.image!r} is {_short(exc)}")
+            except DicomError as exc:
+                report.add(row.row, f"DICOM image {row.image!r} cannot be used: {_short(exc, 400).replace(str(img) + ': ', '')}")
             except Exception as exc:
                 report.add(row.row, f"image {row.image!r} cannot be read: {_short(exc)}")
             else:
@@ -153,9 +189,9 @@ def _check_files(df: pd.DataFrame, report: ValidationReport, require_masks: bool
             report.add(row.row, f"mask {row.mask!r} covers the whole image (all ones)")
 
 
-def _short(exc: Exception) -> str:
+def _short(exc: Exception, limit: int = 200) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:200]
+    return text[:limit]
 
 
 @dataclass
