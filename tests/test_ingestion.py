@@ -3,7 +3,6 @@ anything a training run writes."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +112,8 @@ def test_every_ingestion_error_reported_with_rows(tmp_path: Path):
     with pytest.raises(ManifestError) as exc:
         load_manifest(m, CLASSES)
     assert str(exc.value).count("bad.csv: ") == 8
+    with pytest.raises(DicomError, match=r"mpeg.dcm: compressed transfer syntax 'MPEG2.*cannot be decoded here"):
+        read_dicom(tmp_path / "mpeg.dcm")
 
 
 def test_split_class_check_only_for_explicit_splits(tmp_path: Path):
