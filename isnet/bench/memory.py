@@ -7,7 +7,10 @@ other, with glibc's mmap threshold pinned so that freed tensor buffers go back t
 size then follows live memory). CUDA: the caching allocator's peak (``max_memory_allocated``) above the memory
 allocated before the call.
 
-Run as ``python -m isnet.bench.memory '<spec json>'``; prints one JSON line.
+With ``isolation="shared"`` one fresh subprocess measures all cases of a configuration one after the other
+(each case's objects are freed and ``malloc_trim`` returns the heap before the next baseline is read), which
+saves one interpreter start per case; ``"fresh"`` (one process per case) is the cleaner default for reported
+figures. Run as ``python -m isnet.bench.memory '<request json>'``; prints one JSON line per case.
 """
 from __future__ import annotations
 
@@ -60,11 +63,22 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def trim_heap() -> None:
+    """Collect garbage and give free heap pages back to the system (glibc), so RSS reflects live memory."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def peak_above_baseline(fn: Callable[[], object], device: torch.device, warmup: int = 1) -> dict:
     """Run ``fn`` ``warmup`` times, then once more measuring its peak above the memory in use before it."""
     for _ in range(warmup):
         fn()
-    gc.collect()
+    trim_heap()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -83,28 +97,50 @@ def peak_above_baseline(fn: Callable[[], object], device: torch.device, warmup: 
     return {"peak_bytes": max(0, peak - base), "baseline_bytes": base, "kind": kind}
 
 
-def measure_case_subprocess(name: str, spec: Spec, threads: int, timeout: float = 900) -> dict:
-    """Peak memory of one case, measured in a fresh Python process."""
+def _env(threads: int) -> dict:
     env = dict(os.environ)
     env.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")  # a fixed threshold disables glibc's dynamic raising
     env.setdefault("MALLOC_TRIM_THRESHOLD_", "0")
     env["OMP_NUM_THREADS"] = str(threads)
-    payload = json.dumps({"case": name, "spec": asdict(spec), "threads": threads})
-    proc = subprocess.run([sys.executable, "-m", "isnet.bench.memory", payload], capture_output=True, text=True,
-                          timeout=timeout, env=env)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"peak_bytes": None, "error": tail[:300]}
-    return json.loads(lines[-1])
+    return env
+
+
+def measure_cases_subprocess(names: list[str], spec: Spec, threads: int, isolation: str = "fresh",
+                             timeout: float = 1800) -> dict[str, dict]:
+    """Peak memory of each case: one fresh Python process per case ("fresh") or one for all ("shared")."""
+    groups = [[n] for n in names] if isolation == "fresh" else [list(names)]
+    out: dict[str, dict] = {}
+    for group in groups:
+        payload = json.dumps({"cases": group, "spec": asdict(spec), "threads": threads})
+        try:
+            proc = subprocess.run([sys.executable, "-m", "isnet.bench.memory", payload], capture_output=True,
+                                  text=True, timeout=timeout, env=_env(threads))
+        except subprocess.TimeoutExpired:
+            out.update({n: {"peak_bytes": None, "error": f"timed out after {timeout:.0f}s"} for n in group})
+            continue
+        for line in proc.stdout.splitlines():
+            if line.startswith("{"):
+                rec = json.loads(line)
+                out[rec.pop("case")] = rec
+        tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1][:300]
+        for n in group:
+            out.setdefault(n, {"peak_bytes": None, "error": tail})
+    return out
 
 
 def _main(argv: list[str]) -> int:
     req = json.loads(argv[0])
     torch.set_num_threads(int(req.get("threads") or torch.get_num_threads()))
     spec = Spec(**req["spec"])
-    fn = build_case(req["case"], spec)
-    print(json.dumps(peak_above_baseline(fn, spec.torch_device)), flush=True)
+    for name in req["cases"]:
+        try:
+            fn = build_case(name, spec)
+            rec = peak_above_baseline(fn, spec.torch_device)
+        except Exception as exc:  # noqa: BLE001 - report and go on with the next case
+            rec = {"peak_bytes": None, "error": f"{type(exc).__name__}: {exc}"[:300]}
+        fn = None
+        trim_heap()
+        print(json.dumps({"case": name, **rec}), flush=True)
     return 0
 
 

@@ -8,7 +8,7 @@ from typing import Callable
 
 import torch
 
-from isnet.bench.memory import measure_case_subprocess
+from isnet.bench.memory import measure_cases_subprocess
 from isnet.bench.steps import CLASSES, DESCRIPTIONS, Spec, build_case, case_names
 from isnet.bench.timing import time_interleaved
 
@@ -20,11 +20,11 @@ def _quiet(_: str) -> None:
 
 
 def train_step_suite(backbones: list[str], sizes: list[int], batch: int, *, device: str = "cpu",
-                     warmup: int = 1, repeats: int = 3, memory: bool = True, threads: int | None = None,
+                     warmup: int = 1, repeats: int = 3, memory: str | None = "fresh", threads: int | None = None,
                      cases: list[str] | None = None, log: Log = _quiet) -> dict:
     """Time every case of every (backbone, size) side by side (interleaved repeats in this process), then
-    measure each case's peak memory in a fresh subprocess. Ratios are to the standard step of the same
-    backbone and size."""
+    measure each case's peak memory in fresh subprocesses (``memory``: "fresh", "shared" or None to skip).
+    Ratios are to the standard step of the same backbone and size."""
     threads = threads or torch.get_num_threads()
     names, skipped = case_names()
     if cases:
@@ -54,9 +54,9 @@ def train_step_suite(backbones: list[str], sizes: list[int], batch: int, *, devi
             del fns
             mem: dict[str, dict] = {}
             if memory:
-                for name in timings:
-                    log(f"[bench] {backbone} {size}px: peak memory of {name} (fresh process)")
-                    mem[name] = measure_case_subprocess(name, spec, threads)
+                log(f"[bench] {backbone} {size}px: peak memory of {len(timings)} cases "
+                    f"({'one fresh process per case' if memory == 'fresh' else 'one fresh process for all'})")
+                mem = measure_cases_subprocess(list(timings), spec, threads, isolation=memory)
             base_t = timings["standard"].median if "standard" in timings else None
             base_m = (mem.get("standard") or {}).get("peak_bytes")
             for name, t in timings.items():
@@ -74,7 +74,7 @@ def train_step_suite(backbones: list[str], sizes: list[int], batch: int, *, devi
                 })
     return {"rows": rows, "skipped": skipped, "errors": errors,
             "settings": {"backbones": backbones, "sizes": sizes, "batch": batch, "device": device,
-                         "warmup": warmup, "repeats": repeats, "threads": threads}}
+                         "warmup": warmup, "repeats": repeats, "threads": threads, "memory": memory}}
 
 
 def phantom_manifest(folder: Path, per_class: int = 8, size: int = 256) -> Path:

@@ -32,7 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="only these train-step cases (the standard step always runs); default: all")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per case before timing (default 1)")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per case, interleaved (default 3)")
-    p.add_argument("--no-memory", action="store_true", help="skip the per-case peak-memory subprocesses")
+    p.add_argument("--memory", choices=("fresh", "shared", "off"), default="fresh",
+                   help="peak memory: one fresh process per case (default), one fresh process for all cases of a "
+                        "configuration (faster), or off")
     p.add_argument("--manifest", type=Path, default=None,
                    help="loader suite: manifest to load (default: a small generated phantom set)")
     p.add_argument("--classes", type=_csv(str), default=None, help="loader suite: class names of the manifest")
@@ -73,7 +75,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         try:
             result["train_step"] = train_step_suite(
                 args.backbones, args.sizes, args.batch, device=device, warmup=args.warmup, repeats=args.repeats,
-                memory=not args.no_memory, threads=args.threads, cases=args.cases, log=log)
+                memory=None if args.memory == "off" else args.memory, threads=args.threads, cases=args.cases, log=log)
         except ValueError as exc:
             raise UserError(str(exc)) from None
     if args.suite in ("loader", "all"):
