@@ -1,0 +1,122 @@
+"""The stress-test sweep: nested MLflow runs, tidy results, resuming without retraining, CLI errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+import isnet.train.run as run_module
+from isnet.config.stress import load_stress_config
+from isnet.data.phantom import generate_dataset
+from isnet.errors import UserError
+from isnet.evaluate.stress import StressTest, parse_method_spec
+
+from conftest import run_isnet
+
+TINY = ["train.data.image_size=64", "train.data.batch_size=16", "train.model.backbone=small_cnn",
+        "train.model.width=4", "train.optim.epochs=1", "train.data.augment.enabled=false",
+        "train.method.isnet.warmup_epochs=1", "train.train.threads=1", "train.train.heatmap_every=0",
+        "train.train.val_bg_share=false", "train.tracking.log_model=false", "heatmap_examples=4",
+        "train.tracking.experiment=stress_tiny"]
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> Path:
+    return generate_dataset(tmp_path_factory.mktemp("stress") / "ph", sites=1, per_class=12, seed=1, size=64)
+
+
+_REAL_TRAIN = run_module.train
+
+
+def _sweep(phantom: Path, seeds: str, calls: list, monkeypatch) -> pd.DataFrame:
+    def counting(cfg, *a, **k):
+        calls.append((cfg.methods, cfg.train.seed))
+        return _REAL_TRAIN(cfg, *a, **k)
+
+    monkeypatch.setattr(run_module, "train", counting)
+    cfg = load_stress_config(None, TINY + ["methods=[standard, isnet]", "strengths=[1.0]", f"seeds=[{seeds}]",
+                                           "out_dir=out"])
+    StressTest(cfg, phantom, log=lambda s: None).run()
+    return pd.read_csv("out/results.csv")
+
+
+def test_resumed_sweep_skips_finished_cells(phantom, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    calls: list = []
+    first = _sweep(phantom, "0", calls, monkeypatch)
+    assert sorted(calls) == [(["isnet"], 0), (["standard"], 0)]
+    assert set(first["test_set"]) >= {"clean", "aligned", "flipped", "biased", "drop"}
+    for m in ("accuracy", "balanced_accuracy", "macro_auc"):
+        assert {"clean", "aligned", "flipped", "drop"} <= set(first.loc[first["metric"] == m, "test_set"])
+    assert {"bg_share", "bias_share"} <= set(first.loc[first["test_set"] == "biased", "metric"])
+    assert Path("out/drop_vs_strength.png").is_file() and Path("out/summary.md").is_file()
+    assert len(list(Path("out/heatmaps").glob("*.png"))) == 2
+
+    # extending the sweep trains only the new cells
+    calls.clear()
+    second = _sweep(phantom, "0, 1", calls, monkeypatch)
+    assert sorted(calls) == [(["isnet"], 1), (["standard"], 1)]
+    old_ids = set(first["run_id"])
+    assert old_ids <= set(second["run_id"]) and len(set(second["run_id"])) == 4
+
+    # all child runs sit under one parent; a lost CSV is rebuilt from MLflow without training
+    client = MlflowClient("sqlite:///mlflow/mlflow.db")
+    parent = __import__("json").loads(Path("out/sweep.json").read_text())["parent_run_id"]
+    exp = client.get_experiment_by_name("stress_tiny")
+    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+    assert {r.info.run_id for r in children} == set(second["run_id"])
+    Path("out/results.csv").unlink()
+    calls.clear()
+    third = _sweep(phantom, "0, 1", calls, monkeypatch)
+    assert calls == []
+    key = ["run_id", "test_set", "metric"]
+    merged = second.merge(third, on=key, suffixes=("", "_mlflow"))
+    assert len(merged) == len(second)
+    assert (merged["value"] - merged["value_mlflow"]).abs().max() < 1e-9
+
+
+def test_changed_settings_need_a_new_out_dir(phantom, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "sweep.json").write_text('{"fingerprint": "0000", "parent_run_id": null}')
+    cfg = load_stress_config(None, TINY + ["methods=[standard]", "strengths=[1.0]", "seeds=[0]", "out_dir=out"])
+    with pytest.raises(UserError, match="different data, biases or training settings"):
+        StressTest(cfg, phantom, log=lambda s: None).run()
+
+
+def test_method_specs():
+    assert parse_method_spec("isnet") == ["isnet"]
+    with pytest.raises(UserError, match="unknown method 'nope'.*known methods: standard, isnet"):
+        parse_method_spec("isnet+nope")
+    with pytest.raises(UserError, match="cannot be combined"):
+        parse_method_spec("standard+isnet")
+    with pytest.raises(UserError, match="twice"):
+        parse_method_spec("isnet+isnet")
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--bias", "star"], "bad --bias 'star': unknown bias kind"),
+    (["--bias", "shape:hexagon"], "unknown shape 'hexagon'"),
+    (["--bias", "text:"], "needs the token"),
+    (["--methods", "standard,magic"], "unknown method 'magic'"),
+    (["--methods", "standard,,isnet"], "bad --methods"),
+    (["--strength", "0.5,high"], "bad --strength"),
+    (["--strength", "1.5"], "strengths"),
+    (["--target-class", "pneumonia"], "target_class 'pneumonia'"),
+])
+def test_cli_errors(args, msg, tmp_path, phantom, monkeypatch, capsys):
+    from isnet.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["stress-test", "--manifest", str(phantom), *args]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and err.startswith("isnet: error:")
+    assert not (tmp_path / "stress_test").exists() and not (tmp_path / "mlflow").exists()
+
+
+def test_cli_rejects_unknown_method_before_training(tmp_path, phantom):
+    res = run_isnet(["stress-test", "--manifest", str(phantom), "--methods", "isnet+bogus"], cwd=tmp_path, timeout=120)
+    assert res.returncode == 2 and "unknown method 'bogus'" in res.stderr and "Traceback" not in res.stderr
