@@ -137,3 +137,14 @@ def test_parse_bias(text, kind):
 def test_parse_bias_errors(text, msg):
     with pytest.raises(UserError, match=msg):
         parse_bias(text)
+
+
+@pytest.mark.parametrize("background,expect_dark", [(0.9, True), (0.1, False)])
+def test_contrast_polarity_stands_out_from_the_background(background, expect_dark):
+    mask = random_lungs(np.random.default_rng(5), 64)
+    img = np.full((64, 64), background, np.float32)
+    out, where = inject(img, mask, [BiasSpec(kind="shape", shape="square", intensity=(0.95, 1.0))], 0, 1)
+    assert abs(float(out[where].mean()) - background) > 0.7
+    assert (out[where].mean() < 0.5) == expect_dark
+    bright, where = inject(img, mask, [BiasSpec(kind="shape", intensity=(0.95, 1.0), polarity="bright")], 0, 1)
+    assert bright[where].min() >= 0.95

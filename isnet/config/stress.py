@@ -31,6 +31,8 @@ class BiasConfig(_Strict):
     intensity: tuple[float, float] = (0.9, 1.0)
     region: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
     margin: float = Field(0.03, ge=0, lt=0.5, description="lung-mask dilation, fraction of the image side")
+    polarity: Literal["bright", "dark", "contrast"] = Field(
+        "contrast", description="contrast: dark on a bright background, bright on a dark one")
 
     @model_validator(mode="after")
     def _valid_spec(self) -> "BiasConfig":

@@ -51,6 +51,10 @@ class BiasSpec:
     intensity: tuple[float, float] = (0.9, 1.0)
     region: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
     margin: float = 0.03
+    #: "bright": paint ``intensity``; "dark": paint 1 − intensity; "contrast": whichever stands out from
+    #: the pixels it covers (dark on a bright background) — a bright token on the bright mediastinum or
+    #: abdomen of a normalised radiograph is nearly invisible
+    polarity: Literal["bright", "dark", "contrast"] = "contrast"
 
     def __post_init__(self) -> None:
         if self.kind not in BIAS_KINDS:
@@ -68,6 +72,8 @@ class BiasSpec:
         t, l, b, r = self.region
         if not (0 <= t < b <= 1 and 0 <= l < r <= 1):
             raise ValueError(f"region {self.region} must be (top, left, bottom, right) fractions with top < bottom, left < right")
+        if self.polarity not in ("bright", "dark", "contrast"):
+            raise ValueError(f"polarity {self.polarity!r} must be bright, dark or contrast")
         if not 0 <= self.margin < 0.5:
             raise ValueError(f"margin {self.margin} must be in [0, 0.5)")
 
@@ -194,6 +200,7 @@ def stamp_bias(image: np.ndarray, blocked: np.ndarray, spec: BiasSpec, rng: np.r
     if spec.kind == "border":
         width = max(1, int(round(rng.uniform(*spec.size) * side * 0.25)))
         where[:width], where[-width:], where[:, :width], where[:, -width:] = True, True, True, True
+        value = float(rng.uniform(*spec.intensity))
         if (where & blocked).any():
             width = 1
             where[:] = False
@@ -201,7 +208,7 @@ def stamp_bias(image: np.ndarray, blocked: np.ndarray, spec: BiasSpec, rng: np.r
             if (where & blocked).any():
                 raise BiasPlacementError(f"{name}: no room for a border bias — the lung mask dilated by "
                                          f"{spec.margin:g}×side reaches the image edge")
-        image[where] = float(rng.uniform(*spec.intensity))
+        image[where] = _polarised(np.full(int(where.sum()), value, np.float32), image[where], spec.polarity)
         return where
     tried = []
     for size in (float(rng.uniform(*spec.size)), spec.size[0], spec.size[0] / 2):
@@ -215,11 +222,17 @@ def stamp_bias(image: np.ndarray, blocked: np.ndarray, spec: BiasSpec, rng: np.r
             y, x = pos[rng.integers(len(pos))]
             where[y:y + fh, x:x + fw] = fp
             patch = image[y:y + fh, x:x + fw]
-            patch[fp] = values[fp]
+            patch[fp] = _polarised(values[fp], patch[fp], spec.polarity)
             return where
     raise BiasPlacementError(f"{name}: no background position fits the {spec.label} bias (tried footprints "
                              f"{', '.join(tried)} px in region {spec.region}) outside the lung mask dilated by "
                              f"{spec.margin:g}×side; use smaller bias sizes, a smaller margin or a wider region")
+
+
+def _polarised(values: np.ndarray, covered: np.ndarray, polarity: str) -> np.ndarray:
+    if polarity == "dark" or (polarity == "contrast" and float(covered.mean()) > 0.5):
+        return 1.0 - values
+    return values
 
 
 def inject(image: np.ndarray, mask: np.ndarray, specs: Sequence[BiasSpec], seed: int, row: int,
