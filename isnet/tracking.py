@@ -4,20 +4,39 @@ Default store: ``sqlite:///mlflow/mlflow.db`` with artifacts under ``mlflow/arti
 working directory); ``MLFLOW_TRACKING_URI`` or ``tracking.tracking_uri`` point elsewhere, e.g. a shared
 server. Every run records its resolved config, the manifest's SHA-256, the code version and the versions
 of the packages that shape results.
+
+Faults. A tracking server that becomes unreachable mid-run does not stop training: the Tracker says so once,
+appends every later record (metrics with their step and time, params, tags, artifacts, the final status)
+to a local JSONL buffer (next to the run's checkpoints: ``<checkpoint_dir>/<run_id>/tracking_buffer.jsonl``,
+artifact files copied beside it) and retries the server at most every ``RETRY_SECONDS``; the buffer is sent
+in order when the server answers again (at a later logging call or at the end of the run), or later with
+``isnet tracking sync``. MLflow's HTTP retries are lowered (env defaults below) so an outage costs seconds,
+not minutes. Two processes writing one SQLite store at once wait for each other: the store's creation is
+serialised with a file lock and "database is locked" errors are retried with backoff.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import math
 import os
+import random
+import shutil
 import subprocess
+import sys
+import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 # No telemetry leaves a hospital's machine; set before mlflow is imported.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# An unreachable server costs a few seconds per attempt, not MLflow's default of minutes (7 retries, 120 s).
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
 
 import mlflow  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -25,6 +44,8 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from isnet.config.load import flatten
 
 DEFAULT_URI = "sqlite:///mlflow/mlflow.db"
+BUFFER_NAME = "tracking_buffer.jsonl"
+RETRY_SECONDS = 30.0
 DEFAULT_ARTIFACTS = Path("mlflow") / "artifacts"
 VERSIONED_PACKAGES = ("isnet", "torch", "torchvision", "monai", "zennit", "mlflow", "scikit-learn", "numpy",
                       "pydicom", "segmentation-models-pytorch")
@@ -64,14 +85,140 @@ def _prepare_local_store(uri: str) -> None:
         db.parent.mkdir(parents=True, exist_ok=True)
 
 
+def _absolute_sqlite(uri: str) -> str:
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    return uri
+
+
+class _StoreLock:
+    """An exclusive file lock next to a SQLite store (no-op for other stores): two runs starting at once
+    must not both create the tables or the experiment."""
+
+    def __init__(self, uri: str):
+        self.path = Path(uri[len("sqlite:///"):] + ".lock") if uri.startswith("sqlite:///") else None
+        self._fh = None
+
+    def __enter__(self):
+        if self.path is not None:
+            self._fh = open(self.path, "a")
+            fcntl.flock(self._fh, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        if self._fh is not None:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the tracking server could not be reached (or answered 5xx after retries)."""
+    import requests
+
+    if isinstance(exc, (requests.exceptions.RequestException, ConnectionError, TimeoutError)):
+        return True
+    msg = str(exc)
+    return msg.startswith("API request to") and ("failed with exception" in msg or "failed with timeout" in msg
+                                                  or "failed with error code 5" in msg)
+
+
+def is_locked(exc: BaseException) -> bool:
+    """SQLite's writer lock held by another process for longer than its busy timeout."""
+    return "database is locked" in str(exc) or "database table is locked" in str(exc)
+
+
+def with_lock_retry(fn: Callable[[], Any], attempts: int = 10) -> Any:
+    """Call ``fn``; retry "database is locked" errors with exponential backoff and jitter (0.1 s → ~10 s)."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except Exception as exc:
+            if not is_locked(exc) or i == attempts - 1:
+                raise
+            time.sleep(min(10.0, 0.1 * 2 ** i) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
+# -- records: one JSON object per line, replayable against any store -------------------------------------
+def send_record(client: MlflowClient, rec: Mapping[str, Any]) -> None:
+    """Send one buffered record (see :meth:`Tracker._record`) to ``client``'s store."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    run_id, op = rec["run_id"], rec["op"]
+    if op == "metrics":
+        ms = [Metric(k, float(v), int(rec["timestamp"]), int(rec["step"] or 0)) for k, v in rec["metrics"].items()]
+        with_lock_retry(lambda: client.log_batch(run_id, metrics=ms))
+    elif op == "params":
+        ps = [Param(k, v) for k, v in rec["params"].items()]
+        with_lock_retry(lambda: client.log_batch(run_id, params=ps))
+    elif op == "tags":
+        ts = [RunTag(k, v) for k, v in rec["tags"].items()]
+        with_lock_retry(lambda: client.log_batch(run_id, tags=ts))
+    elif op == "artifact":
+        client.log_artifact(run_id, rec["path"], artifact_path=rec.get("artifact_path"))
+    elif op == "terminate":
+        with_lock_retry(lambda: client.set_terminated(run_id, rec["status"], end_time=int(rec["timestamp"])))
+    else:
+        raise ValueError(f"unknown tracking record {op!r}")
+
+
+def read_buffer(path: Path) -> list[dict]:
+    out = []
+    for i, line in enumerate(Path(path).read_text().splitlines()):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a crash while it was written: the rest is still good
+            print(f"warning: {path}:{i + 1} is not a complete record; skipped", file=sys.stderr)
+    return out
+
+
+def flush_buffer(path: Path, tracking_uri: str | None = None) -> tuple[int, int]:
+    """Send a buffer's records in order; returns (sent, left). What was sent is removed from the file
+    (rewritten atomically), so a second attempt after another outage never sends a record twice."""
+    path = Path(path)
+    records = read_buffer(path)
+    sent = 0
+    try:
+        clients: dict[str, MlflowClient] = {}
+        for rec in records:
+            uri = tracking_uri or rec["uri"]
+            client = clients.setdefault(uri, MlflowClient(uri))
+            send_record(client, rec)
+            sent += 1
+    finally:
+        left = records[sent:]
+        if not left:
+            path.unlink(missing_ok=True)
+            files = path.with_suffix(".files")
+            if files.is_dir():
+                shutil.rmtree(files, ignore_errors=True)
+        elif sent:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in left))
+            os.replace(tmp, path)
+    return sent, len(left)
+
+
 class Tracker:
-    """A thin layer over MLflow that owns one run; ``enabled=False`` makes every call a no-op (non-zero ranks)."""
+    """A thin layer over MLflow that owns one run; ``enabled=False`` makes every call a no-op (non-zero ranks).
+
+    Logging calls survive an unreachable server by buffering (see the module docstring); ``buffer_path``
+    is where (default ``<checkpoint_dir>/<run_id>/tracking_buffer.jsonl`` when the trainer sets it,
+    otherwise ``mlflow-buffer/<run_id>.jsonl``)."""
 
     def __init__(self, experiment: str = "isnet", tracking_uri: str | None = None, enabled: bool = True):
         self.enabled = enabled
         self.uri = resolve_tracking_uri(tracking_uri)
+        # a relative SQLite path is fixed now: records sent (or synced) later go to the same file
+        self.store_uri = _absolute_sqlite(self.uri)
         self.experiment = experiment
         self.run_id: str | None = None
+        self.buffer_path: Path | None = None
+        self._client: MlflowClient | None = None
+        self._buffered = False  # records wait in the buffer: later ones queue behind them (order kept)
+        self._retry_at = 0.0
 
     # -- run life cycle -------------------------------------------------------------------------------
     def start(self, run_id: str | None = None, run_name: str | None = None,
@@ -79,67 +226,192 @@ class Tracker:
         if not self.enabled:
             return None
         _prepare_local_store(self.uri)
-        mlflow.set_tracking_uri(self.uri)
-        client = MlflowClient(self.uri)
-        exp = client.get_experiment_by_name(self.experiment)
-        if exp is None:
-            location = None
-            if self.uri == DEFAULT_URI:
-                DEFAULT_ARTIFACTS.mkdir(parents=True, exist_ok=True)
-                location = DEFAULT_ARTIFACTS.resolve().as_uri()
-            exp_id = client.create_experiment(self.experiment, artifact_location=location)
-        else:
-            exp_id = exp.experiment_id
-        if run_id is not None:
-            run = mlflow.start_run(run_id=run_id)
-        else:
-            run = mlflow.start_run(experiment_id=exp_id, run_name=run_name,
-                                   nested=parent_run_id is not None,
-                                   tags={"mlflow.parentRunId": parent_run_id} if parent_run_id else None)
+        mlflow.set_tracking_uri(self.uri)  # (MLflow also exports it as MLFLOW_TRACKING_URI)
+        with _StoreLock(self.store_uri):
+            client = MlflowClient(self.store_uri)
+            try:
+                exp_id = with_lock_retry(lambda: self._experiment_id(client))
+            except Exception as exc:
+                if is_unreachable(exc):
+                    from isnet.errors import UserError
+
+                    raise UserError(f"MLflow tracking server {self.uri} is unreachable; start it (README, "
+                                    f"'Scaling out') or unset MLFLOW_TRACKING_URI to use the local store") from None
+                raise
+            if run_id is not None:
+                run = with_lock_retry(lambda: mlflow.start_run(run_id=run_id))
+            else:
+                run = with_lock_retry(lambda: mlflow.start_run(
+                    experiment_id=exp_id, run_name=run_name, nested=parent_run_id is not None,
+                    tags={"mlflow.parentRunId": parent_run_id} if parent_run_id else None))
+        self._client = client
         self.run_id = run.info.run_id
         return self.run_id
 
+    def _experiment_id(self, client: MlflowClient) -> str:
+        exp = client.get_experiment_by_name(self.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        location = None
+        if self.uri == DEFAULT_URI:
+            DEFAULT_ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            location = DEFAULT_ARTIFACTS.resolve().as_uri()
+        try:
+            return client.create_experiment(self.experiment, artifact_location=location)
+        except Exception:  # created by another process in the meantime (a server store has no file lock)
+            exp = client.get_experiment_by_name(self.experiment)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
     def end(self, status: str = "FINISHED") -> None:
-        if self.enabled and mlflow.active_run() is not None:
+        if not self.enabled or self.run_id is None:
+            return
+        active = mlflow.active_run()
+        self._record({"op": "terminate", "status": status})
+        if active is not None and active.info.run_id == self.run_id:
+            self._leave_fluent_run(status)
+        if self._buffered:
+            print(f"warning: MLflow server {self.uri} still unreachable; run {self.run_id}'s remaining records "
+                  f"are kept in {self._buffer()} — send them with `isnet tracking sync {self._buffer()}` "
+                  f"once the server is back", file=sys.stderr, flush=True)
+
+    def _leave_fluent_run(self, status: str) -> None:
+        """Pop the fluent active run; while offline without the server call ``mlflow.end_run`` would make
+        (the status is already sent or buffered)."""
+        if not self._buffered:
             mlflow.end_run(status=status)
+            return
+        try:
+            from mlflow.tracking import fluent
+
+            fluent._active_run_stack.get().pop()
+        except Exception:  # MLflow internals changed: end_run pops before it calls the server
+            try:
+                mlflow.end_run(status=status)
+            except Exception:
+                pass
+
+    # -- resilient records ----------------------------------------------------------------------------
+    def _buffer(self) -> Path:
+        return Path(self.buffer_path) if self.buffer_path else Path("mlflow-buffer") / f"{self.run_id}.jsonl"
+
+    def _record(self, rec: dict[str, Any]) -> None:
+        """Send ``rec`` now, or queue it in the buffer while the server is unreachable."""
+        rec = {"run_id": self.run_id, "uri": self.store_uri, "timestamp": int(time.time() * 1000), **rec}
+        if self._buffered and time.monotonic() >= self._retry_at:
+            self.flush()
+        if not self._buffered:
+            try:
+                send_record(self._client or MlflowClient(self.store_uri), rec)
+                return
+            except Exception as exc:
+                if not is_unreachable(exc):
+                    raise
+                self._go_offline(exc)
+        self._append(rec)
+
+    def _go_offline(self, exc: BaseException) -> None:
+        first = not self._buffered
+        self._buffered = True
+        self._retry_at = time.monotonic() + RETRY_SECONDS
+        if first:
+            print(f"warning: MLflow server {self.uri} unreachable ({str(exc)[:160]}); training continues and "
+                  f"tracking records are buffered in {self._buffer()} until it answers again",
+                  file=sys.stderr, flush=True)
+
+    def _append(self, rec: dict[str, Any]) -> None:
+        path = self._buffer()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if rec["op"] == "artifact":  # the file may be temporary (or overwritten later): keep a copy
+            files = path.with_suffix(".files")
+            dest = files / f"{sum(1 for _ in files.iterdir()) if files.is_dir() else 0:04d}" / Path(rec["path"]).name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(rec["path"], dest)
+            rec = {**rec, "path": str(dest.resolve())}
+        with open(path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def flush(self) -> bool:
+        """Try to send the buffered records now; True when nothing is left."""
+        if not self._buffered:
+            return True
+        try:
+            sent, left = flush_buffer(self._buffer())
+        except Exception as exc:
+            if not is_unreachable(exc):
+                raise
+            self._retry_at = time.monotonic() + RETRY_SECONDS
+            return False
+        self._buffered = False
+        print(f"MLflow server {self.uri} reachable again: {sent} buffered records sent", file=sys.stderr, flush=True)
+        return True
 
     # -- what every run records ------------------------------------------------------------------------
     def log_run_context(self, config: Mapping[str, Any], manifest_sha256: str, manifest_path: str) -> None:
         if not self.enabled:
             return
-        mlflow.log_params({k: _param(v) for k, v in flatten(dict(config)).items()})
+        self.log_params(flatten(dict(config)))
         tags = {"manifest_sha256": manifest_sha256, "manifest_path": str(manifest_path), "git_commit": git_commit()}
         tags.update({f"version.{k}": v for k, v in package_versions().items()})
-        mlflow.set_tags(tags)
-        mlflow.log_dict(dict(config), "config/resolved_config.yaml")
+        self.set_tags(tags)
+        self.log_dict(dict(config), "config/resolved_config.yaml")
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         if not self.enabled:
             return
         clean = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
         if clean:
-            mlflow.log_metrics(clean, step=step)
+            self._record({"op": "metrics", "metrics": clean, "step": step})
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         if self.enabled:
-            mlflow.log_params({k: _param(v) for k, v in params.items()})
+            items = [(k, _param(v)) for k, v in params.items()]
+            for i in range(0, len(items), 100):  # MLflow's batch limit
+                self._record({"op": "params", "params": dict(items[i:i + 100])})
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if self.enabled:
-            mlflow.set_tags({k: str(v) for k, v in tags.items()})
+            self._record({"op": "tags", "tags": {k: str(v) for k, v in tags.items()}})
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.enabled:
-            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+            self._record({"op": "artifact", "path": str(Path(path).resolve()), "artifact_path": artifact_path})
+
+    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
+        if self.enabled:
+            import tempfile
+
+            import yaml
+
+            with tempfile.TemporaryDirectory() as tmp:
+                p = Path(tmp) / Path(artifact_file).name
+                if p.suffix in (".yaml", ".yml"):
+                    p.write_text(yaml.safe_dump(dict(data), sort_keys=False))
+                else:
+                    p.write_text(json.dumps(data, indent=2))
+                self.log_artifact(p, str(Path(artifact_file).parent) if Path(artifact_file).parent.name else None)
 
     def log_figure(self, figure, artifact_file: str) -> None:
         if self.enabled:
-            mlflow.log_figure(figure, artifact_file)
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                p = Path(tmp) / Path(artifact_file).name
+                figure.savefig(p)
+                self.log_artifact(p, str(Path(artifact_file).parent) if Path(artifact_file).parent.name else None)
 
     def log_model(self, model, input_example, name: str = "model") -> None:
         """Log with an input example (MLflow needs one to export the graph) and explicit requirements, so
-        MLflow does not spend minutes inferring them."""
+        MLflow does not spend minutes inferring them. Skipped while the server is unreachable (the best
+        checkpoint is logged as an artifact)."""
         if not self.enabled:
+            return
+        if self._buffered and not self.flush():
+            print("warning: MLflow server unreachable; the model export is skipped (checkpoints/best.pt is "
+                  "buffered as an artifact)", file=sys.stderr, flush=True)
             return
         import mlflow.pytorch
 

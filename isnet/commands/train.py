@@ -22,10 +22,44 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                            ("--run-name", "tracking.run_name", str)]:
         p.add_argument(flag, dest=key, type=typ, default=None, help=f"shortcut for --set {key}=...")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="data-parallel training on N processes of this machine (one per GPU; gloo on CPU): "
+                        "re-launches itself through torchrun")
     p.set_defaults(func=_run_train)
 
 
+def _launch_torchrun(nproc: int) -> int:
+    """``isnet train --nproc N ...`` → ``python -m torch.distributed.run --standalone --nproc_per_node N -m isnet
+    train ...`` with the same arguments minus ``--nproc`` (``--standalone``: a free local rendezvous port)."""
+    import os
+    import subprocess
+    import sys
+
+    argv, rest = [], list(sys.argv[1:])
+    while rest:
+        a = rest.pop(0)
+        if a == "--nproc":
+            rest.pop(0)
+        elif not a.startswith("--nproc="):
+            argv.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "isnet", *argv]
+    print("launching: " + " ".join(cmd[1:]), flush=True)
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default too; say it instead of warning about it
+    return subprocess.call(cmd, env=env)
+
+
 def _run_train(args: argparse.Namespace) -> int:
+    import os
+
+    if args.nproc is not None:
+        if args.nproc < 1:
+            raise UserError(f"--nproc must be at least 1, got {args.nproc}")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UserError("--nproc given inside a torchrun launch; use one of them")
+        if args.nproc > 1:
+            return _launch_torchrun(args.nproc)
     from isnet.config import load_config
     from isnet.train.run import train
 
@@ -37,6 +71,8 @@ def _run_train(args: argparse.Namespace) -> int:
             overrides.append(f"{key}={value}")
     cfg = load_config(args.config, overrides)
     result = train(cfg, args.manifest, resume=args.resume, progress=False if args.no_progress else None)
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports
+        return 0
     t = result.test_metrics
     print(f"finished run {result.run_id}: {result.epochs_run} epochs, best epoch {result.best_epoch} "
           f"(val loss {result.best_val_loss:.4f})")

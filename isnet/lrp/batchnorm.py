@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .rules import StatGate, TrainBNGate
 
-BatchNorm = (nn.BatchNorm1d, nn.BatchNorm2d)
+BatchNorm = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
 
 
 def uses_batch_stats(bn: nn.modules.batchnorm._BatchNorm) -> bool:
@@ -23,7 +23,7 @@ def scale_shift(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> tuple[Tensor,
     the relevance pass treats as constants (StatGate), while ordinary backward passes differentiate them."""
     if uses_batch_stats(bn):
         dims = [d for d in range(x.dim()) if d != 1]
-        var, mean = torch.var_mean(x, dim=dims, unbiased=False)
+        var, mean = _synced_var_mean(bn, x, dims) if _syncs(bn) else torch.var_mean(x, dim=dims, unbiased=False)
         var, mean = StatGate.apply(var), StatGate.apply(mean)
     else:
         var, mean = bn.running_var, bn.running_mean
@@ -34,6 +34,30 @@ def scale_shift(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> tuple[Tensor,
     if bn.bias is not None:
         t = t + bn.bias
     return s, t
+
+
+def _syncs(bn: nn.Module) -> bool:
+    """A SyncBatchNorm in training mode inside a process group of more than one rank: its forward normalises
+    with the statistics of the global batch, so the rule's scale must use them too."""
+    if not (isinstance(bn, nn.SyncBatchNorm) and bn.training):
+        return False
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size(bn.process_group) > 1
+
+
+def _synced_var_mean(bn: nn.SyncBatchNorm, x: Tensor, dims: list[int]) -> tuple[Tensor, Tensor]:
+    """Biased variance and mean over the global batch, differentiable (the all-reduce's backward sums the
+    gradients over ranks, as SyncBatchNorm's own backward does)."""
+    from torch.distributed import ReduceOp
+    from torch.distributed.nn.functional import all_reduce
+
+    count = torch.full_like(x.sum(dims), x.numel() / x.shape[1])
+    stats = all_reduce(torch.stack([x.sum(dims), (x * x).sum(dims), count]), op=ReduceOp.SUM,
+                       group=bn.process_group or torch.distributed.group.WORLD)
+    mean = stats[0] / stats[2]
+    var = (stats[1] / stats[2] - mean * mean).clamp_min(0)
+    return var, mean
 
 
 def batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -75,6 +75,34 @@ class EpsilonOut(torch.autograd.Function):
         return g * factor, None, None
 
 
+class EpsilonFoldedOut(torch.autograd.Function):
+    """LRP-ε at the output ``y = s·z + t`` of a BatchNorm folded into the linear layer that produced ``z``.
+    ``factor_s`` = (y / stab(y))·s is formed once in the forward, so that the relevance pass sends ``g·factor_s``
+    straight into ``z``, one multiply per explained class instead of the ε multiply followed by the BN's own
+    backward (TrainBNGate in train mode, native batch-norm backward in eval). Ordinary backward: ``g`` into ``y``."""
+
+    @staticmethod
+    def forward(ctx, y: Tensor, z: Tensor, factor_s: Tensor, s: Tensor, info: RuleInfo) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(y, factor_s, s)
+        ctx.info = info
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        if not in_relevance_pass():
+            return g, None, None, None, None
+        y, factor_s, s = ctx.saved_tensors
+        if ctx.info.seed:
+            return None, g / stabilize(y, ctx.info.epsilon) * s, None, None, None
+        return None, g * factor_s, None, None, None
+
+
+def epsilon_folded_out(y: Tensor, z: Tensor, s: Tensor, info: RuleInfo) -> Tensor:
+    """Attach LRP-ε at ``y = s·z + t`` (s, t per channel, broadcastable) with the relevance routed into ``z``."""
+    a = y.abs()
+    return EpsilonFoldedOut.apply(y, z, a / (a + info.epsilon) * s, s, info)
+
+
 class RoutedOut(torch.autograd.Function):
     """A rule whose denominator is not ``y`` (z^B, flat, z⁺): forward returns ``y``; the relevance backward
     sends ``R_y / stab(den)`` (``factor`` = y / stab(den) times g) into each of ``routes`` (tensors built with

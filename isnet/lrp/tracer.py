@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from .batchnorm import batch_norm, channel_shape
 from .config import LRPConfig
 from .conv import conv2d
-from .rules import AlphaBetaOut, RuleInfo, epsilon_out, routed_out
+from .rules import AlphaBetaOut, RuleInfo, epsilon_folded_out, epsilon_out, routed_out
 
 Op = Callable[[Tensor, Tensor], Tensor]
 
@@ -146,7 +146,12 @@ class Tracer:
         dense = isinstance(module, nn.Linear)
         rule = self.config.layer_rule(dense)
         if not first and (rule == "epsilon" or defer):
-            return y if defer else self.epsilon(y)
+            if defer:
+                return y
+            if s is not None:  # ε at the BN output, relevance straight into the linear layer's output z
+                info = self._info()
+                return self._emit(epsilon_folded_out(y, z, channel_shape(s, z.dim()), info), info)
+            return self.epsilon(y)
         w: Tensor = module.weight
         b: Optional[Tensor] = module.bias
         if s is not None:

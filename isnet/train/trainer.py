@@ -67,6 +67,15 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
 class Trainer:
     """Owns one training run; methods see it through their hooks (model, loaders, device, tracker, config)."""
 
+    #: set by isnet.train.distributed.distribute_trainer on torchrun ranks (None: one process)
+    ddp: torch.nn.Module | None = None
+    dist: Any = None
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 (or the only process): the one that logs, checkpoints and validates."""
+        return self.dist is None or self.dist.is_main
+
     def __init__(self, cfg: TrainConfig, manifest: Manifest, model: torch.nn.Module, methods: list[Method],
                  tracker: Tracker, device: torch.device, checkpoint_dir: Path, progress: bool | None = None,
                  extra_transforms: Mapping[str, Sequence] | None = None):
@@ -154,11 +163,16 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def forward(self, batch: dict) -> StepOutput:
+        if self.ddp is not None:  # through DDP's forward, with the plain model (isnet/train/distributed.py)
+            return self.ddp(self._forward, batch)
+        return self._forward(self.model, batch)
+
+    def _forward(self, model: torch.nn.Module, batch: dict) -> StepOutput:
         owner = next((m for m in self.methods if m.owns_forward), None)
         if owner is not None:
-            return owner.forward(self.model, batch, self)
+            return owner.forward(model, batch, self)
         with self._autocast():
-            return StepOutput(logits=self.model(batch["image"]))
+            return StepOutput(logits=model(batch["image"]))
 
     def train_step(self, batch: dict) -> dict[str, float]:
         batch = {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
@@ -172,7 +186,10 @@ class Trainer:
         for m in self.methods:
             total, extra = m.loss(total, ce, out, batch, self)
             metrics.update(extra)
-        if not torch.isfinite(total):
+        finite = bool(torch.isfinite(total))
+        if self.dist is not None:  # all ranks stop together
+            finite = self.dist.all_true(finite)
+        if not finite:
             raise TrainingDiverged(
                 f"loss became {float(total)} at epoch {self.epoch + 1}, step {self.global_step + 1}; training "
                 f"stopped and the last good checkpoint is kept at {self.last_path}. Lower the learning rate "
@@ -199,6 +216,8 @@ class Trainer:
         seed = epoch_seed(self.cfg.train.seed, e)
         torch.manual_seed(seed)
         self.train_loader.generator.manual_seed(seed)
+        if hasattr(self.train_loader.sampler, "set_epoch"):  # DistributedSampler: per-epoch reshuffle
+            self.train_loader.sampler.set_epoch(e)
         if hasattr(self.train_ds.transform, "set_random_state"):
             self.train_ds.transform.set_random_state(seed=seed)
         for m in self.methods:
@@ -214,12 +233,19 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + (v if k == "correct" else v * n)
             sums["n"] = sums.get("n", 0.0) + n
             bar.set_postfix(loss=f"{sums['loss'] / sums['n']:.3f}", acc=f"{sums['correct'] / sums['n']:.3f}")
+        if self.dist is not None:  # sums over ranks
+            sums = self.dist.sum_dict(sums)
         n = max(sums.pop("n", 1.0), 1.0)
         out = {f"train_{k}": v / n for k, v in sums.items() if k != "correct"}
         out["train_accuracy"] = sums.get("correct", 0.0) / n
         return out
 
     def validate(self) -> dict[str, float]:
+        if self.dist is not None:  # rank 0 validates on the whole split; every rank gets its metrics
+            return self.dist.broadcast_object(self._validate() if self.is_main else None)
+        return self._validate()
+
+    def _validate(self) -> dict[str, float]:
         pred = predict(self.model, self.val_loader, self.device)
         metrics = {f"val_{k}": v for k, v in score(pred, self.num_classes).items()}
         metrics.update(self.relevance_diagnostics())
@@ -256,6 +282,10 @@ class Trainer:
         """Train until the configured epochs or early stopping; checkpoint after every epoch."""
         for m in self.methods:
             m.on_fit_start(self)
+        if self.dist is not None:  # methods start from rank 0's state (e.g. a tuned ISNet band)
+            states = self.dist.broadcast_object({m.name: m.state_dict() for m in self.methods})
+            for m in self.methods:
+                m.load_state_dict(states[m.name])
         patience = self.cfg.optim.early_stopping_patience
         while self.epoch < self.cfg.optim.epochs:
             if patience and self.bad_epochs >= patience:
@@ -274,9 +304,11 @@ class Trainer:
                 self.bad_epochs += 1
             self.history.append({"epoch": float(self.epoch), **metrics})
             self.tracker.log_metrics(metrics, step=self.epoch)
+            if not self.is_main:  # distributed: rank 0 writes the checkpoints and reports
+                continue
             if improved:
                 save_checkpoint(self.best_weights_state(), self.best_path)
-            save_checkpoint(self.state_dict(), self.last_path)
+            save_checkpoint(self.state_dict(), self.last_path, keep_previous=True)
             print(f"epoch {self.epoch}/{self.cfg.optim.epochs}  train loss {metrics['train_loss']:.4f} "
                   f"acc {metrics['train_accuracy']:.3f}  val loss {metrics['val_loss']:.4f} "
                   f"acc {metrics['val_accuracy']:.3f} auc {metrics['val_macro_auc']:.3f}  "

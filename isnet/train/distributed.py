@@ -1,0 +1,139 @@
+"""Data-parallel training through PyTorch's own engine (``torchrun`` + DistributedDataParallel).
+
+``isnet train`` started by ``torchrun --nproc_per_node=N -m isnet train ...`` (or ``isnet train --nproc N``)
+finds WORLD_SIZE/RANK/LOCAL_RANK in its environment and joins the process group (NCCL on GPUs, gloo on CPU).
+Every rank trains on its own shard of the training split (``DistributedSampler``, reshuffled per epoch from
+the run seed and the epoch number, so a resumed run sees the same order); gradients are averaged by DDP.
+
+Forward through DDP when a method owns the forward. ISNet's forward is ``lrp_heatmaps(model, ...)``, which
+walks the module structure of the plain model and calls its submodules itself; it cannot take the DDP
+wrapper, and calling the plain model would bypass DDP's forward (where the reducer is prepared for the
+backward and buffers are broadcast). So DDP wraps a :class:`StepForward`, a module that owns the plain model
+and whose ``forward(fn, batch)`` runs ``fn(model, batch)``: the trainer passes the step's forward (the
+plain ``model(x)`` or a method's own forward) through ``ddp(fn, batch)``, so DDP's pre/post-forward hooks run
+around whatever the method computes, and the method still sees the plain model. The relevance backward
+inside the LRP forward is an ``autograd.grad`` with respect to activations only (no parameter's gradient
+accumulator fires), so the reducer sees each parameter's gradient exactly once, in the final backward of
+the total loss, second-order terms included (tests/test_distributed.py checks DDP against one process).
+
+Only rank 0 logs to MLflow, writes checkpoints, validates and tests; validation metrics are broadcast so
+early stopping agrees on every rank. Training metrics are summed over ranks (loss × n and correct counts).
+With ``train.sync_bn`` BatchNorm layers become SyncBatchNorm (batch statistics over the global batch, also
+inside the LRP forward: see :mod:`isnet.lrp.batchnorm`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+class StepForward(nn.Module):
+    """The module DDP wraps: ``forward(fn, batch)`` returns ``fn(model, batch)`` with the plain model."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, fn: Callable[[nn.Module, dict], Any], batch: dict) -> Any:
+        return fn(self.model, batch)
+
+
+@dataclass
+class DistContext:
+    world_size: int
+    rank: int
+    local_rank: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # -- collectives ---------------------------------------------------------------------------------
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        box = [obj if self.rank == src else None]
+        dist.broadcast_object_list(box, src=src, device=self.device if self.backend == "nccl" else None)
+        return box[0]
+
+    def sum_dict(self, values: dict[str, float]) -> dict[str, float]:
+        """Sum float values over ranks (every rank must pass the same keys)."""
+        keys = sorted(values)
+        keys_all = self.broadcast_object(keys)
+        if keys_all != keys:
+            raise RuntimeError(f"rank {self.rank}: metric keys {keys} differ from rank 0's {keys_all}")
+        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return dict(zip(keys, t.tolist()))
+
+    def all_true(self, flag: bool) -> bool:
+        t = torch.tensor([0 if flag else 1], dtype=torch.int64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return int(t.item()) == 0
+
+    def barrier(self) -> None:
+        if self.backend == "nccl":
+            dist.barrier(device_ids=[self.local_rank])
+        else:
+            dist.barrier()
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def init_distributed(device_name: str) -> DistContext | None:
+    """Join the process group torchrun set up (None when not launched with WORLD_SIZE > 1)."""
+    if not launched_by_torchrun():
+        return None
+    world, rank, local = (int(os.environ[k]) for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"))
+    use_cuda = device_name != "cpu" and torch.cuda.is_available()
+    if device_name == "cuda" and not use_cuda:
+        from isnet.errors import UserError
+
+        raise UserError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    if use_cuda:
+        torch.cuda.set_device(local)
+        device, backend = torch.device("cuda", local), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, device_id=device if backend == "nccl" else None)
+    return DistContext(world, rank, local, device, backend)
+
+
+def distribute_trainer(trainer, ctx: DistContext) -> None:
+    """Turn a constructed single-process Trainer into one rank of a data-parallel run (in place)."""
+    cfg = trainer.cfg
+    if cfg.train.sync_bn and ctx.device.type != "cuda":
+        from isnet.errors import UserError
+
+        raise UserError("train.sync_bn needs CUDA devices (PyTorch's SyncBatchNorm is GPU-only); "
+                        "set train.sync_bn=false for CPU runs")
+    if cfg.train.sync_bn:
+        # converts the BatchNorm children in place, keeping the same Parameter objects (the optimiser stays valid)
+        converted = nn.SyncBatchNorm.convert_sync_batchnorm(trainer.model)
+        if converted is not trainer.model:
+            raise ValueError("train.sync_bn: the model's root module is a BatchNorm layer")
+    sampler = DistributedSampler(trainer.train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                 seed=cfg.train.seed, drop_last=False)
+    old = trainer.train_loader
+    trainer.train_loader = DataLoader(trainer.train_ds, batch_size=old.batch_size, sampler=sampler,
+                                      generator=old.generator, num_workers=old.num_workers,
+                                      collate_fn=old.collate_fn, drop_last=False,
+                                      persistent_workers=old.num_workers > 0)
+    device_ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
+    trainer.ddp = nn.parallel.DistributedDataParallel(StepForward(trainer.model), device_ids=device_ids,
+                                                      find_unused_parameters=False)
+    trainer.dist = ctx
