@@ -52,8 +52,12 @@ def extra_methods() -> list[str]:
     return [n for n in EXPECTED_METHODS if n in names] + sorted(n for n in names if n not in EXPECTED_METHODS)
 
 
+#: slow cases left out of the default run (``--cases all`` or naming them runs them)
+OPT_IN = ("zennit-naive-original",)
+
+
 def case_names() -> tuple[list[str], dict[str, str]]:
-    """(cases to run, {skipped case: why}) for the train-step suite."""
+    """(all cases, {skipped case: why}) for the train-step suite."""
     cases = ["standard", "inference", "explain"] + [f"isnet-{v}" for v in ISNET_VARIANTS]
     extra = extra_methods()
     cases += extra

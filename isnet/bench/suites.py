@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 
 from isnet.bench.memory import measure_cases_subprocess
-from isnet.bench.steps import CLASSES, DESCRIPTIONS, Spec, build_case, case_names
+from isnet.bench.steps import CLASSES, DESCRIPTIONS, OPT_IN, Spec, build_case, case_names
 from isnet.bench.timing import time_interleaved
 
 Log = Callable[[str], None]
@@ -27,6 +27,10 @@ def train_step_suite(backbones: list[str], sizes: list[int], batch: int, *, devi
     Ratios are to the standard step of the same backbone and size."""
     threads = threads or torch.get_num_threads()
     names, skipped = case_names()
+    if cases == ["all"]:
+        cases = None
+    elif not cases:
+        names = [c for c in names if c not in OPT_IN]
     if cases:
         unknown = [c for c in cases if c not in names and c not in skipped]
         if unknown:

@@ -26,15 +26,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                      "naive zennit baseline), heatmaps and the data loader")
     p.add_argument("--suite", choices=SUITES, default="all", help="default: all (train-step and loader)")
     p.add_argument("--backbones", type=_csv(str), default=["resnet18"], help="comma-separated (default resnet18)")
-    p.add_argument("--sizes", type=_csv(int), default=[128], help="image sides in pixels (default 128)")
+    p.add_argument("--sizes", type=_csv(int), default=[96], help="image sides in pixels (default 96)")
     p.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
     p.add_argument("--cases", type=_csv(str), default=None,
-                   help="only these train-step cases (the standard step always runs); default: all")
+                   help="only these train-step cases (the standard step always runs), or 'all'; default: all but the "
+                        "slow zennit-naive-original")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per case before timing (default 1)")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per case, interleaved (default 3)")
-    p.add_argument("--memory", choices=("fresh", "shared", "off"), default="fresh",
-                   help="peak memory: one fresh process per case (default), one fresh process for all cases of a "
-                        "configuration (faster), or off")
+    p.add_argument("--memory", choices=("fresh", "shared", "off"), default="shared",
+                   help="peak memory: one fresh process for all cases of a configuration, peak reset per case "
+                        "(default), one fresh process per case (cleanest, slower), or off")
     p.add_argument("--manifest", type=Path, default=None,
                    help="loader suite: manifest to load (default: a small generated phantom set)")
     p.add_argument("--classes", type=_csv(str), default=None, help="loader suite: class names of the manifest")
