@@ -16,8 +16,9 @@ from isnet.data.manifest import load_manifest
 from isnet.errors import UserError
 from isnet.methods import build_methods
 from isnet.models import build_classifier
-from isnet.tracking import Tracker
-from isnet.train.checkpoint import CheckpointError, load_checkpoint
+from isnet.tracking import BUFFER_NAME, Tracker
+from isnet.train.checkpoint import CheckpointError, load_latest_checkpoint, previous_path
+from isnet.train.distributed import distribute_trainer, init_distributed
 from isnet.train.seeding import seed_everything
 from isnet.train.trainer import FitResult, Trainer, TrainingDiverged
 
@@ -33,11 +34,11 @@ def resolve_device(name: str) -> torch.device:
 def _resume_state(cfg: TrainConfig, run_id: str) -> tuple[TrainConfig, dict, Path]:
     ckpt_dir = Path(cfg.train.checkpoint_dir) / run_id
     last = ckpt_dir / "last.pt"
-    if not last.is_file():
+    if not last.is_file() and not previous_path(last).is_file():
         raise UserError(f"cannot resume run {run_id}: no checkpoint at {last} (a run writes one after its "
                         f"first finished epoch; check train.checkpoint_dir)")
     try:
-        state = load_checkpoint(last)
+        state, _ = load_latest_checkpoint(last)
     except CheckpointError as exc:
         raise UserError(f"cannot resume run {run_id}: {exc}") from None
     saved = TrainConfig.model_validate(state["config"])
@@ -60,7 +61,19 @@ def train(cfg: TrainConfig, manifest_path: str | Path, *, resume: str | None = N
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
-    device = resolve_device(cfg.train.device)
+    ctx = init_distributed(cfg.train.device)  # launched by torchrun: one rank of a DDP run
+    device = ctx.device if ctx is not None else resolve_device(cfg.train.device)
+    try:
+        return _train(cfg, manifest_path, device, ctx, resume=resume, state=state, progress=progress,
+                      extra_transforms=extra_transforms, parent_run_id=parent_run_id, tags=tags)
+    finally:
+        if ctx is not None:
+            ctx.close()
+
+
+def _train(cfg, manifest_path, device, ctx, *, resume, state, progress, extra_transforms, parent_run_id,
+           tags) -> FitResult:
+    main = ctx is None or ctx.is_main
     methods = build_methods(cfg.methods, cfg)
     manifest = load_manifest(manifest_path, cfg.data.classes, require_masks=any(m.needs_masks for m in methods),
                              split_fractions=cfg.data.split_fractions, split_seed=cfg.data.split_seed)
@@ -68,24 +81,33 @@ def train(cfg: TrainConfig, manifest_path: str | Path, *, resume: str | None = N
         raise UserError(f"cannot resume run {resume}: manifest {manifest_path} changed since the run started "
                         f"(SHA-256 differs); start a new run instead")
     model = build_classifier(cfg.model.backbone, len(cfg.data.classes), width=cfg.model.width)
-    tracker = Tracker(cfg.tracking.experiment, cfg.tracking.tracking_uri)
+    tracker = Tracker(cfg.tracking.experiment, cfg.tracking.tracking_uri, enabled=main)  # rank 0 logs
     run_id = tracker.start(run_id=resume, run_name=cfg.tracking.run_name, parent_run_id=parent_run_id)
+    if ctx is not None:  # every rank checkpoints under (and records) rank 0's run id
+        run_id = tracker.run_id = ctx.broadcast_object(run_id)
     if tags:
         tracker.set_tags(tags)
     ckpt_dir = Path(cfg.train.checkpoint_dir) / (run_id or "local")
+    tracker.buffer_path = ckpt_dir / BUFFER_NAME  # where records wait while the server is unreachable
     try:
         trainer = Trainer(cfg, manifest, model, methods, tracker, device, ckpt_dir, progress=progress,
                           extra_transforms=extra_transforms)
+        if ctx is not None:
+            distribute_trainer(trainer, ctx)
         if state is not None:
             trainer.load_state_dict(state)
-            print(f"resuming run {run_id} after epoch {trainer.epoch}", flush=True)
-        else:
+            if main:
+                print(f"resuming run {run_id} after epoch {trainer.epoch}", flush=True)
+        elif main:
             tracker.log_run_context(config_to_dict(cfg), manifest.sha256, str(manifest_path))
             _log_splits(tracker, manifest.frame)
             counts = manifest.counts()
             print(f"run {run_id} started; checkpoints in {ckpt_dir}\n"
                   f"images per split and class:\n{counts.to_string()}", flush=True)
         result = trainer.fit()
+        if not main:  # rank 0 tests and exports
+            tracker.end("FINISHED")
+            return result
         result.test_metrics = trainer.test()
         tracker.log_metrics(result.test_metrics)
         tracker.log_metrics({"best_epoch": result.best_epoch, "epochs_run": result.epochs_run})
