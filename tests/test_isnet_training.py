@@ -59,3 +59,18 @@ def test_each_variant_trains_and_logs_its_terms(variant, toy_manifest, tmp_path,
         assert key in m and m[key] == m[key], key
     assert 0.0 <= m["val_bg_share"] <= 1.0
     assert "heatmaps" in {a.path for a in client.list_artifacts(result.run_id)}
+
+
+def test_isnet_can_start_from_the_warmup_weights(toy_manifest, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, [
+        "methods=[isnet]", "model.backbone=small_cnn", "model.width=4", "data.image_size=32", "optim.epochs=1",
+        "method.isnet.warmup_epochs=2", "method.isnet.init_from_warmup=true", "train.heatmap_every=0",
+        "tracking.log_model=false", "train.threads=1",
+    ])
+    result = train(cfg, toy_manifest, progress=False)
+    out = capsys.readouterr().out
+    assert "foreground band tuned from a 2-epoch plain warm-up" in out
+    assert "training starts from the warm-up weights" in out
+    params = MlflowClient("sqlite:///mlflow/mlflow.db").get_run(result.run_id).data.params
+    assert params["method.isnet.init_from_warmup"] == "True"

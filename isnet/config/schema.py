@@ -100,6 +100,8 @@ class ISNetConfig(_Strict):
     C1: Optional[float] = Field(None, gt=0)
     C2: Optional[float] = Field(None, gt=0)
     warmup_epochs: int = Field(5, ge=1, description="plain epochs of a model copy used to tune C1/C2 when they are not set")
+    init_from_warmup: bool = Field(False, description="start ISNet training from the warm-up weights instead of "
+                                                      "the initial ones (only when C1/C2 are tuned)")
     epsilon: float = Field(0.01, gt=0)
     body_rule: Literal["epsilon", "zplus", "alpha2beta1", "epsilon_zplus"] = "epsilon"
     first_rule: Literal["zb", "epsilon", "flat"] = "zb"

@@ -54,12 +54,15 @@ class ISNetMethod(Method):
         if not supports_model(trainer.model):
             raise ValueError(f"ISNet needs an LRP-supported backbone; {trainer.cfg.model.backbone} is not")
         if self.C1 is None or self.C2 is None:
-            self.C1, self.C2 = self._tune_band(trainer)
+            self.C1, self.C2, warm = self._tune_band(trainer)
+            if self.params.init_from_warmup:
+                trainer.model.load_state_dict(warm.state_dict())
+                print("isnet: training starts from the warm-up weights", flush=True)
             print(f"isnet: foreground band tuned from a {self.params.warmup_epochs}-epoch plain warm-up: "
                   f"C1={self.C1:.4g}, C2={self.C2:.4g}", flush=True)
             trainer.tracker.log_params({"method.isnet.C1_tuned": self.C1, "method.isnet.C2_tuned": self.C2})
 
-    def _tune_band(self, trainer: "Trainer") -> tuple[float, float]:
+    def _tune_band(self, trainer: "Trainer") -> tuple[float, float, torch.nn.Module]:
         """Train a copy of the model with plain cross-entropy, then measure Σ|R| inside the lungs."""
         model = copy.deepcopy(trainer.model)
         opt = torch.optim.AdamW(model.parameters(), lr=trainer.cfg.optim.lr,
@@ -78,7 +81,8 @@ class ISNetMethod(Method):
             x = batch["image"].to(trainer.device)
             _, heat = lrp_heatmaps(model, x, self._targets, config=self.lrp)
             totals.append(lung_relevance_totals(heat, batch["mask"].to(trainer.device)))
-        return tune_foreground_band(torch.cat(totals))
+        c1, c2 = tune_foreground_band(torch.cat(totals))
+        return c1, c2, model
 
     def forward(self, model: torch.nn.Module, batch: dict, trainer: "Trainer") -> StepOutput:
         logits, heat = lrp_heatmaps(model, batch["image"], self._targets, config=self.lrp, create_graph=True)
