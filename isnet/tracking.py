@@ -226,7 +226,9 @@ class Tracker:
         if not self.enabled:
             return None
         _prepare_local_store(self.uri)
-        mlflow.set_tracking_uri(self.uri)  # (MLflow also exports it as MLFLOW_TRACKING_URI)
+        # the fluent run and the client calls must use one store: the absolute path (a relative SQLite URI
+        # would be resolved against whatever the working directory is when a connection opens)
+        mlflow.set_tracking_uri(self.store_uri)
         with _StoreLock(self.store_uri):
             client = MlflowClient(self.store_uri)
             try:
@@ -268,9 +270,11 @@ class Tracker:
         if not self.enabled or self.run_id is None:
             return
         active = mlflow.active_run()
-        self._record({"op": "terminate", "status": status})
-        if active is not None and active.info.run_id == self.run_id:
-            self._leave_fluent_run(status)
+        try:
+            self._record({"op": "terminate", "status": status})
+        finally:  # never leave the fluent run active (the next run in this process would fail to start)
+            if active is not None and active.info.run_id == self.run_id:
+                self._leave_fluent_run(status)
         if self._buffered:
             print(f"warning: MLflow server {self.uri} still unreachable; run {self.run_id}'s remaining records "
                   f"are kept in {self._buffer()} — send them with `isnet tracking sync {self._buffer()}` "
@@ -280,8 +284,11 @@ class Tracker:
         """Pop the fluent active run; while offline without the server call ``mlflow.end_run`` would make
         (the status is already sent or buffered)."""
         if not self._buffered:
-            mlflow.end_run(status=status)
-            return
+            try:
+                mlflow.end_run(status=status)
+                return
+            except Exception:  # the status record above already said what went wrong; pop the stack anyway
+                pass
         try:
             from mlflow.tracking import fluent
 

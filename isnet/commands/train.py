@@ -70,6 +70,9 @@ def _run_train(args: argparse.Namespace) -> int:
         if value is not None:
             overrides.append(f"{key}={value}")
     cfg = load_config(args.config, overrides)
+    from isnet.tracking import DEFAULT_URI, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(cfg.tracking.tracking_uri)  # as configured (the run resolves relative paths)
     result = train(cfg, args.manifest, resume=args.resume, progress=False if args.no_progress else None)
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports
         return 0
@@ -79,9 +82,6 @@ def _run_train(args: argparse.Namespace) -> int:
     if t:
         print(f"test accuracy {t['test_accuracy']:.3f}, balanced accuracy {t['test_balanced_accuracy']:.3f}, "
               f"macro AUC {t['test_macro_auc']:.3f}")
-    from isnet.tracking import DEFAULT_URI, resolve_tracking_uri
-
-    uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
     print(f"MLflow run {result.run_id} in {uri}" + (f"  (view: mlflow ui --backend-store-uri {uri})"
                                                     if uri == DEFAULT_URI else ""))
     return 0
