@@ -88,3 +88,10 @@ def stamp_class_markers(manifest: Path, out_dir: Path, size_frac: float = 0.14) 
         Image.fromarray(mask * 255).save(out_dir / ("mask_" + name))
         rows.append({**r._asdict(), "image": name, "mask": "mask_" + name})
     return write_manifest(out_dir / "manifest.csv", rows)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_tracking_uri(monkeypatch):
+    """mlflow.set_tracking_uri() also exports MLFLOW_TRACKING_URI; keep one test's store out of the next."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield
