@@ -99,7 +99,8 @@ class EpsilonFoldedOut(torch.autograd.Function):
 
 def epsilon_folded_out(y: Tensor, z: Tensor, s: Tensor, info: RuleInfo) -> Tensor:
     """Attach LRP-ε at ``y = s·z + t`` (s, t per channel, broadcastable) with the relevance routed into ``z``."""
-    return EpsilonFoldedOut.apply(y, z, EpsilonFactor.apply(y, s, info.epsilon), s, info)
+    a = y.abs()
+    return EpsilonFoldedOut.apply(y, z, a / (a + info.epsilon) * s, s, info)
 
 
 class RoutedOut(torch.autograd.Function):
@@ -145,37 +146,10 @@ class AlphaBetaOut(torch.autograd.Function):
         return None, None, cpos, cneg
 
 
-class EpsilonFactor(torch.autograd.Function):
-    """``|y| / (|y| + ε) · s`` (= y / stab(y) · s; s per channel or None) as one node that saves only ``y`` and
-    ``s``: the ε rule's factor is formed at every layer, and building it from plain ops would keep |y|, |y|+ε and
-    the unscaled factor alive until the backward (three activation-sized tensors per layer)."""
-
-    @staticmethod
-    def forward(ctx, y: Tensor, s: Tensor | None, epsilon: float) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(y, s)
-        ctx.epsilon = epsilon
-        a = y.abs()
-        f = a / (a + epsilon)
-        return f if s is None else f * s
-
-    @staticmethod
-    def backward(ctx, g: Tensor):  # type: ignore[override]
-        y, s = ctx.saved_tensors
-        eps = ctx.epsilon
-        a = y.abs()
-        d_y = d_s = None
-        if ctx.needs_input_grad[0]:
-            d = torch.sign(y) * eps / (a + eps).square()  # d/dy |y|/(|y|+ε)
-            d_y = g * d if s is None else g * d * s
-        if s is not None and ctx.needs_input_grad[1]:
-            d_s = g * (a / (a + eps))
-            d_s = d_s.sum([i for i in range(d_s.dim()) if s.shape[i] == 1 and d_s.shape[i] != 1], keepdim=True)
-        return d_y, d_s, None
-
-
 def epsilon_out(y: Tensor, info: RuleInfo) -> Tensor:
     """Attach LRP-ε at ``y``. y / (y + sign(y)·ε) == |y| / (|y| + ε)."""
-    return EpsilonOut.apply(y, EpsilonFactor.apply(y, None, info.epsilon), info)
+    a = y.abs()
+    return EpsilonOut.apply(y, a / (a + info.epsilon), info)
 
 
 def routed_out(y: Tensor, info: RuleInfo, den: Tensor, *routes: Tensor) -> Tensor:
