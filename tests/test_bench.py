@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
+from conftest import make_toy_set, run_isnet
 
 from isnet.bench.memory import peak_above_baseline
 from isnet.bench.steps import ISNET_VARIANTS, case_names
 from isnet.bench.timing import time_interleaved
-from conftest import make_toy_set, run_isnet
 
 
 def _finite(v) -> bool:
@@ -28,12 +28,13 @@ def test_bench_cli_tiny_every_row_has_numbers(tmp_path) -> None:
     data = json.loads(out.read_text())
     rows = data["train_step"]["rows"]
     cases = {r["case"] for r in rows}
-    expected, skipped = case_names()
+    expected, _ = case_names()
     assert {"standard", "inference", "explain", "zennit-naive-stochastic", "zennit-naive-original"} <= cases
     assert {f"isnet-{v}" for v in ISNET_VARIANTS} <= cases
     assert cases == set(expected), (cases, data["train_step"]["errors"])
     for r in rows:
-        for key in ("median_s", "min_s", "max_s", "images_per_s", "time_ratio", "peak_mb", "memory_ratio"):
+        for key in ("median_s", "min_s", "max_s", "images_per_s", "time_ratio", "cpu_s", "cpu_ratio", "peak_mb",
+                    "memory_ratio"):
             assert _finite(r[key]), (r["case"], key, r[key], r.get("memory_error"))
         assert r["median_s"] > 0 and r["min_s"] <= r["median_s"] <= r["max_s"]
     std = next(r for r in rows if r["case"] == "standard")

@@ -3,13 +3,20 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from isnet.bench.memory import measure_cases_subprocess
-from isnet.bench.steps import CLASSES, DESCRIPTIONS, OPT_IN, Spec, build_case, case_names
+from isnet.bench.steps import (
+    CLASSES,
+    DESCRIPTIONS,
+    OPT_IN,
+    Spec,
+    build_case,
+    case_names,
+)
 from isnet.bench.timing import time_interleaved
 
 Log = Callable[[str], None]
@@ -62,6 +69,7 @@ def train_step_suite(backbones: list[str], sizes: list[int], batch: int, *, devi
                     f"({'one fresh process per case' if memory == 'fresh' else 'one fresh process for all'})")
                 mem = measure_cases_subprocess(list(timings), spec, threads, isolation=memory)
             base_t = timings["standard"].median if "standard" in timings else None
+            base_c = timings["standard"].cpu_median if "standard" in timings else None
             base_m = (mem.get("standard") or {}).get("peak_bytes")
             for name, t in timings.items():
                 peak = (mem.get(name) or {}).get("peak_bytes")
@@ -71,6 +79,8 @@ def train_step_suite(backbones: list[str], sizes: list[int], batch: int, *, devi
                     "median_s": t.median, "min_s": t.spread[0], "max_s": t.spread[1], "repeats": len(t.times),
                     "times_s": t.times, "images_per_s": batch / t.median,
                     "time_ratio": t.median / base_t if base_t else None,
+                    "cpu_s": t.cpu_median, "cpu_times_s": t.cpu_times,
+                    "cpu_ratio": (t.cpu_median / base_c if (base_c and device == "cpu") else None),
                     "peak_mb": None if peak is None else peak / 2**20,
                     "memory_ratio": peak / base_m if (peak is not None and base_m) else None,
                     "memory_kind": (mem.get(name) or {}).get("kind"),

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import torch
 
@@ -16,6 +16,12 @@ import torch
 @dataclass
 class Timing:
     times: list[float]
+    #: process CPU seconds (all threads) of the same calls: on a shared CPU much less sensitive to other load
+    cpu_times: list[float] = field(default_factory=list)
+
+    @property
+    def cpu_median(self) -> float | None:
+        return statistics.median(self.cpu_times) if self.cpu_times else None
 
     @property
     def median(self) -> float:
@@ -41,22 +47,23 @@ def synchronizer(device: torch.device) -> Callable[[], None]:
 
 
 def time_interleaved(fns: Mapping[str, Callable[[], object]], *, warmup: int, repeats: int,
-                     device: torch.device = torch.device("cpu"),
+                     device: torch.device | None = None,
                      on_error: Callable[[str, BaseException], None] | None = None) -> dict[str, Timing]:
     """Call each fn ``warmup`` times, then ``repeats`` rounds of one call each; returns per-case timings.
     A case that raises is dropped (reported through ``on_error``), the others go on."""
-    sync = synchronizer(device)
+    sync = synchronizer(device or torch.device("cpu"))
     live = dict(fns)
     out: dict[str, list[float]] = {k: [] for k in live}
+    cpu: dict[str, list[float]] = {k: [] for k in live}
 
-    def call(name: str) -> float | None:
+    def call(name: str) -> tuple[float, float] | None:
         try:
             sync()
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             live[name]()
             sync()
-            return time.perf_counter() - t0
-        except Exception as exc:  # noqa: BLE001 - one broken case must not sink the benchmark
+            return time.perf_counter() - t0, time.process_time() - c0
+        except Exception as exc:
             live.pop(name)
             out.pop(name, None)
             if on_error is None:
@@ -72,5 +79,6 @@ def time_interleaved(fns: Mapping[str, Callable[[], object]], *, warmup: int, re
         for name in list(live):
             dt = call(name)
             if dt is not None:
-                out[name].append(dt)
-    return {k: Timing(v) for k, v in out.items() if v}
+                out[name].append(dt[0])
+                cpu[name].append(dt[1])
+    return {k: Timing(v, cpu[k]) for k, v in out.items() if v}

@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                      "naive zennit baseline), heatmaps and the data loader")
     p.add_argument("--suite", choices=SUITES, default="all", help="default: all (train-step and loader)")
     p.add_argument("--backbones", type=_csv(str), default=["resnet18"], help="comma-separated (default resnet18)")
-    p.add_argument("--sizes", type=_csv(int), default=[96], help="image sides in pixels (default 96)")
+    p.add_argument("--sizes", type=_csv(int), default=[64], help="image sides in pixels (default 64)")
     p.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
     p.add_argument("--cases", type=_csv(str), default=None,
                    help="only these train-step cases (the standard step always runs), or 'all'; default: all but the "
