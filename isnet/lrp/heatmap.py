@@ -100,7 +100,7 @@ def lrp_heatmaps(
     grad_enabled = torch.is_grad_enabled()
     with torch.enable_grad():
         xr = x if x.requires_grad else x.detach().requires_grad_(True)
-        tr = Tracer(xr, config, x_value=x)
+        tr = Tracer(xr, config, x_value=x, differentiable=create_graph)
         logits = tr.output(forward(tr, model, xr))
         if logits.dim() != 2:
             raise ValueError(f"LRP: expected logits [B, C], got {tuple(logits.shape)}")

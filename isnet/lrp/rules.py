@@ -97,8 +97,12 @@ class EpsilonFoldedOut(torch.autograd.Function):
         return None, g * factor_s, None, None, None
 
 
-def epsilon_folded_out(y: Tensor, z: Tensor, s: Tensor, info: RuleInfo) -> Tensor:
+def epsilon_folded_out(y: Tensor, z: Tensor, s: Tensor, info: RuleInfo, detached_factor: bool = False) -> Tensor:
     """Attach LRP-ε at ``y = s·z + t`` (s, t per channel, broadcastable) with the relevance routed into ``z``."""
+    if detached_factor:
+        y_, s_ = y.detach(), s.detach()
+        a = y_.abs()
+        return EpsilonFoldedOut.apply(y, z, a / (a + info.epsilon) * s_, s_, info)
     a = y.abs()
     return EpsilonFoldedOut.apply(y, z, a / (a + info.epsilon) * s, s, info)
 
@@ -146,9 +150,10 @@ class AlphaBetaOut(torch.autograd.Function):
         return None, None, cpos, cneg
 
 
-def epsilon_out(y: Tensor, info: RuleInfo) -> Tensor:
-    """Attach LRP-ε at ``y``. y / (y + sign(y)·ε) == |y| / (|y| + ε)."""
-    a = y.abs()
+def epsilon_out(y: Tensor, info: RuleInfo, detached_factor: bool = False) -> Tensor:
+    """Attach LRP-ε at ``y``. y / (y + sign(y)·ε) == |y| / (|y| + ε). ``detached_factor``: the factor is a
+    constant (heatmaps that will not be differentiated), so its intermediates are not kept for a backward."""
+    a = y.detach().abs() if detached_factor else y.abs()
     return EpsilonOut.apply(y, a / (a + info.epsilon), info)
 
 

@@ -45,8 +45,11 @@ class Tracer:
     first-layer rules whose relevance does not flow through the forward graph.
     """
 
-    def __init__(self, x: Tensor, config: LRPConfig, x_value: Optional[Tensor] = None) -> None:
+    def __init__(self, x: Tensor, config: LRPConfig, x_value: Optional[Tensor] = None,
+                 differentiable: bool = True) -> None:
         self.x = x
+        # without create_graph nothing differentiates the ε factors: form them off the graph (saves memory)
+        self.factor_grad = differentiable
         self.x_value = x if x_value is None else x_value
         self.config = config
         self.heat_terms: list[tuple[Tensor, float]] = [(x, 1.0)]
@@ -58,6 +61,12 @@ class Tracer:
     def _info(self, **kwargs: float) -> RuleInfo:
         return RuleInfo(self.config.epsilon, **kwargs)
 
+    def _factor_ctx(self, fn: Callable[..., Tensor], y: Tensor, *args) -> Tensor:
+        """Attach an ε rule; when no heatmap graph is wanted its factor is built from a detached ``y``."""
+        if self.factor_grad:
+            return fn(y, *args)
+        return fn(y, *args, detached_factor=True)
+
     def _emit(self, out: Tensor, info: RuleInfo) -> Tensor:
         self._last_out, self._last_info = out, info
         return out
@@ -65,7 +74,7 @@ class Tracer:
     def epsilon(self, y: Tensor) -> Tensor:
         """LRP-ε at ``y`` (output of any linear map, including pooling and sums)."""
         info = self._info()
-        return self._emit(epsilon_out(y, info), info)
+        return self._emit(self._factor_ctx(epsilon_out, y, info), info)
 
     def _rule(self, y: Tensor, a: Tensor, op: Op, w: Tensor, b: Optional[Tensor], rule: str) -> Tensor:
         """z⁺ or α2β1 for the linear map ``y = op(a, w) + b`` (zennit's conventions for signs and biases)."""
@@ -150,7 +159,7 @@ class Tracer:
                 return y
             if s is not None:  # ε at the BN output, relevance straight into the linear layer's output z
                 info = self._info()
-                return self._emit(epsilon_folded_out(y, z, channel_shape(s, z.dim()), info), info)
+                return self._emit(self._factor_ctx(epsilon_folded_out, y, z, channel_shape(s, z.dim()), info), info)
             return self.epsilon(y)
         w: Tensor = module.weight
         b: Optional[Tensor] = module.bias
@@ -196,4 +205,4 @@ class Tracer:
             self._last_info.seed = True
             return y
         info = self._info(seed=True)  # fallback: an ε "identity layer" at the output
-        return self._emit(epsilon_out(y, info), info)
+        return self._emit(self._factor_ctx(epsilon_out, y, info), info)
