@@ -19,8 +19,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Callable
 
 import torch
 
@@ -114,7 +114,7 @@ def measure_cases_subprocess(names: list[str], spec: Spec, threads: int, isolati
         payload = json.dumps({"cases": group, "spec": asdict(spec), "threads": threads})
         try:
             proc = subprocess.run([sys.executable, "-m", "isnet.bench.memory", payload], capture_output=True,
-                                  text=True, timeout=timeout, env=_env(threads))
+                                  text=True, timeout=timeout, env=_env(threads), check=False)
         except subprocess.TimeoutExpired:
             out.update({n: {"peak_bytes": None, "error": f"timed out after {timeout:.0f}s"} for n in group})
             continue

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import copy
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,11 @@ from isnet.config.schema import TrainConfig
 from isnet.lrp import LRPConfig, lrp_heatmaps
 from isnet.methods import build_methods
 from isnet.methods.base import _REGISTRY
-from isnet.methods.isnet_loss import ISNetLossConfig, isnet_heatmap_loss, isnet_total_loss
+from isnet.methods.isnet_loss import (
+    ISNetLossConfig,
+    isnet_heatmap_loss,
+    isnet_total_loss,
+)
 from isnet.models import build_classifier
 
 CLASSES = ["normal", "covid", "tb"]
