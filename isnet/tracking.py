@@ -52,7 +52,14 @@ VERSIONED_PACKAGES = ("isnet", "torch", "torchvision", "monai", "zennit", "mlflo
 
 
 def resolve_tracking_uri(configured: str | None = None) -> str:
+    """The tracking URI as the user gave it (config, $MLFLOW_TRACKING_URI, or the default local store)."""
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def store_uri(configured: str | None = None) -> str:
+    """The URI to connect with: a relative SQLite path made absolute. MLflow caches one store per URI
+    string, so a relative path would keep pointing at whatever folder was current when it first connected."""
+    return _absolute_sqlite(resolve_tracking_uri(configured))
 
 
 def git_commit() -> str:

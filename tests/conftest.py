@@ -91,7 +91,9 @@ def stamp_class_markers(manifest: Path, out_dir: Path, size_frac: float = 0.14) 
 
 
 @pytest.fixture(autouse=True)
-def _isolated_tracking_uri(monkeypatch):
-    """mlflow.set_tracking_uri() also exports MLFLOW_TRACKING_URI; keep one test's store out of the next."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def _isolated_tracking_uri():
+    """mlflow.set_tracking_uri() also exports MLFLOW_TRACKING_URI; keep one test's store out of the next
+    (removed after each test too: monkeypatch.delenv would not undo a variable set during the test)."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
     yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)

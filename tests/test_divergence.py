@@ -3,13 +3,14 @@
 import torch
 
 from isnet.config import load_config
-from isnet.methods.base import Method, register
+import pytest
+
+from isnet.methods.base import Method, register, unregister
 from isnet.train.checkpoint import load_checkpoint
 from isnet.train.run import train
 from isnet.train.trainer import TrainingDiverged
 
 
-@register("nan_after_first_epoch")
 class _NanAfterFirstEpoch(Method):
     """Test-only method: adds NaN to the loss from the second epoch on."""
 
@@ -25,7 +26,14 @@ class _NanAfterFirstEpoch(Method):
         return (total + float("nan"), {}) if self.epoch >= 2 else (total, {})
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(toy_manifest, tmp_path, monkeypatch):
+@pytest.fixture
+def nan_method():
+    register("nan_after_first_epoch")(_NanAfterFirstEpoch)
+    yield
+    unregister("nan_after_first_epoch")  # keep the test-only method out of other tests (e.g. bench rows)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(toy_manifest, tmp_path, monkeypatch, nan_method):
     monkeypatch.chdir(tmp_path)
     cfg = load_config(None, ["model.backbone=small_cnn", "model.width=4", "data.image_size=32",
                              "optim.epochs=3", "tracking.log_model=false", "train.threads=1"])

@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from isnet.tracking import store_uri
+
 from isnet.config import load_config
 from isnet.data.phantom import generate_dataset
 from isnet.train.run import train
@@ -29,7 +31,7 @@ def _run(method: str, manifest: Path, tmp_path: Path, monkeypatch) -> tuple[dict
         "method.isnet.warmup_epochs=8", "train.heatmap_every=16", "tracking.log_model=false", "train.threads=2",
     ])
     result = train(cfg, manifest, progress=False)
-    run = MlflowClient("sqlite:///mlflow/mlflow.db").get_run(result.run_id)
+    run = MlflowClient(store_uri()).get_run(result.run_id)
     return run.data.metrics, run.data.params
 
 
@@ -53,7 +55,7 @@ def test_each_variant_trains_and_logs_its_terms(variant, toy_manifest, tmp_path,
         "tracking.log_model=false", "train.threads=1",
     ])
     result = train(cfg, toy_manifest, progress=False)
-    client = MlflowClient("sqlite:///mlflow/mlflow.db")
+    client = MlflowClient(store_uri())
     m = client.get_run(result.run_id).data.metrics
     for key in ("train_ce", "train_L_bg", "train_L_fg", "train_L_hm", "val_bg_share"):
         assert key in m and m[key] == m[key], key
@@ -72,5 +74,5 @@ def test_isnet_can_start_from_the_warmup_weights(toy_manifest, tmp_path, monkeyp
     out = capsys.readouterr().out
     assert "foreground band tuned from a 2-epoch plain warm-up" in out
     assert "training starts from the warm-up weights" in out
-    params = MlflowClient("sqlite:///mlflow/mlflow.db").get_run(result.run_id).data.params
+    params = MlflowClient(store_uri()).get_run(result.run_id).data.params
     assert params["method.isnet.init_from_warmup"] == "True"

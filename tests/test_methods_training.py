@@ -6,6 +6,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from isnet.tracking import store_uri
+
 from isnet.config import load_config
 from isnet.data.phantom import generate_dataset
 from isnet.train.checkpoint import load_checkpoint
@@ -34,7 +36,7 @@ def test_one_epoch(methods, phantoms, tmp_path, monkeypatch):
         "data.batch_size=16", "optim.epochs=1", "tracking.log_model=false", "train.threads=2",
         "train.heatmap_every=0", "method.isnet.C1=0.05", "method.isnet.C2=5", *extra])
     result = train(cfg, phantoms, progress=False)
-    metrics = MlflowClient("sqlite:///mlflow/mlflow.db").get_run(result.run_id).data.metrics
+    metrics = MlflowClient(store_uri()).get_run(result.run_id).data.metrics
     for k in keys + ["test_accuracy"]:
         assert k in metrics and metrics[k] == metrics[k], k
     state = load_checkpoint(tmp_path / "checkpoints" / result.run_id / "last.pt")

@@ -8,6 +8,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from isnet.tracking import store_uri
+
 import isnet.train.run as run_module
 from isnet.config.stress import load_stress_config
 from isnet.data.phantom import generate_dataset
@@ -63,7 +65,7 @@ def test_resumed_sweep_skips_finished_cells(phantom, tmp_path, monkeypatch):
     assert old_ids <= set(second["run_id"]) and len(set(second["run_id"])) == 4
 
     # all child runs sit under one parent; a lost CSV is rebuilt from MLflow without training
-    client = MlflowClient("sqlite:///mlflow/mlflow.db")
+    client = MlflowClient(store_uri())
     parent = __import__("json").loads(Path("out/sweep.json").read_text())["parent_run_id"]
     exp = client.get_experiment_by_name("stress_tiny")
     children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")

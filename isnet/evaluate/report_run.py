@@ -34,7 +34,7 @@ from isnet.evaluate.relevance import explain_loader  # noqa: E402
 from isnet.evaluate.report import OVERALL, Cohort, MethodResult, assemble_report  # noqa: E402
 from isnet.evaluate.report_html import render_html  # noqa: E402
 from isnet.lrp import LRPConfig  # noqa: E402
-from isnet.tracking import Tracker, resolve_tracking_uri  # noqa: E402
+from isnet.tracking import Tracker, store_uri  # noqa: E402
 from isnet.train.evaluation import predict  # noqa: E402
 from isnet.train.loading import load_run_model  # noqa: E402
 
@@ -195,7 +195,7 @@ def run_report(run_ids: Sequence[str], manifest: str | Path, out: str | Path, *,
         raise UserError(f"report: a run id is listed twice in {run_ids}")
     out = Path(out)
     json_path = out.with_suffix(".json")
-    uri = resolve_tracking_uri(tracking_uri)
+    uri = store_uri(tracking_uri)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     loaded = [load_run_model(r, checkpoint_dir, uri, device=dev) for r in run_ids]

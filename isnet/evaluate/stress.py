@@ -252,7 +252,7 @@ class StressTest:
             from mlflow.tracking import MlflowClient
 
             try:
-                MlflowClient(self.parent.uri).get_run(parent_id)
+                MlflowClient(self.parent.store_uri).get_run(parent_id)
             except Exception:
                 self.log(f"note: parent MLflow run {parent_id} not found in {self.parent.uri}; starting a new one")
                 parent_id = None
@@ -274,7 +274,7 @@ class StressTest:
             return {}
         from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(self.parent.uri)
+        client = MlflowClient(self.parent.store_uri)
         exp = client.get_experiment_by_name(self.cfg.train.tracking.experiment)
         runs = client.search_runs([exp.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{self.parent_id}' "
@@ -350,7 +350,7 @@ class StressTest:
         from mlflow.entities import Metric
         from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(self.parent.uri)
+        client = MlflowClient(self.parent.store_uri)
         now = int(time.time() * 1000)
         client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if math.isfinite(float(v))])
         if fig is not None:

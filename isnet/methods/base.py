@@ -83,6 +83,11 @@ def register(name: str) -> Callable[[Callable[..., Method]], Callable[..., Metho
     return deco
 
 
+def unregister(name: str) -> None:
+    """Remove a registered method (for plug-ins registered temporarily, e.g. in tests)."""
+    _REGISTRY.pop(name, None)
+
+
 def build_methods(names: list[str], config: Any) -> list[Method]:
     """Instantiate the configured methods, in the order listed, from their config blocks."""
     out = []

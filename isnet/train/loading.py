@@ -9,7 +9,7 @@ import torch
 from isnet.config.schema import TrainConfig
 from isnet.errors import UserError
 from isnet.models import build_classifier
-from isnet.tracking import resolve_tracking_uri
+from isnet.tracking import store_uri
 from isnet.train.checkpoint import CheckpointError, load_checkpoint
 
 
@@ -22,7 +22,7 @@ def find_best_checkpoint(run_id: str, checkpoint_dir: str | Path = "checkpoints"
 
     try:
         path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/best.pt",
-                                                   tracking_uri=resolve_tracking_uri(tracking_uri))
+                                                   tracking_uri=store_uri(tracking_uri))
     except Exception as exc:
         raise UserError(f"run {run_id}: no checkpoint at {local} and none in the MLflow run "
                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
