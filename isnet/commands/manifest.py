@@ -55,9 +55,14 @@ def _run_manifest_build(args: argparse.Namespace) -> int:
     df = read_manifest(args.out)
     report = validate_manifest(df, args.out, classes)
     print(summarize(df))
-    if report.problems:
-        print(f"{len(report.problems)} problem(s):", file=sys.stderr)
-        for line in report.problems:
+    return _exit_with_problems(report.problems)
+
+
+def _exit_with_problems(problems: list[str]) -> int:
+    """Print every validation problem on stderr; exit code 1 when there are any."""
+    if problems:
+        print(f"{len(problems)} problem(s):", file=sys.stderr)
+        for line in problems:
             print(f"  {line}", file=sys.stderr)
         return 1
     print("no problems found")
@@ -71,10 +76,4 @@ def _run_manifest_validate(args: argparse.Namespace) -> int:
     df = read_manifest(args.manifest)
     report = validate_manifest(df, args.manifest, classes, require_masks=args.require_masks)
     print(f"{args.manifest}: {summarize(df)}")
-    if report.problems:
-        print(f"{len(report.problems)} problem(s):", file=sys.stderr)
-        for line in report.problems:
-            print(f"  {line}", file=sys.stderr)
-        return 1
-    print("no problems found")
-    return 0
+    return _exit_with_problems(report.problems)
