@@ -58,6 +58,8 @@ def run(manifest_path: str, spec: str, ctx, half: bool = False) -> dict | None:
                  "train.device=cpu", f"methods={methods}"]
     if "isnet" in methods:
         overrides += ["method.isnet.C1=0.5", "method.isnet.C2=5.0"]
+    if "sgdrop" in methods and variant != "bn":
+        overrides += ["method.sgdrop.layer='8'"]  # bn_free_cnn's global pooling, as small_cnn's default
     cfg = load_config(None, overrides)
     torch.set_num_threads(1)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
@@ -70,6 +72,8 @@ def run(manifest_path: str, spec: str, ctx, half: bool = False) -> dict | None:
     trainer = Trainer(cfg, manifest, model, ms, Tracker(enabled=False), torch.device("cpu"), "unused")
     if ctx is not None:
         distribute_trainer(trainer, ctx)
+    for m in ms:  # as Trainer.fit does before the first epoch (SGDrop installs its hook here)
+        m.on_fit_start(trainer)
     trainer.model.train()
     losses = []
     for batch in fixed_batches(len(cfg.data.classes)):

@@ -34,7 +34,7 @@ def ddp_results(tmp_path_factory) -> tuple[dict, dict]:
 
     tmp = tmp_path_factory.mktemp("ddp")
     manifest = make_toy_set(tmp / "toy", n_per_class=4, size=32)
-    specs = "isnet+standard+isnet:bn"
+    specs = "isnet+standard+isnet:bn+sgdrop+isnet,sgdrop+reldrop"
     single, ddp = tmp / "single.pt", tmp / "ddp.pt"
     r = subprocess.run([sys.executable, str(WORKER), str(manifest), str(single), specs], cwd=tmp,
                        capture_output=True, text=True, timeout=600, env=_env())
@@ -46,7 +46,7 @@ def ddp_results(tmp_path_factory) -> tuple[dict, dict]:
     return torch.load(single, weights_only=True), torch.load(ddp, weights_only=True)
 
 
-@pytest.mark.parametrize("method", ["isnet", "standard"])
+@pytest.mark.parametrize("method", ["isnet", "standard", "sgdrop", "isnet,sgdrop"])
 def test_ddp_matches_single_process_on_the_global_batch(ddp_results, method):
     single, ddp = ddp_results
     init_gap = _max_diff(single[method]["model"], single[method + "/half"]["model"])
@@ -91,3 +91,13 @@ def test_isnet_train_nproc_2_logs_and_checkpoints_once(toy_manifest, tmp_path):
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [run.info.run_id]
     state = torch.load(tmp_path / "checkpoints" / run.info.run_id / "last.pt", weights_only=True)
     assert state["epoch"] == 2 and not any(k.startswith("module.") for k in state["model"])
+
+
+def test_reldrop_trains_under_ddp_with_ranks_in_step(ddp_results):  # noqa: D103
+    """RelDrop draws random occlusions per image, so shards cannot replay the single-process draws exactly;
+    under DDP it must still run its extra LRP pass per rank and keep every rank's weights identical."""
+    single, ddp = ddp_results
+    ranks = ddp["reldrop"]["ranks"]
+    assert _max_diff(ranks[0], ranks[1]) == 0.0
+    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in ddp["reldrop"]["losses"])
+    assert any(m.get("reldrop_fraction", 0) > 0 for m in ddp["reldrop"]["losses"])
