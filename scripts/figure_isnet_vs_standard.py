@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 from isnet.data.dataset import build_dataset, build_loader  # noqa: E402
 from isnet.data.manifest import load_manifest  # noqa: E402
 from isnet.evaluate.relevance import background_share, predicted_class  # noqa: E402
-from isnet.lrp import LRPConfig, lrp_heatmaps  # noqa: E402
+from isnet.lrp import lrp_heatmaps  # noqa: E402
 from isnet.train.loading import load_run_model  # noqa: E402
 
 
@@ -39,7 +39,7 @@ def main(std_run: str, isnet_run: str, manifest: str, out: str, n: int = 6) -> N
     for i, (name, (model, mcfg)) in enumerate(models.items(), start=1):
         c = mcfg.method.isnet
         logits, heat = lrp_heatmaps(model, batch["image"], predicted_class,
-                                    config=LRPConfig(epsilon=c.epsilon, body_rule=c.body_rule, first_rule=c.first_rule))
+                                    config=c.lrp_config())
         share = background_share(heat, batch["mask"])[:, 0]
         for j in range(len(per_class)):
             h = heat[j, 0].detach().numpy()

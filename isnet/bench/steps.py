@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from isnet.config.schema import TrainConfig
-from isnet.lrp import LRPConfig, lrp_heatmaps
+from isnet.lrp import lrp_heatmaps
 from isnet.methods import build_methods
 from isnet.methods.base import _REGISTRY
 from isnet.methods.isnet_loss import (
@@ -167,8 +167,7 @@ def _explain(spec: Spec) -> Callable[[], None]:
 
     model = _model(spec).eval()
     x = synthetic_batch(spec)["image"].to(spec.torch_device)
-    cfg = TrainConfig().method.isnet
-    lrp = LRPConfig(epsilon=cfg.epsilon, body_rule=cfg.body_rule, first_rule=cfg.first_rule)
+    lrp = TrainConfig().method.isnet.lrp_config()
     return lambda: lrp_heatmaps(model, x, predicted_class, config=lrp)
 
 

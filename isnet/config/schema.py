@@ -107,6 +107,13 @@ class ISNetConfig(_Strict):
     first_rule: Literal["zb", "epsilon", "flat"] = "zb"
     grad_clip_norm: Optional[float] = Field(1.0, gt=0)
 
+    def lrp_config(self):
+        """The LRP rules these settings describe; every heatmap of a run (training, diagnostics, explain,
+        reports) is made with them so that runs compare."""
+        from isnet.lrp import LRPConfig
+
+        return LRPConfig(epsilon=self.epsilon, body_rule=self.body_rule, first_rule=self.first_rule)
+
     @model_validator(mode="after")
     def _band_ordered(self) -> "ISNetConfig":
         if self.C1 is not None and self.C2 is not None and self.C1 >= self.C2:

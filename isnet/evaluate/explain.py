@@ -16,7 +16,7 @@ from isnet.data.manifest import read_manifest, validate_manifest
 from isnet.errors import ManifestError
 from isnet.evaluate.figures import heatmap_grid
 from isnet.evaluate.relevance import background_share, predicted_class
-from isnet.lrp import LRPConfig, lrp_heatmaps
+from isnet.lrp import lrp_heatmaps
 from isnet.train.loading import load_run_model
 
 
@@ -49,7 +49,7 @@ def explain_run(run_id: str, manifest: str | Path, out_dir: str | Path, *, split
     data_cfg = DataConfig(**{**cfg.data.model_dump(), "cache": "none", "batch_size": batch_size})
     loader = build_loader(build_dataset(records, data_cfg, train=False), data_cfg, shuffle=False)
     c = cfg.method.isnet
-    lrp_cfg = LRPConfig(epsilon=c.epsilon, body_rule=c.body_rule, first_rule=c.first_rule)
+    lrp_cfg = c.lrp_config()
     out = Path(out_dir)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     rows = []

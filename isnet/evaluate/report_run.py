@@ -52,7 +52,7 @@ def _loader(records: list[dict], cfg: TrainConfig, batch_size: int):
 
 def _lrp_config(cfg: TrainConfig) -> LRPConfig:
     c = cfg.method.isnet
-    return LRPConfig(epsilon=c.epsilon, body_rule=c.body_rule, first_rule=c.first_rule)
+    return c.lrp_config()
 
 
 def _in_distribution(run_id: str, tracking_uri: str, classes: Sequence[str]) -> tuple[pd.DataFrame | None, dict, str]:

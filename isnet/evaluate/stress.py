@@ -306,7 +306,7 @@ class StressTest:
         device = resolve_device(tcfg.train.device)
         model = load_best(result.checkpoint_dir, device)
         ic = tcfg.method.isnet
-        lrp = LRPConfig(epsilon=ic.epsilon, body_rule=ic.body_rule, first_rule=ic.first_rule) if supports_model(model) else None
+        lrp = ic.lrp_config() if supports_model(model) else None
         records = manifest.records("test")
         if self.cfg.relevance_images:
             records = records[: self.cfg.relevance_images]

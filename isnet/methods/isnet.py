@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from isnet.lrp import LRPConfig, lrp_heatmaps, supports_model
+from isnet.lrp import lrp_heatmaps, supports_model
 from isnet.methods.base import Method, StepOutput, register
 from isnet.methods.isnet_loss import (
     ISNetLossConfig,
@@ -39,7 +39,7 @@ class ISNetMethod(Method):
         c = cfg.method.isnet
         self.params = c
         self.C1, self.C2 = c.C1, c.C2
-        self.lrp = LRPConfig(epsilon=c.epsilon, body_rule=c.body_rule, first_rule=c.first_rule)
+        self.lrp = c.lrp_config()
         self.generator = torch.Generator().manual_seed(cfg.train.seed + 101)
 
     def loss_config(self) -> ISNetLossConfig:

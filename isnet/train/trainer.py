@@ -257,7 +257,7 @@ class Trainer:
     def lrp_config(self) -> LRPConfig:
         """The LRP rules of ``method.isnet``, used for every run's diagnostics so that runs compare."""
         c = self.cfg.method.isnet
-        return LRPConfig(epsilon=c.epsilon, body_rule=c.body_rule, first_rule=c.first_rule)
+        return c.lrp_config()
 
     def relevance_diagnostics(self) -> dict[str, float]:
         """Background relevance share on validation, and every ``heatmap_every`` epochs a heatmap grid."""
