@@ -445,7 +445,7 @@ def _pm(row: pd.Series, col: str, scale: float = 1.0, fmt: str = "{:.1f}") -> st
 
 
 def summary_markdown(summary: pd.DataFrame, cfg: StressConfig) -> str:
-    biases = ", ".join(BiasSpec(**b.model_dump()).label for b in cfg.biases)
+    biases = ", ".join(b.spec().label for b in cfg.biases)
     lines = [f"Bias: {biases} on class `{cfg.target_class}`; accuracies in %, drop = clean − flipped accuracy in "
              f"points; mean ± sd over seeds.", "",
              "| method | strength | seeds | clean acc | aligned acc | flipped acc | drop (points) | clean AUC | "
