@@ -14,6 +14,10 @@ BACKBONES = ("small_cnn", "resnet18", "resnet50", "densenet121", "vgg16_bn")
 METHODS = ("standard", "isnet", "sgdrop", "reldrop", "rrr", "masked_input")
 #: methods that compute the forward pass themselves; at most one of them can be on
 FORWARD_OWNERS = ("isnet",)
+#: torchxrayvision's pixel range: images are mapped to [-XRV_MAX, XRV_MAX]
+XRV_MAX = 1024.0
+#: the range of the network input under each ``data.intensity`` convention
+INTENSITY_RANGES = {"unit": (0.0, 1.0), "xrv": (-XRV_MAX, XRV_MAX)}
 
 
 class _Strict(BaseModel):
@@ -51,9 +55,21 @@ class DataConfig(_Strict):
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     lower_percentile: float = Field(0.5, ge=0, lt=50)
     upper_percentile: float = Field(99.5, gt=50, le=100)
+    intensity: Literal["unit", "xrv"] = Field(
+        "unit", description="pixel convention of the network input. 'unit': [0, 1] after percentile scaling; "
+                            "'xrv': torchxrayvision's [-1024, 1024], (2*x - 1)*1024 of that [0, 1] image "
+                            "(xrv.datasets.normalize with maxval 1), applied as the last step of the pipeline")
+    crop: Literal["none", "center"] = Field(
+        "none", description="'center': crop the largest centred square before resizing (torchxrayvision's "
+                            "XRayCenterCrop), the lung mask identically; 'none': resize the longest side, pad")
     augment: AugmentConfig = AugmentConfig()
     input_mask: Optional[InputMaskConfig] = Field(
         None, description="set from method.masked_input when that method is on; do not set by hand")
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        """(low, high) of the pixels the network sees: the z^B bounds of LRP and the display range."""
+        return INTENSITY_RANGES[self.intensity]
 
     @field_validator("classes")
     @classmethod
@@ -107,12 +123,15 @@ class ISNetConfig(_Strict):
     first_rule: Literal["zb", "epsilon", "flat"] = "zb"
     grad_clip_norm: Optional[float] = Field(1.0, gt=0)
 
-    def lrp_config(self):
-        """The LRP rules these settings describe; every heatmap of a run (training, diagnostics, explain,
-        reports) is made with them so that runs compare."""
+    def lrp_config(self, value_range: tuple[float, float] = INTENSITY_RANGES["unit"]):
+        """The LRP rules these settings describe, with the z^B bounds ``value_range`` (the input pixel range,
+        ``DataConfig.value_range``). Runs use :meth:`TrainConfig.lrp_config`, which passes their data
+        convention; every heatmap of a run (training, diagnostics, explain, reports) is made with it."""
         from isnet.lrp import LRPConfig
 
-        return LRPConfig(epsilon=self.epsilon, body_rule=self.body_rule, first_rule=self.first_rule)
+        low, high = value_range
+        return LRPConfig(epsilon=self.epsilon, body_rule=self.body_rule, first_rule=self.first_rule,
+                         low=float(low), high=float(high))
 
     @model_validator(mode="after")
     def _band_ordered(self) -> "ISNetConfig":
@@ -129,7 +148,9 @@ class SGDropConfig(_Strict):
     layer: Optional[str] = Field(None, description="module name (model.named_modules()); default: the last "
                                                    "convolutional block of the backbone")
     at: Literal["input", "output"] = Field("output", description="mask the named module's input or output")
-    attribution: Literal["grad_x_act"] = "grad_x_act"
+    attribution: Literal["grad_x_act", "lrp"] = Field(
+        "grad_x_act", description="attribution of the true class on the feature map: gradient x activation, or "
+                                  "its LRP relevance (our engine, the rules of method.isnet)")
     rescale: bool = Field(True, description="scale kept features by 1/keep-fraction, like dropout")
     ema: bool = Field(False, description="threshold = exponential moving average of the batch's q_rho across steps")
     ema_momentum: float = Field(0.9, ge=0, lt=1)
@@ -147,6 +168,9 @@ class RelDropConfig(_Strict):
     area: tuple[float, float] = Field((0.02, 0.33), description="block: box area range, fraction of the image")
     aspect: tuple[float, float] = Field((0.3, 3.3), description="block: box aspect-ratio range")
     fill: Literal["zero", "mean", "noise"] = "zero"
+    engine: Literal["isnet", "zennit"] = Field(
+        "isnet", description="LRP engine of the relevance pass: ours, or zennit with an equivalent composite (a "
+                             "cross-check; slower, and no DenseNet)")
 
     @model_validator(mode="after")
     def _ranges(self) -> "RelDropConfig":
@@ -211,6 +235,31 @@ class TrainConfig(_Strict):
         if len(owners) > 1:
             raise ValueError(f"methods {owners} each compute their own forward pass and cannot be combined")
         return v or ["standard"]
+
+    def lrp_config(self):
+        """The LRP rules of this run: ``method.isnet``'s rules with z^B bounds = the range of
+        ``data.intensity`` ([0, 1] or [-1024, 1024])."""
+        return self.method.isnet.lrp_config(self.data.value_range)
+
+    @model_validator(mode="after")
+    def _intensity_compatible(self) -> "TrainConfig":
+        """RelDrop's 'zero' and 'noise' fills are values of the [0, 1] convention (black, U[0, 1]); under
+        another convention they would occlude with mid-grey, so the combination is refused."""
+        if self.data.intensity != "unit" and "reldrop" in self.methods and self.method.reldrop.fill != "mean":
+            raise ValueError(
+                f"method.reldrop.fill={self.method.reldrop.fill!r} fills occluded pixels with values of the "
+                f"[0, 1] intensity convention and cannot be used with data.intensity={self.data.intensity!r} "
+                f"(range {self.data.value_range}); set method.reldrop.fill=mean or data.intensity=unit")
+        return self
+
+    @model_validator(mode="after")
+    def _zennit_backbone(self) -> "TrainConfig":
+        """zennit has no canonizer for the BatchNorms after DenseNet's concatenations: no equivalent composite."""
+        if "reldrop" in self.methods and self.method.reldrop.engine == "zennit" and \
+                self.model.backbone.startswith("densenet"):
+            raise ValueError(f"method.reldrop.engine=zennit cannot explain {self.model.backbone} with our rules "
+                             f"(zennit has no DenseNet canonizer); use method.reldrop.engine=isnet")
+        return self
 
     @model_validator(mode="after")
     def _input_mask_follows_method(self) -> "TrainConfig":

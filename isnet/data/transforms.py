@@ -1,8 +1,12 @@
 """MONAI dictionary pipelines that turn manifest records into ``{image, mask, label}`` tensors.
 
-Geometry (resize, pad, affine augmentation) is applied to image and mask together so the lung mask stays
-aligned with the pixels it describes; intensity changes touch the image only. The deterministic prefix
-(load → normalise → resize) is what ``CacheDataset`` keeps in memory.
+Geometry (centre crop, resize, pad, affine augmentation) is applied to image and mask together so the lung
+mask stays aligned with the pixels it describes; intensity changes touch the image only. The deterministic
+prefix (load → normalise → crop → resize) is what ``CacheDataset`` keeps in memory.
+
+Every step works on the [0, 1] image (percentile scaling, padding and affine fill with black, bias
+injection, gamma, masked input); ``data.intensity: xrv`` maps the result to torchxrayvision's [-1024, 1024]
+as the very last step, so black stays black (-1024) whatever the convention.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from monai.transforms import (
     SpatialPadd,
 )
 
-from isnet.config.schema import DataConfig, InputMaskConfig
+from isnet.config.schema import XRV_MAX, DataConfig, InputMaskConfig
 from isnet.data import io
 
 
@@ -58,12 +62,52 @@ class LoadXrayd(MapTransform):
         return d
 
 
+class CenterSquareCropd(MapTransform):
+    """Crop image and mask ([C, H, W]) to the largest centred square, as torchxrayvision's XRayCenterCrop:
+    side s = min(H, W), rows from H//2 - s//2 and columns from W//2 - s//2 (an odd surplus loses its extra
+    pixel at the bottom/right)."""
+
+    def __init__(self, keys: Sequence[str] = ("image", "mask")):
+        super().__init__(keys=list(keys), allow_missing_keys=True)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for k in self.key_iterator(d):
+            a = d[k]
+            h, w = a.shape[-2:]
+            s = min(h, w)
+            y0, x0 = h // 2 - s // 2, w // 2 - s // 2
+            d[k] = a[..., y0:y0 + s, x0:x0 + s]
+        return d
+
+
+def xrv_normalize(x, maxval: float = 1.0):
+    """torchxrayvision's intensity convention, ``(2 * (x / maxval) - 1) * 1024``: [0, maxval] → [-1024, 1024]."""
+    return (2.0 * (x / maxval) - 1.0) * XRV_MAX
+
+
+class XrvIntensityd(MapTransform):
+    """Map the [0, 1] image to torchxrayvision's [-1024, 1024] (``xrv_normalize`` with maxval 1)."""
+
+    def __init__(self, keys: Sequence[str] = ("image",)):
+        super().__init__(keys=list(keys))
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for k in self.key_iterator(d):
+            d[k] = xrv_normalize(torch.as_tensor(d[k]))
+        return d
+
+
 def base_transforms(cfg: DataConfig) -> list:
+    """Load → percentile scaling to [0, 1] → (centre crop) → resize the longest side → pad to a square."""
     size = cfg.image_size
+    crop = [CenterSquareCropd()] if cfg.crop == "center" else []
     return [
         LoadXrayd(),
         ScaleIntensityRangePercentilesd(keys="image", lower=cfg.lower_percentile, upper=cfg.upper_percentile,
                                         b_min=0.0, b_max=1.0, clip=True),
+        *crop,
         Resized(keys=["image", "mask"], spatial_size=size, size_mode="longest", mode=("area", "nearest")),
         SpatialPadd(keys=["image", "mask"], spatial_size=(size, size)),
     ]
@@ -126,4 +170,6 @@ def build_transforms(cfg: DataConfig, train: bool, extra: Sequence = ()) -> Comp
     steps.append(EnsureTyped(keys=["image", "mask"], dtype=torch.float32, track_meta=False))
     if cfg.input_mask is not None:  # masked-input models: train, val, test and explain alike
         steps.append(MaskInputd(cfg.input_mask))
+    if cfg.intensity == "xrv":  # last, so everything above (fills, biases, masking) works in [0, 1]
+        steps.append(XrvIntensityd())
     return Compose(steps)
