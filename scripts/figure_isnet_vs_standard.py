@@ -33,13 +33,12 @@ def main(std_run: str, isnet_run: str, manifest: str, out: str, n: int = 6) -> N
                                    batch_size=len(per_class))))
     fig, axes = plt.subplots(3, len(per_class), figsize=(1.9 * len(per_class), 6.0), squeeze=False)
     for j in range(len(per_class)):
-        axes[0, j].imshow(batch["image"][j, 0], cmap="gray", vmin=0, vmax=1)
+        axes[0, j].imshow(batch["image"][j, 0], cmap="gray", vmin=cfg.data.value_range[0],
+                         vmax=cfg.data.value_range[1])
         axes[0, j].contour(batch["mask"][j, 0] > 0.5, levels=[0.5], colors="lime", linewidths=0.6)
         axes[0, j].set_title(cfg.data.classes[int(batch["label"][j])], fontsize=8)
     for i, (name, (model, mcfg)) in enumerate(models.items(), start=1):
-        c = mcfg.method.isnet
-        logits, heat = lrp_heatmaps(model, batch["image"], predicted_class,
-                                    config=c.lrp_config())
+        logits, heat = lrp_heatmaps(model, batch["image"], predicted_class, config=mcfg.lrp_config())
         share = background_share(heat, batch["mask"])[:, 0]
         for j in range(len(per_class)):
             h = heat[j, 0].detach().numpy()

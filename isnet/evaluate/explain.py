@@ -48,8 +48,7 @@ def explain_run(run_id: str, manifest: str | Path, out_dir: str | Path, *, split
                 "site": r.site, "patient_id": r.patient_id} for r in df.itertuples(index=False)]
     data_cfg = DataConfig(**{**cfg.data.model_dump(), "cache": "none", "batch_size": batch_size})
     loader = build_loader(build_dataset(records, data_cfg, train=False), data_cfg, shuffle=False)
-    c = cfg.method.isnet
-    lrp_cfg = c.lrp_config()
+    lrp_cfg = cfg.lrp_config()
     out = Path(out_dir)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     rows = []
@@ -67,7 +66,7 @@ def explain_run(run_id: str, manifest: str | Path, out_dir: str | Path, *, split
             name = f"row{row:05d}_{_safe(Path(meta['image']).stem)}.png"
             title = f"{meta['label'] or '?'} → {classes[pred]} ({float(prob[i, pred]):.2f}); background {bg:.0%}"
             fig = heatmap_grid([batch["image"][i, 0].numpy()], [batch["mask"][i, 0].numpy() if has_mask else None],
-                               [heat[i, 0].numpy()], [title], columns=1)
+                               [heat[i, 0].numpy()], [title], columns=1, value_range=cfg.data.value_range)
             fig.savefig(out / "overlays" / name, dpi=110)
             plt.close(fig)
             rows.append({"row": row, "image": meta["image"], "label": meta["label"], "site": meta["site"],

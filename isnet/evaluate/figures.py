@@ -10,16 +10,34 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from isnet.config.schema import INTENSITY_RANGES  # noqa: E402
+
 
 def _symmetric(h: np.ndarray) -> float:
     v = float(np.percentile(np.abs(h), 99.5)) if h.size else 1.0
     return v if v > 0 else 1.0
 
 
+def display_range(images: Sequence[np.ndarray]) -> tuple[float, float]:
+    """The grey-level range to show network inputs with when their convention is not given: [0, 1] if every
+    pixel lies in it, else torchxrayvision's [-1024, 1024] if every pixel lies in that, else their min/max."""
+    vals = [np.asarray(im) for im in images if np.asarray(im).size]
+    if not vals:
+        return 0.0, 1.0
+    lo, hi = min(float(v.min()) for v in vals), max(float(v.max()) for v in vals)
+    for a, b in (INTENSITY_RANGES["unit"], INTENSITY_RANGES["xrv"]):
+        if a <= lo and hi <= b:
+            return a, b
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
 def heatmap_grid(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], heatmaps: Sequence[np.ndarray],
-                 titles: Sequence[str] | None = None, columns: int = 4):
+                 titles: Sequence[str] | None = None, columns: int = 4,
+                 value_range: tuple[float, float] | None = None):
     """Each example gets two panels: the radiograph with the lung outline, and its LRP heatmap (red =
-    evidence for the explained class, blue = against) with the same outline."""
+    evidence for the explained class, blue = against) with the same outline. ``value_range``: the pixel
+    range of the images (``DataConfig.value_range``: black, white); default: guessed by ``display_range``."""
+    vmin, vmax = value_range if value_range is not None else display_range(images)
     n = len(images)
     cols = min(columns, max(n, 1))
     rows = int(np.ceil(n / cols)) if n else 1
@@ -29,7 +47,7 @@ def heatmap_grid(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], heat
     for i in range(n):
         r, c = divmod(i, cols)
         a_img, a_hm = axes[r, 2 * c], axes[r, 2 * c + 1]
-        a_img.imshow(images[i], cmap="gray", vmin=0, vmax=1)
+        a_img.imshow(images[i], cmap="gray", vmin=vmin, vmax=vmax)
         v = _symmetric(heatmaps[i])
         a_hm.imshow(heatmaps[i], cmap="bwr", vmin=-v, vmax=v)
         for ax in (a_img, a_hm):

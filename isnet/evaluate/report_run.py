@@ -51,8 +51,7 @@ def _loader(records: list[dict], cfg: TrainConfig, batch_size: int):
 
 
 def _lrp_config(cfg: TrainConfig) -> LRPConfig:
-    c = cfg.method.isnet
-    return c.lrp_config()
+    return cfg.lrp_config()
 
 
 def _in_distribution(run_id: str, tracking_uri: str, classes: Sequence[str]) -> tuple[pd.DataFrame | None, dict, str]:
@@ -163,7 +162,7 @@ def _gallery(records: list[dict], model, cfg: TrainConfig, device, classes: Sequ
     for lab, pred, r in zip(k["label"], k["pred"], out["rows"]):
         titles.append(f"row {r}: {classes[lab]} → {classes[pred]} ({probs_by_row[r][pred]:.2f})")
     fig = heatmap_grid(k["image"], [m if np.any(m > 0.5) else None for m in k["mask"]], k["heatmap"], titles,
-                       columns=len(records))
+                       columns=len(records), value_range=cfg.data.value_range)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     return _png(fig)

@@ -305,8 +305,7 @@ class StressTest:
                        extra_transforms={"train": bias("train"), "val": bias("train"), "test": bias("clean")})
         device = resolve_device(tcfg.train.device)
         model = load_best(result.checkpoint_dir, device)
-        ic = tcfg.method.isnet
-        lrp = ic.lrp_config() if supports_model(model) else None
+        lrp = tcfg.lrp_config() if supports_model(model) else None
         records = manifest.records("test")
         if self.cfg.relevance_images:
             records = records[: self.cfg.relevance_images]

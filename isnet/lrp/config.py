@@ -16,7 +16,8 @@ class LRPConfig:
     body_rule: "epsilon" | "zplus" | "alpha2beta1" | "epsilon_zplus" (ε for dense layers, z⁺ for convolutions).
         Pooling layers and residual sums always use the ε rule.
     first_rule: rule of the first convolution/dense layer: "zb" (bounded z^B), "epsilon" or "flat".
-    low, high: z^B bounds, i.e. the range of the input pixels (isnet normalises images to [0, 1]).
+    low, high: z^B bounds, i.e. the range of the input pixels: [0, 1] by default, [-1024, 1024] under
+        ``data.intensity: xrv`` (``TrainConfig.lrp_config`` sets them from the run's data config).
     """
 
     epsilon: float = 0.01

@@ -39,7 +39,7 @@ class ISNetMethod(Method):
         c = cfg.method.isnet
         self.params = c
         self.C1, self.C2 = c.C1, c.C2
-        self.lrp = c.lrp_config()
+        self.lrp = cfg.lrp_config()  # z^B bounds = the range of data.intensity
         self.generator = torch.Generator().manual_seed(cfg.train.seed + 101)
 
     def loss_config(self) -> ISNetLossConfig:

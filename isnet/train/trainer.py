@@ -255,9 +255,9 @@ class Trainer:
 
     @property
     def lrp_config(self) -> LRPConfig:
-        """The LRP rules of ``method.isnet``, used for every run's diagnostics so that runs compare."""
-        c = self.cfg.method.isnet
-        return c.lrp_config()
+        """The LRP rules of ``method.isnet`` (z^B bounds from ``data.intensity``), used for every run's
+        diagnostics so that runs compare."""
+        return self.cfg.lrp_config()
 
     def relevance_diagnostics(self) -> dict[str, float]:
         """Background relevance share on validation, and every ``heatmap_every`` epochs a heatmap grid."""
@@ -273,7 +273,8 @@ class Trainer:
         if figure_now and kept["image"]:
             names = self.cfg.data.classes
             titles = [f"{names[t]} → {names[p]}" for t, p in zip(kept["label"], kept["pred"])]
-            fig = heatmap_grid(kept["image"], kept["mask"], kept["heatmap"], titles)
+            fig = heatmap_grid(kept["image"], kept["mask"], kept["heatmap"], titles,
+                               value_range=self.cfg.data.value_range)
             self.tracker.log_figure(fig, f"heatmaps/val_epoch_{self.epoch + 1:03d}.png")
             plt.close(fig)
         return {"val_bg_share": float(np.nanmean(shares))}
