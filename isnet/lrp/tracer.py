@@ -56,6 +56,10 @@ class Tracer:
         self._first_pending = True
         self._last_out: Optional[Tensor] = None
         self._last_info: Optional[RuleInfo] = None
+        # relevance at a module's output (isnet.lrp.latent): the tensor a module returned, and the rule's output
+        # that wraps it (a view of it), which is what the next layers consume
+        self.watch: Optional[Tensor] = None
+        self.watched: Optional[Tensor] = None
 
     # ------------------------------------------------------------------ rule plumbing
     def _info(self, **kwargs: float) -> RuleInfo:
@@ -69,6 +73,9 @@ class Tracer:
 
     def _emit(self, out: Tensor, info: RuleInfo) -> Tensor:
         self._last_out, self._last_info = out, info
+        w = self.watch
+        if w is not None and out.data_ptr() == w.data_ptr() and out.shape == w.shape:  # rules return views
+            self.watched = out
         return out
 
     def epsilon(self, y: Tensor) -> Tensor:
