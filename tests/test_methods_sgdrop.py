@@ -113,3 +113,127 @@ def test_ema_threshold_moves_with_momentum_and_round_trips():
     other = _method("method.sgdrop.ema=true")
     other.load_state_dict(m.state_dict())
     assert other.threshold == m.threshold
+
+
+# -- attribution: lrp -----------------------------------------------------------------------------------
+
+
+class _Trainer:  # the parts of the trainer SGDrop uses
+    def __init__(self, model, cfg):
+        self.model, self.cfg, self.lrp_config = model, cfg, cfg.method.isnet.lrp_config()
+
+
+def _stab(v: torch.Tensor, eps: float) -> torch.Tensor:
+    return v + eps * torch.where(v >= 0, 1.0, -1.0).to(v)
+
+
+def _lrp_at_pool_input(feats: torch.Tensor, fc: torch.nn.Linear, y: torch.Tensor, eps: float) -> torch.Tensor:
+    """LRP-ε of the true-class logit, by hand, at the input of global average pooling → linear layer."""
+    p = feats.mean((2, 3))
+    z = torch.nn.functional.linear(p, fc.weight, fc.bias).gather(1, y[:, None])
+    r_pool = p * fc.weight[y] * z / _stab(z, eps)
+    return feats / feats[0, 0].numel() * (r_pool / _stab(p, eps))[:, :, None, None]
+
+
+def _features_and_head(model, x):
+    """(feature map at the pooling input as the train-mode forward computes it, final linear layer)."""
+    if isinstance(model, torch.nn.Sequential):  # small_cnn: conv blocks, AdaptiveAvgPool2d, Flatten, Linear
+        return model[:-3](x), model[-1]
+    m = model
+    t = m.maxpool(m.relu(m.bn1(m.conv1(x))))
+    return m.layer4(m.layer3(m.layer2(m.layer1(t)))), m.fc
+
+
+@pytest.mark.parametrize("backbone", ["small_cnn", "resnet18"])
+def test_lrp_attribution_zeroes_exactly_the_features_above_the_relevance_quantile(backbone):
+    import copy
+
+    from isnet.methods import build_methods
+
+    cfg = load_config(None, ["methods=[sgdrop]", f"model.backbone={backbone}", "model.width=4",
+                             "data.image_size=64", "method.sgdrop.attribution=lrp", "method.sgdrop.rho=0.8",
+                             "method.isnet.epsilon=0.5"])  # a large ε: LRP ranks features unlike grad × act
+    torch.manual_seed(0)
+    model = build_classifier(backbone, 3, width=4).double().train()
+    plain = copy.deepcopy(model)
+    (m,) = build_methods(cfg.methods, cfg)
+    trainer = _Trainer(model, cfg)
+    m.on_fit_start(trainer)
+    x, y = torch.rand(4, 1, 64, 64, dtype=torch.float64), torch.tensor([0, 1, 2, 1])
+    seen = []  # the feature maps the pooling receives (after SGDrop's mask)
+    pool = model[-3] if backbone == "small_cnn" else model.avgpool
+    pool.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach()))
+
+    m.before_forward({"image": x, "label": y}, trainer)
+    logits = model(x)  # the training forward
+    m.loss(torch.zeros(()), None, None, None, trainer)  # raises if the mask was not applied
+
+    with torch.no_grad():
+        feats, fc = _features_and_head(plain, x)  # also moves plain's BN statistics once
+        ref = _lrp_at_pool_input(feats, fc, y, eps=0.5)
+    flat = ref.flatten(1)
+    q = flat.kthvalue(int(torch.ceil(torch.tensor(0.8 * flat.shape[1]))), dim=1).values
+    above = (flat > q[:, None]).reshape(ref.shape)
+    keep = (~above).to(ref) * (flat.shape[1] / (~above).flatten(1).sum(1).to(ref)).reshape(-1, 1, 1, 1)
+    assert len(seen) == 2  # the attribution pass, then the training forward
+    torch.testing.assert_close(seen[-1], feats * keep, rtol=1e-12, atol=1e-12)  # zeroed exactly above q, rescaled
+    assert 0 < float(above.float().mean()) <= 0.2 + 1e-9
+    # the extra pass did not count the batch in the BN statistics: one forward's worth, like the plain model's
+    for a, b in zip(model.buffers(), plain.buffers()):
+        torch.testing.assert_close(a, b)
+    assert torch.isfinite(logits).all()
+    gxa = build_methods(["sgdrop"], load_config(None, ["methods=[sgdrop]"]))[0]
+    gxa.attach(plain)
+    assert not torch.equal(gxa.compute_mask(plain, x, y) == 0, above), "LRP must rank features unlike grad x act"
+
+
+def test_lrp_attribution_is_inactive_in_eval_mode():
+    from isnet.methods import build_methods
+
+    cfg = load_config(None, ["methods=[sgdrop]", "method.sgdrop.attribution=lrp"])
+    torch.manual_seed(0)
+    model = build_classifier("resnet18", 3).train()
+    (m,) = build_methods(cfg.methods, cfg)
+    trainer = _Trainer(model, cfg)
+    m.on_fit_start(trainer)
+    x, y = torch.rand(2, 1, 64, 64), torch.tensor([0, 2])
+    m.before_forward({"image": x, "label": y}, trainer)  # a mask is pending from a training step
+    model.eval()
+    with torch.no_grad():
+        masked = model(x)
+        m.before_forward({"image": x, "label": y}, trainer)  # eval: no attribution pass, no mask
+        again = model(x)
+        m.on_fit_end(trainer)  # hook removed
+        plain = model(x)
+    assert torch.equal(masked, plain) and torch.equal(again, plain)
+    assert m.loss(torch.zeros(()), None, None, None, trainer) == (torch.zeros(()), {})
+
+
+def test_lrp_attribution_on_densenet_takes_the_relevance_at_norm5_output():
+    """DenseNet's default layer is an output the LRP rules wrap (norm5): the relevance is that of the tensor the
+    final ReLU receives, checked here by hand through ReLU → global average pooling → classifier."""
+    import torch.nn.functional as F
+    from torchvision.models import DenseNet
+
+    cfg = load_config(None, ["methods=[sgdrop]", "method.sgdrop.attribution=lrp"])
+    torch.manual_seed(0)
+    model = DenseNet(growth_rate=4, block_config=(2, 2), num_init_features=8, num_classes=3)
+    model.features.conv0 = torch.nn.Conv2d(1, 8, 7, 2, 3, bias=False)
+    model = model.double().train()
+    m = SGDropMethod(cfg)
+    m.attach(model)
+    x, y = torch.rand(3, 1, 64, 64, dtype=torch.float64), torch.tensor([2, 0, 1])
+    attr = m.attribution(model, x, y)
+    with torch.no_grad():
+        feats = F.relu(model.features(x))
+    torch.testing.assert_close(attr, _lrp_at_pool_input(feats, model.classifier, y, eps=0.01), rtol=1e-10, atol=1e-12)
+
+
+def test_lrp_attribution_refuses_a_layer_without_relevance():
+    cfg = load_config(None, ["methods=[sgdrop]", "method.sgdrop.attribution=lrp", 'method.sgdrop.layer="9"',
+                             "method.sgdrop.at=input"])  # small_cnn's 3rd BatchNorm: LRP folds it into its conv
+    model = build_classifier("small_cnn", 3, width=4).train()
+    m = SGDropMethod(cfg)
+    m.attach(model)
+    with pytest.raises(ValueError, match="route relevance around"):
+        m.compute_mask(model, torch.rand(2, 1, 64, 64), torch.tensor([0, 1]))

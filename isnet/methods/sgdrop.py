@@ -1,10 +1,15 @@
 """SGDrop: saliency-guided dropout of the most attributed latent features (DESIGN.md §5).
 
 Before each training forward, one extra pass on the batch computes the attribution of the true-class score
-on a feature map (gradient × activation); the features above the per-sample quantile q_rho are zeroed in the
-real forward and the kept ones rescaled like dropout. The extra pass runs the body of the network without a
-graph and differentiates only the part after the feature map, so its cost is one forward plus the head's
-backward (BatchNorm running statistics are restored afterwards: the batch is counted once).
+on a feature map (``attribution: grad_x_act``: gradient × activation; ``lrp``: the LRP relevance of the feature
+map, :func:`isnet.lrp.lrp_relevance_at`, with the rules of ``method.isnet``); the features above the per-sample
+quantile q_rho are zeroed in the real forward and the kept ones rescaled like dropout. The extra pass runs in
+the model's training mode on the step's batch and weights (BatchNorm normalises with the batch statistics, as
+in the real forward; the random-number state is restored afterwards, so dropout layers draw the same masks in
+both passes), runs the body of the network without a graph and differentiates only the part after the feature
+map, so its cost is one forward plus the head's backward (or relevance backward). BatchNorm running statistics
+are restored afterwards: the batch is counted once. The mask must exist before the forward that it changes, so
+this pass cannot be merged into the training forward itself.
 
 The mask is applied by a module hook, so it acts wherever the model's modules are called: in the plain
 forward and inside :func:`isnet.lrp.lrp_heatmaps`, which calls the same modules (``methods: [isnet, sgdrop]``).
@@ -15,7 +20,9 @@ LRP forward calls as modules (the last block's output, taken at the input of the
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -24,6 +31,7 @@ from torchvision.models.densenet import DenseNet
 from torchvision.models.resnet import ResNet
 from torchvision.models.vgg import VGG
 
+from isnet.lrp import lrp_relevance_at, supports_model
 from isnet.methods.base import Method, register
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -53,6 +61,21 @@ def quantile_mask(attribution: torch.Tensor, threshold: torch.Tensor, rescale: b
     return keep.reshape(attribution.shape)
 
 
+@contextlib.contextmanager
+def same_step(model: nn.Module, x: torch.Tensor) -> Iterator[None]:
+    """An extra pass on the step's batch that leaves no trace: the model's buffers (BatchNorm running statistics)
+    and the random-number state (dropout masks of the real forward) are restored when the block ends."""
+    buffers = [b.detach().clone() for b in model.buffers()]
+    devices = [x.device] if x.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        with torch.no_grad():
+            for b, saved in zip(model.buffers(), buffers):
+                b.copy_(saved)
+
+
 @register("sgdrop")
 class SGDropMethod(Method):
     name = "sgdrop"
@@ -61,6 +84,9 @@ class SGDropMethod(Method):
         self.params = cfg.method.sgdrop
         self.threshold: float | None = None  # EMA of the batch-mean q_rho (ema variant)
         self.layer = ""
+        self._module: nn.Module | None = None
+        self._at = "output"
+        self.lrp = cfg.method.isnet.lrp_config()  # the run's rules; set from the trainer at fit start
         self._handle: Any = None
         self._mask: torch.Tensor | None = None
         self._capture = False
@@ -78,7 +104,11 @@ class SGDropMethod(Method):
             raise ValueError(f"method.sgdrop.layer {name!r} is not a module of the model "
                              f"(e.g. {', '.join(list(modules)[1:6])}, ...)")
         module = modules[name]
+        if self.params.attribution == "lrp" and not supports_model(model):
+            raise ValueError(f"method.sgdrop.attribution=lrp: our LRP engine does not support "
+                             f"{type(model).__name__}; use attribution=grad_x_act")
         self.layer = f"{name}.{at}"
+        self._module, self._at = module, at
         if at == "input":
             self._handle = module.register_forward_pre_hook(lambda mod, args: (self._hook(mod, args[0]),) + args[1:])
         else:
@@ -104,8 +134,21 @@ class SGDropMethod(Method):
 
     # -- the mask -------------------------------------------------------------------------------------
     def attribution(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Gradient × activation of the true-class logits on the hooked feature map (detached)."""
-        buffers = [b.detach().clone() for b in model.buffers()]
+        """Attribution of the true class on the hooked feature map (detached), in the model's current mode:
+        gradient × activation, or the LRP relevance (``attribution: lrp``). Buffers and RNG state are restored."""
+        if self._module is None:
+            raise RuntimeError("SGDrop: attach(model) first")
+        mask, self._mask = self._mask, None  # the pass sees the unmasked feature map
+        try:
+            with same_step(model, x):
+                if self.params.attribution == "lrp":
+                    _, rel = lrp_relevance_at(model, x, y[:, None], self._module, self._at, config=self.lrp)
+                    return rel[:, 0]
+                return self._grad_x_act(model, x, y)
+        finally:
+            self._mask = mask
+
+    def _grad_x_act(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self._capture, self._feature = True, None
         try:
             with torch.no_grad():
@@ -116,16 +159,13 @@ class SGDropMethod(Method):
                 (grad,) = torch.autograd.grad(score, self._feature)
         finally:
             self._capture = False
-            with torch.no_grad():
-                for b, saved in zip(model.buffers(), buffers):
-                    b.copy_(saved)
         attr = (grad * self._feature).detach()
         self._feature = None
         return attr
 
     def compute_mask(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         attr = self.attribution(model, x, y)
-        flat = attr.flatten(1).float()
+        flat = attr.flatten(1).to(torch.promote_types(attr.dtype, torch.float32))  # q in the compared precision
         k = min(flat.shape[1], max(1, math.ceil(self.params.rho * flat.shape[1])))
         q = flat.kthvalue(k, dim=1).values  # q_rho per sample (kthvalue: no size limit, unlike quantile)
         if self.params.ema:
@@ -139,6 +179,7 @@ class SGDropMethod(Method):
 
     # -- hooks ----------------------------------------------------------------------------------------
     def on_fit_start(self, trainer: "Trainer") -> None:
+        self.lrp = trainer.lrp_config
         self.attach(trainer.model)
 
     def on_fit_end(self, trainer: "Trainer") -> None:
