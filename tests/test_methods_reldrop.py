@@ -77,3 +77,80 @@ def test_before_forward_uses_eval_lrp_and_restores_train_mode():
     assert 0 < m._fraction == pytest.approx(float(dropped.float().mean()))
     m2 = RelDropMethod(load_config(None, ["methods=[reldrop]", "method.reldrop.prob=0"]))
     assert m2.before_forward({"image": x, "label": torch.tensor([0, 1, 2, 0])}, t)["image"] is x
+
+
+# -- engine: zennit -------------------------------------------------------------------------------------
+
+
+class _Trainer:  # the parts of the trainer RelDrop uses
+    def __init__(self, model, cfg):
+        self.model, self.lrp_config = model, cfg.method.isnet.lrp_config()
+
+
+def _randomized_resnet18() -> torch.nn.Module:
+    """resnet18 at 64 px, float64, with non-trivial BN statistics so that folding BN is really exercised."""
+    torch.manual_seed(0)
+    model = build_classifier("resnet18", 3)
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.normal_(0, 0.1)
+                mod.running_var.uniform_(0.5, 2.0)
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.normal_(0, 0.1)
+    return model.double().train()
+
+
+@pytest.mark.parametrize("variant", ["pixel", "block"])
+def test_zennit_engine_occludes_the_same_top_relevance_pixels_as_ours(variant):
+    """alpha = 0: occlusion follows relevance only (pixel: R̂ ≥ 1 − beta; block: a box on the top pixel), so
+    both engines must drop the same pixels, and those are the most relevant ones of our heatmap."""
+    from isnet.lrp import lrp_heatmaps
+    from isnet.methods import build_methods
+
+    model = _randomized_resnet18()
+    params = [p.clone() for p in model.state_dict().values()]
+    x = torch.rand(4, 1, 64, 64, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 1])
+    out = {}
+    for engine in ("isnet", "zennit"):
+        cfg = load_config(None, ["methods=[reldrop]", "model.backbone=resnet18", "data.image_size=64",
+                                 f"method.reldrop.engine={engine}", f"method.reldrop.variant={variant}",
+                                 "method.reldrop.prob=1", "method.reldrop.alpha=0", "method.reldrop.beta=0.1",
+                                 "method.reldrop.top_k=1", "method.reldrop.area=[0.01,0.01]",
+                                 "method.reldrop.aspect=[1,1]"])
+        (m,) = build_methods(cfg.methods, cfg)
+        trainer = _Trainer(model, cfg)
+        m.on_fit_start(trainer)
+        out[engine] = m.before_forward({"image": x, "label": y}, trainer)["image"]
+        assert model.training
+    # the zennit pass worked on a copy: weights, BN statistics and mode of the training model are untouched
+    assert all(torch.equal(a, b) for a, b in zip(params, model.state_dict().values()))
+    dropped = out["zennit"] == 0
+    assert torch.equal(dropped, out["isnet"] == 0)
+    model.eval()
+    _, heat = lrp_heatmaps(model, x, y[:, None])
+    r = normalise(heat)
+    assert 0 < float(dropped.float().mean()) < 0.2
+    if variant == "pixel":
+        assert torch.equal(dropped, r >= 0.9)
+    else:  # the box holds each image's most relevant pixel
+        top = r.flatten(1).argmax(1)
+        assert all(dropped[i].flatten()[top[i]] for i in range(len(y)))
+
+
+def test_zennit_engine_heatmaps_equal_ours_and_refuse_densenet():
+    from isnet.lrp import LRPConfig, lrp_heatmaps
+    from isnet.lrp.zennit_ref import zennit_heatmaps
+
+    model = _randomized_resnet18().eval()
+    x = torch.rand(2, 1, 64, 64, dtype=torch.float64)
+    y = torch.tensor([2, 0])
+    for config in (LRPConfig(), LRPConfig(body_rule="alpha2beta1", first_rule="flat")):
+        _, ours = lrp_heatmaps(model, x, y[:, None], config=config)
+        ref = zennit_heatmaps(model, x, y, config)
+        assert float((ours - ref).abs().max() / ref.abs().max()) < 1e-10
+    with pytest.raises(Exception, match="DenseNet"):
+        load_config(None, ["methods=[reldrop]", "method.reldrop.engine=zennit", "model.backbone=densenet121"])
+    with pytest.raises(ValueError, match="DenseNet"):
+        zennit_heatmaps(build_classifier("densenet121", 3), x.float(), y)

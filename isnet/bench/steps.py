@@ -19,6 +19,7 @@ from torch import nn
 
 from isnet.config.schema import TrainConfig
 from isnet.lrp import lrp_heatmaps
+from isnet.lrp.zennit_ref import zennit_composite
 from isnet.methods import build_methods
 from isnet.methods.base import _REGISTRY
 from isnet.methods.isnet_loss import (
@@ -171,30 +172,6 @@ def _explain(spec: Spec) -> Callable[[], None]:
     return lambda: lrp_heatmaps(model, x, predicted_class, config=lrp)
 
 
-def _zennit_composite(model: nn.Module, epsilon: float):
-    from torchvision.models.resnet import ResNet
-    from torchvision.models.vgg import VGG
-    from zennit.canonizers import SequentialMergeBatchNorm
-    from zennit.composites import SpecialFirstLayerMapComposite
-    from zennit.layer import Sum
-    from zennit.rules import Epsilon, Norm, Pass, ZBox
-    from zennit.torchvision import ResNetCanonizer, VGGCanonizer
-    from zennit.types import Activation, AvgPool, Convolution
-
-    if isinstance(model, ResNet):
-        canonizers = [ResNetCanonizer()]
-    elif isinstance(model, VGG):
-        canonizers = [VGGCanonizer()]
-    else:  # Sequential CNNs; zennit has no DenseNet canonizer (BN after concatenations stays a plain layer)
-        canonizers = [SequentialMergeBatchNorm()]
-    return SpecialFirstLayerMapComposite(
-        layer_map=[(Activation, Pass()), (Sum, Norm(epsilon)), (AvgPool, Norm(epsilon)),
-                   (Convolution, Epsilon(epsilon)), (nn.Linear, Epsilon(epsilon))],
-        first_map=[(Convolution, ZBox(0.0, 1.0, epsilon))],
-        canonizers=canonizers,
-    )
-
-
 def _zennit_naive(spec: Spec, variant: str) -> Callable[[], None]:
     """The naive baseline: the same ISNet loss, with heatmaps from zennit's rule hooks (and canonizers) on a deep
     copy of the model and ``create_graph=True``: one forward, one backward per explained class. Its weight
@@ -207,7 +184,7 @@ def _zennit_naive(spec: Spec, variant: str) -> Callable[[], None]:
     loss_cfg = ISNetLossConfig(P=c.P, d=c.d, E=c.E, A=c.A, B=c.B, C1=C1, C2=C2, variant=variant)
     model = copy.deepcopy(_model(spec)).train()
     opt = build_optimizer(model, cfg)
-    composite = _zennit_composite(model, c.epsilon)
+    composite = zennit_composite(model, c.lrp_config(), strict=False)  # DenseNet: not equivalent, cost only
     batch = {k: (v.to(spec.torch_device) if torch.is_tensor(v) else v) for k, v in synthetic_batch(spec).items()}
     gen = torch.Generator().manual_seed(spec.seed)
 

@@ -1,8 +1,9 @@
 """RelDrop: relevance-driven input dropout (DESIGN.md §5).
 
-Once per training batch, an eval-mode LRP pass of the true class (our engine, the rules of
-``method.isnet`` shared by every run's diagnostics) gives a relevance map R per image; each image is then
-occluded with probability ``prob``:
+Once per training batch, an eval-mode LRP pass of the true class (the rules of ``method.isnet`` shared by
+every run's diagnostics; ``engine: isnet`` is our engine, ``engine: zennit`` the same rules as a zennit
+composite on an eval copy of the model, :mod:`isnet.lrp.zennit_ref`) gives a relevance map R per image; each
+image is then occluded with probability ``prob``:
 
 * pixel variant: R̂ = min-max normalised R, U uniform noise; a pixel is dropped when α·U + (1−α)·R̂ ≥ 1 − β
   (α = 1: random occlusion of a fraction β; α = 0: the pixels with R̂ ≥ 1 − β, the most relevant ones);
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from isnet.lrp import lrp_heatmaps
+from isnet.lrp.zennit_ref import check_equivalent, zennit_heatmaps
 from isnet.methods.base import Method, register
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -84,8 +86,17 @@ class RelDropMethod(Method):
         self.generator = torch.Generator().manual_seed(cfg.train.seed + 202)
         self._fraction = float("nan")
 
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        if self.params.engine == "zennit":  # fail before the first step, not inside it
+            try:
+                check_equivalent(trainer.model, trainer.lrp_config)
+            except ValueError as e:
+                raise ValueError(f"method.reldrop.engine=zennit: {e}") from None
+
     def relevance(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, trainer: "Trainer") -> torch.Tensor:
         """Eval-mode LRP of the true class, [B, 1, H, W]; the model's train/eval mode is restored."""
+        if self.params.engine == "zennit":  # works on an eval-mode copy: the model is not touched
+            return zennit_heatmaps(model, x, y, trainer.lrp_config)
         was_training = model.training
         model.eval()
         try:
