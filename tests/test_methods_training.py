@@ -19,6 +19,8 @@ CASES = {
     "rrr": ([], ["train_rrr_penalty"]),
     "masked_input": ([], ["train_masked_input_kept"]),
     "isnet,sgdrop": ([], ["train_L_bg", "train_sgdrop_drop_fraction"]),
+    "sgdrop/lrp": (["method.sgdrop.attribution=lrp"], ["train_sgdrop_drop_fraction"]),
+    "reldrop/zennit": (["method.reldrop.engine=zennit", "method.reldrop.prob=1"], ["train_reldrop_fraction"]),
 }
 
 
@@ -27,9 +29,10 @@ def phantoms(tmp_path_factory) -> Path:
     return generate_dataset(tmp_path_factory.mktemp("ph") / "ph", sites=2, per_class=6, seed=1, size=64)
 
 
-@pytest.mark.parametrize("methods", list(CASES))
-def test_one_epoch(methods, phantoms, tmp_path, monkeypatch):
-    extra, keys = CASES[methods]
+@pytest.mark.parametrize("case", list(CASES))
+def test_one_epoch(case, phantoms, tmp_path, monkeypatch):
+    extra, keys = CASES[case]
+    methods = case.split("/")[0]  # "sgdrop/lrp": the sgdrop method with an option
     monkeypatch.chdir(tmp_path)
     cfg = load_config(None, [
         f"methods=[{methods}]", "model.backbone=small_cnn", "model.width=4", "data.image_size=64",
@@ -40,7 +43,7 @@ def test_one_epoch(methods, phantoms, tmp_path, monkeypatch):
     for k in keys + ["test_accuracy"]:
         assert k in metrics and metrics[k] == metrics[k], k
     state = load_checkpoint(tmp_path / "checkpoints" / result.run_id / "last.pt")
-    if methods == "sgdrop":  # the EMA state travels with the checkpoint
+    if case == "sgdrop":  # the EMA state travels with the checkpoint
         from isnet.methods import SGDropMethod
         fresh = SGDropMethod(cfg)
         fresh.load_state_dict(state["methods"]["sgdrop"])
