@@ -20,14 +20,41 @@ Conf = tuple  # (stride, padding, dilation, groups)
 
 
 class ConvInputGrad(torch.autograd.Function):
-    """g ↦ ∂conv/∂input ᵀ g, differentiable in g and in the weight."""
+    """g ↦ ∂conv/∂input ᵀ g, differentiable in g and in the weight.
+
+    Under ``torch.func.vmap`` (the K explained classes of :func:`isnet.lrp.heatmap._relevance_grads` batched in one
+    relevance backward) the K copies of ``g`` are folded into the batch dimension: one ``conv2d_input`` of batch
+    K·B, recorded as one ConvInputGrad node whose double backward is again one convolution and one weight gradient
+    summed over all K·B samples (functorch's generic rule would compute per-class weight gradients instead)."""
 
     @staticmethod
-    def forward(ctx, g: Tensor, w: Tensor, input_shape: torch.Size, conf: Conf) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(g, w)
-        ctx.conf = conf
+    def forward(g: Tensor, w: Tensor, input_shape: torch.Size, conf: Conf) -> Tensor:  # type: ignore[override]
         stride, padding, dilation, groups = conf
         return torch.nn.grad.conv2d_input(input_shape, w, g, stride, padding, dilation, groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        g, w, _, conf = inputs
+        ctx.save_for_backward(g, w)
+        ctx.conf = conf
+
+    @staticmethod
+    def vmap(info, in_dims, g: Tensor, w: Tensor, input_shape: torch.Size, conf: Conf):  # type: ignore[override]
+        g_dim, w_dim = in_dims[0], in_dims[1]
+        if w_dim is not None:  # a batched weight (not produced by the LRP engine): one call per batch entry
+            w = w.movedim(w_dim, 0)
+            if g_dim is not None:
+                g = g.movedim(g_dim, 0)
+            outs = [ConvInputGrad.apply(g if g_dim is None else g[i], w[i], input_shape, conf)
+                    for i in range(w.shape[0])]
+            return torch.stack(outs), 0
+        if g_dim is None:
+            return ConvInputGrad.apply(g, w, input_shape, conf), None
+        g = g.movedim(g_dim, 0)
+        k, b = g.shape[0], g.shape[1]
+        folded = ConvInputGrad.apply(g.reshape((k * b,) + tuple(g.shape[2:])), w,
+                                     (k * b,) + tuple(input_shape[1:]), conf)
+        return folded.reshape((k, b) + tuple(folded.shape[1:])), 0
 
     @staticmethod
     def backward(ctx, gg: Tensor):  # type: ignore[override]

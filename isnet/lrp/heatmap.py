@@ -1,7 +1,8 @@
 """Public entry: differentiable LRP heatmaps for the classifiers isnet trains."""
 from __future__ import annotations
 
-from typing import Callable, Union
+import warnings
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -66,17 +67,35 @@ def _initial_relevance(logits: Tensor, targets: Targets) -> Tensor:
     return targets.to(logits.dtype)
 
 
-def _relevance_grads(logits: Tensor, inputs: list[Tensor], rel: Tensor, create_graph: bool) -> list:
+def _relevance_grads(logits: Tensor, inputs: list[Tensor], rel: Tensor, create_graph: bool,
+                     batched: bool = False) -> list:
     """Gradients [K, B, ...] of the relevance pass for the K initial relevances ``rel`` [B, K, C].
 
-    One autograd.grad per explained class over the shared forward graph. (``is_grads_batched`` runs the
-    backward under PyTorch's legacy vmap, which has no batching rule for convolution backward and so loops
-    internally anyway, and it does not support the custom Function that keeps the conv double backward cheap.)
+    ``batched``: all K classes in one backward pass, ``torch.func.vmap`` over ``autograd.grad`` of the shared
+    forward graph. Every node's backward then runs once on [K, B, ...] relevances (the convolutions fold K into
+    the batch, see :class:`isnet.lrp.conv.ConvInputGrad`), and with ``create_graph`` the recorded graph is batched
+    too, so the heatmap loss's double backward also runs once instead of K times. Otherwise one autograd.grad per
+    class (``autograd.grad(is_grads_batched=True)`` would not do: it runs the legacy vmap, which has no batching
+    rule for convolution backward and does not support the custom Functions).
     """
     kwargs = dict(retain_graph=True, create_graph=create_graph, allow_unused=True)
     with relevance_pass():
-        per_map = [torch.autograd.grad(logits, inputs, rel[:, k], **kwargs) for k in range(rel.shape[1])]
-    return [None if g[0] is None else torch.stack(g) for g in zip(*per_map)]
+        if not batched:
+            per_map = [torch.autograd.grad(logits, inputs, rel[:, k], **kwargs) for k in range(rel.shape[1])]
+            return [None if g[0] is None else torch.stack(g) for g in zip(*per_map)]
+        unused: list[bool] = []
+
+        def one_class(seed: Tensor) -> tuple[Tensor, ...]:
+            grads = torch.autograd.grad(logits, inputs, seed, **kwargs)
+            unused[:] = [g is None for g in grads]  # vmap returns tensors only; which inputs are unused is static
+            return tuple(g for g in grads if g is not None)
+
+        used = iter(torch.func.vmap(one_class, in_dims=1)(rel))
+        return [None if u else next(used) for u in unused]
+
+
+def _batch_classes(n_maps: int, batch_classes: Optional[bool]) -> bool:
+    return n_maps > 1 if batch_classes is None else batch_classes
 
 
 def lrp_heatmaps(
@@ -86,6 +105,7 @@ def lrp_heatmaps(
     *,
     config: LRPConfig = LRPConfig(),
     create_graph: bool = False,
+    batch_classes: Optional[bool] = None,
 ) -> tuple[Tensor, Tensor]:
     """Forward ``model`` once and explain it with LRP.
 
@@ -94,7 +114,10 @@ def lrp_heatmaps(
     or a callable mapping the detached logits to either. The logits are exactly ``model(x)`` (same graph, same
     dropout mask, BN running statistics updated once), so a trainer needs no second forward; with
     ``create_graph=True`` the heatmaps are differentiable functions of the weights. The K heatmaps share the
-    forward pass and its graph; each takes one relevance backward pass.
+    forward pass and its graph. ``batch_classes``: True explains the K classes in one batched relevance backward
+    pass (faster: every layer's relevance and double backward run once on K·B samples), False in one backward pass
+    per class; None (default) batches when K > 1 and falls back to the per-class passes (with a warning) where the
+    batched pass fails. Both give the same heatmaps and gradients up to float rounding.
     """
     forward = _forward_for(model)
     grad_enabled = torch.is_grad_enabled()
@@ -107,7 +130,15 @@ def lrp_heatmaps(
         rel = _initial_relevance(logits, targets)
         inputs = [t for t, _ in tr.heat_terms]
         n_maps = rel.shape[1]
-        grads = _relevance_grads(logits, inputs, rel, create_graph)
+        batched = _batch_classes(n_maps, batch_classes)
+        try:
+            grads = _relevance_grads(logits, inputs, rel, create_graph, batched)
+        except (RuntimeError, NotImplementedError) as exc:
+            if not batched or batch_classes is not None:
+                raise
+            warnings.warn(f"LRP: batched relevance pass failed ({type(exc).__name__}: {exc}); explaining the "
+                          f"{n_maps} classes one backward pass each", RuntimeWarning, stacklevel=2)
+            grads = _relevance_grads(logits, inputs, rel, create_graph, False)
         heat = torch.zeros((n_maps,) + tuple(x.shape), dtype=logits.dtype, device=x.device)
         for (t, coef), g in zip(tr.heat_terms, grads):
             if g is not None:
