@@ -1,11 +1,14 @@
 """RelDrop: α = 1 is random occlusion, α = 0 hits the most relevant pixels; LRP pass in eval mode."""
 
+import dataclasses
+
 import pytest
 import torch
 
 from isnet.config import load_config
 from isnet.methods import RelDropMethod
 from isnet.methods.reldrop import block_drop, normalise, occlude, pixel_drop
+from isnet.lrp import lrp_heatmaps
 from isnet.models import build_classifier
 
 
@@ -128,8 +131,9 @@ def test_zennit_engine_occludes_the_same_top_relevance_pixels_as_ours(variant):
     assert all(torch.equal(a, b) for a, b in zip(params, model.state_dict().values()))
     dropped = out["zennit"] == 0
     assert torch.equal(dropped, out["isnet"] == 0)
-    model.eval()
-    _, heat = lrp_heatmaps(model, x, y[:, None])
+    model.eval()  # RelDrop explains with the run's rules and its own ε
+    _, heat = lrp_heatmaps(model, x, y[:, None], config=m.lrp_config(trainer))
+    assert m.lrp_config(trainer).epsilon == 0.001
     r = normalise(heat)
     assert 0 < float(dropped.float().mean()) < 0.2
     if variant == "pixel":
@@ -154,3 +158,21 @@ def test_zennit_engine_heatmaps_equal_ours_and_refuse_densenet():
         load_config(None, ["methods=[reldrop]", "method.reldrop.engine=zennit", "model.backbone=densenet121"])
     with pytest.raises(ValueError, match="DenseNet"):
         zennit_heatmaps(build_classifier("densenet121", 3), x.float(), y)
+
+
+def test_relevance_pass_uses_reldrops_own_epsilon_and_the_runs_other_rules():
+    """method.reldrop.epsilon (default 0.001, the RelDrop paper's best) replaces only ε of the run's rules."""
+    torch.manual_seed(0)
+    model = build_classifier("small_cnn", 3, width=4).double().train()
+    x = torch.rand(3, 1, 32, 32, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2])
+    cfg = load_config(None, ["methods=[reldrop]", "method.reldrop.epsilon=0.5"])
+    t = _Trainer(model, cfg)
+    t.lrp_config = dataclasses.replace(t.lrp_config, low=-1.0, high=2.0)  # bounds of the run must be kept
+    heat = RelDropMethod(cfg).relevance(model, x, y, t)
+    model.eval()
+    _, own = lrp_heatmaps(model, x, y[:, None], config=dataclasses.replace(t.lrp_config, epsilon=0.5))
+    _, run_eps = lrp_heatmaps(model, x, y[:, None], config=t.lrp_config)
+    assert torch.allclose(heat, own, rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(heat, run_eps, rtol=1e-3)
+    assert load_config(None, ["methods=[reldrop]"]).method.reldrop.epsilon == 0.001

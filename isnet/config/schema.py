@@ -167,6 +167,8 @@ class RelDropConfig(_Strict):
     top_k: int = Field(10, ge=1, description="block: the centre is one of the k most relevant pixels")
     area: tuple[float, float] = Field((0.02, 0.33), description="block: box area range, fraction of the image")
     aspect: tuple[float, float] = Field((0.3, 3.3), description="block: box aspect-ratio range")
+    epsilon: float = Field(0.001, gt=0, description="LRP-ε of the relevance pass (the RelDrop paper's best "
+                                                   "setting; the run's ISNet heatmaps keep method.isnet.epsilon)")
     fill: Literal["zero", "mean", "noise"] = "zero"
     engine: Literal["isnet", "zennit"] = Field(
         "isnet", description="LRP engine of the relevance pass: ours, or zennit with an equivalent composite (a "

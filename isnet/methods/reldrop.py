@@ -16,12 +16,13 @@ and one relevance backward, no graph kept) is the cost of the method.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from isnet.lrp import lrp_heatmaps
+from isnet.lrp import LRPConfig, lrp_heatmaps
 from isnet.lrp.zennit_ref import check_equivalent, zennit_heatmaps
 from isnet.methods.base import Method, register
 
@@ -89,18 +90,22 @@ class RelDropMethod(Method):
     def on_fit_start(self, trainer: "Trainer") -> None:
         if self.params.engine == "zennit":  # fail before the first step, not inside it
             try:
-                check_equivalent(trainer.model, trainer.lrp_config)
+                check_equivalent(trainer.model, self.lrp_config(trainer))
             except ValueError as e:
                 raise ValueError(f"method.reldrop.engine=zennit: {e}") from None
+
+    def lrp_config(self, trainer: "Trainer") -> LRPConfig:
+        """The run's rules (z^B bounds, body and first-layer rule) with RelDrop's own ε."""
+        return dataclasses.replace(trainer.lrp_config, epsilon=self.params.epsilon)
 
     def relevance(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, trainer: "Trainer") -> torch.Tensor:
         """Eval-mode LRP of the true class, [B, 1, H, W]; the model's train/eval mode is restored."""
         if self.params.engine == "zennit":  # works on an eval-mode copy: the model is not touched
-            return zennit_heatmaps(model, x, y, trainer.lrp_config)
+            return zennit_heatmaps(model, x, y, self.lrp_config(trainer))
         was_training = model.training
         model.eval()
         try:
-            _, heat = lrp_heatmaps(model, x.detach(), y[:, None], config=trainer.lrp_config)
+            _, heat = lrp_heatmaps(model, x.detach(), y[:, None], config=self.lrp_config(trainer))
         finally:
             model.train(was_training)
         return heat
