@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 from torch import Tensor
@@ -97,14 +97,44 @@ class EpsilonFoldedOut(torch.autograd.Function):
         return None, g * factor_s, None, None, None
 
 
+class EpsilonFactor(torch.autograd.Function):
+    """``|y| / (|y| + ε)`` (= y / stab(y)), times ``s`` (per channel) when given, as one node that keeps only ``y``
+    and ``s`` for its backward: from plain ops the graph would keep |y|, |y| + ε and the unscaled factor of every
+    layer alive until the heatmap loss's backward. d/dy = s·ε·sign(y) / (|y| + ε)²."""
+
+    @staticmethod
+    def forward(ctx, y: Tensor, s: Optional[Tensor], epsilon: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(y, s)
+        ctx.epsilon = epsilon
+        ctx.set_materialize_grads(False)  # the relevance pass visits it without a gradient (see TrainBNGate)
+        a = y.abs()
+        f = a / (a + epsilon)
+        return f if s is None else f * s
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        if g is None:
+            return None, None, None
+        y, s = ctx.saved_tensors
+        eps = ctx.epsilon
+        a = y.abs()
+        d_y = d_s = None
+        if ctx.needs_input_grad[0]:
+            d_y = g * (torch.sign(y) * eps / (a + eps).square())
+            if s is not None:
+                d_y = d_y * s
+        if s is not None and ctx.needs_input_grad[1]:
+            d_s = (g * (a / (a + eps))).sum_to_size(s.shape)
+        return d_y, d_s, None
+
+
 def epsilon_folded_out(y: Tensor, z: Tensor, s: Tensor, info: RuleInfo, detached_factor: bool = False) -> Tensor:
     """Attach LRP-ε at ``y = s·z + t`` (s, t per channel, broadcastable) with the relevance routed into ``z``."""
     if detached_factor:
         y_, s_ = y.detach(), s.detach()
         a = y_.abs()
         return EpsilonFoldedOut.apply(y, z, a / (a + info.epsilon) * s_, s_, info)
-    a = y.abs()
-    return EpsilonFoldedOut.apply(y, z, a / (a + info.epsilon) * s, s, info)
+    return EpsilonFoldedOut.apply(y, z, EpsilonFactor.apply(y, s, info.epsilon), s, info)
 
 
 class RoutedOut(torch.autograd.Function):
@@ -153,8 +183,10 @@ class AlphaBetaOut(torch.autograd.Function):
 def epsilon_out(y: Tensor, info: RuleInfo, detached_factor: bool = False) -> Tensor:
     """Attach LRP-ε at ``y``. y / (y + sign(y)·ε) == |y| / (|y| + ε). ``detached_factor``: the factor is a
     constant (heatmaps that will not be differentiated), so its intermediates are not kept for a backward."""
-    a = y.detach().abs() if detached_factor else y.abs()
-    return EpsilonOut.apply(y, a / (a + info.epsilon), info)
+    if detached_factor:
+        a = y.detach().abs()
+        return EpsilonOut.apply(y, a / (a + info.epsilon), info)
+    return EpsilonOut.apply(y, EpsilonFactor.apply(y, None, info.epsilon), info)
 
 
 def routed_out(y: Tensor, info: RuleInfo, den: Tensor, *routes: Tensor) -> Tensor:
@@ -168,6 +200,7 @@ class StatGate(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, t: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.set_materialize_grads(False)  # the relevance pass reaches it without a gradient: no zeros to allocate
         return t.view_as(t)
 
     @staticmethod
@@ -182,10 +215,16 @@ class TrainBNGate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y: Tensor, x: Tensor, scale: Tensor) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(scale)
+        # Where the BN is folded into its convolution (EpsilonFoldedOut routes the relevance around it), the relevance
+        # pass still visits this node, without a gradient: unmaterialised, it costs nothing (materialised zeros
+        # would be multiplied, kept for the double backward and added into the convolution's relevance).
+        ctx.set_materialize_grads(False)
         return y.view_as(y)
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
+        if g is None:
+            return None, None, None
         if not in_relevance_pass():
             return g, None, None
         (scale,) = ctx.saved_tensors
