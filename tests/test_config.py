@@ -62,3 +62,12 @@ def test_override_into_non_section_is_an_error():
     with pytest.raises(ConfigError, match="not a section"):
         apply_overrides({"optim": {"lr": 1}}, ["optim.lr.x=2"])
     assert isinstance(TrainConfig(), TrainConfig)
+
+
+def test_isnet_warmup_defaults_to_the_run_length_and_is_resolved_in_the_config():
+    """A band tuned on a shorter-trained classifier caps the logits of the ISNet run (docs/stress-test.md), so
+    the default warm-up is as long as the run; the resolved number is what the logged config holds."""
+    cfg = load_config(None, ["optim.epochs=7"])
+    assert cfg.method.isnet.warmup_epochs == 7
+    assert cfg.model_dump()["method"]["isnet"]["warmup_epochs"] == 7
+    assert load_config(None, ["optim.epochs=7", "method.isnet.warmup_epochs=3"]).method.isnet.warmup_epochs == 3

@@ -115,7 +115,10 @@ class ISNetConfig(_Strict):
     B: float = Field(3.0, ge=0)
     C1: Optional[float] = Field(None, gt=0)
     C2: Optional[float] = Field(None, gt=0)
-    warmup_epochs: int = Field(5, ge=1, description="plain epochs of a model copy used to tune C1/C2 when they are not set")
+    warmup_epochs: Optional[int] = Field(
+        None, ge=1, description="plain epochs of a model copy used to tune C1/C2 when they are not set; null: as "
+                                "many as optim.epochs (a band measured on a shorter-trained classifier caps the "
+                                "relevance, hence the logits, of the ISNet run: docs/stress-test.md)")
     init_from_warmup: bool = Field(False, description="start ISNet training from the warm-up weights instead of "
                                                       "the initial ones (only when C1/C2 are tuned)")
     epsilon: float = Field(0.01, gt=0)
@@ -261,6 +264,13 @@ class TrainConfig(_Strict):
                 self.model.backbone.startswith("densenet"):
             raise ValueError(f"method.reldrop.engine=zennit cannot explain {self.model.backbone} with our rules "
                              f"(zennit has no DenseNet canonizer); use method.reldrop.engine=isnet")
+        return self
+
+    @model_validator(mode="after")
+    def _warmup_follows_training(self) -> "TrainConfig":
+        """Resolve ``method.isnet.warmup_epochs: null`` so that the logged config holds the number used."""
+        if self.method.isnet.warmup_epochs is None:
+            self.method.isnet.warmup_epochs = self.optim.epochs
         return self
 
     @model_validator(mode="after")
