@@ -25,19 +25,14 @@ from isnet.models.segmenter import build_segmenter
 from isnet.segment.config import SegmenterConfig
 from isnet.segment.postprocess import clean_mask, mask_quality
 from isnet.segment.train import KIND, data_config
-from isnet.train.checkpoint import CheckpointError, load_checkpoint
 
 
 def load_segmenter(run_id: str, checkpoint_dir: str | Path = "checkpoints", tracking_uri: str | None = None,
                    device: str | torch.device = "cpu") -> tuple[torch.nn.Module, SegmenterConfig]:
     """A segmenter run's best weights (local checkpoint first, then the MLflow artifact), in eval mode."""
-    from isnet.train.loading import find_best_checkpoint
+    from isnet.train.loading import load_best_state
 
-    path = find_best_checkpoint(run_id, checkpoint_dir, tracking_uri)
-    try:
-        state = load_checkpoint(path, map_location=device)
-    except CheckpointError as exc:
-        raise UserError(str(exc)) from None
+    state = load_best_state(run_id, checkpoint_dir, tracking_uri, device)
     if state.get("kind") != KIND:
         raise UserError(f"run {run_id} is not a lung segmenter run (train one with `isnet segmenter train`)")
     cfg = SegmenterConfig.model_validate(state["config"])

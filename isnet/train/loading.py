@@ -29,14 +29,20 @@ def find_best_checkpoint(run_id: str, checkpoint_dir: str | Path = "checkpoints"
     return Path(path)
 
 
+def load_best_state(run_id: str, checkpoint_dir: str | Path = "checkpoints", tracking_uri: str | None = None,
+                    device: str | torch.device = "cpu") -> dict:
+    """The verified best checkpoint of any run (classifier or segmenter); a damaged one is a UserError."""
+    path = find_best_checkpoint(run_id, checkpoint_dir, tracking_uri)
+    try:
+        return load_checkpoint(path, map_location=device)
+    except CheckpointError as exc:
+        raise UserError(str(exc)) from None
+
+
 def load_run_model(run_id: str, checkpoint_dir: str | Path = "checkpoints", tracking_uri: str | None = None,
                    device: str | torch.device = "cpu") -> tuple[torch.nn.Module, TrainConfig]:
     """The best weights of a run, rebuilt from the config stored beside them, in eval mode."""
-    path = find_best_checkpoint(run_id, checkpoint_dir, tracking_uri)
-    try:
-        state = load_checkpoint(path, map_location=device)
-    except CheckpointError as exc:
-        raise UserError(str(exc)) from None
+    state = load_best_state(run_id, checkpoint_dir, tracking_uri, device)
     cfg = TrainConfig.model_validate(state["config"])
     model = build_classifier(cfg.model.backbone, len(state["classes"]), width=cfg.model.width)
     model.load_state_dict(state["model"])
