@@ -11,6 +11,7 @@ import torchvision
 from torch import nn
 from torchvision.models.vgg import VGG, make_layers
 
+import isnet.lrp.conv as conv_mod
 import isnet.lrp.heatmap as heatmap_mod
 from isnet.lrp import LRPConfig, lrp_heatmaps
 from isnet.methods.isnet_loss import ISNetLossConfig, isnet_heatmap_loss, isnet_total_loss
@@ -132,6 +133,23 @@ def test_batched_classes_equal_the_loop_for_other_rules(first_rule: str, body_ru
         assert_relative(g, r, 1e-6, "gradient", floor)
 
 
+@pytest.mark.parametrize("fold_max", [0, 10**9], ids=["never-fold", "always-fold"])
+def test_batched_convolutions_folded_or_per_class(monkeypatch: pytest.MonkeyPatch, fold_max: int) -> None:
+    """Under vmap ConvInputGrad folds the classes into the batch for small maps only; both ways are exact."""
+    monkeypatch.setattr(conv_mod, "FOLD_MAX_PIXELS", fold_max)
+    torch.manual_seed(0)
+    model = randomize_bn(vgg()).double().train()
+    x = torch.rand(2, 1, 32, 32, dtype=torch.float64)
+    mask = torch.zeros_like(x)
+    mask[..., 8:24, 8:24] = 1
+    ref = isnet_step(copy.deepcopy(model), x, mask, torch.tensor([0, 2]), LRPConfig(), batch_classes=False)
+    got = isnet_step(model, x, mask, torch.tensor([0, 2]), LRPConfig(), batch_classes=True)
+    assert_relative(got[1], ref[1], 1e-6, "heatmaps")
+    floor = 1e-6 * max(float(r.abs().max()) for r in ref[2])
+    for g, r in zip(got[2], ref[2]):
+        assert_relative(g, r, 1e-6, "gradient", floor)
+
+
 def test_batched_classes_in_float32_and_without_graph() -> None:
     torch.manual_seed(0)
     model = randomize_bn(resnet18()).eval()
@@ -157,7 +175,9 @@ def test_default_batches_several_classes_and_falls_back_to_the_loop(monkeypatch:
     _, ref = lrp_heatmaps(model, x, torch.tensor([[0, 1, 2], [2, 1, 0]]), batch_classes=False)
     lrp_heatmaps(model, x, torch.tensor([[0], [1]]))
     lrp_heatmaps(model, x, torch.tensor([[0, 1, 2], [2, 1, 0]]))
-    assert calls == [False, False, True]  # one class: the plain pass; several: batched
+    side = int((heatmap_mod.BATCH_MAX_PIXELS / 2) ** 0.5) + 1  # 2 images above the size limit of batching
+    lrp_heatmaps(model, torch.rand(2, 1, side, side, dtype=torch.float64), torch.tensor([[0, 1], [2, 1]]))
+    assert calls == [False, False, True, False]  # one class: the plain pass; several: batched; large input: loop
 
     def broken_vmap(*args, **kwargs):
         raise RuntimeError("no batching rule")

@@ -94,8 +94,18 @@ def _relevance_grads(logits: Tensor, inputs: list[Tensor], rel: Tensor, create_g
         return [None if u else next(used) for u in unused]
 
 
-def _batch_classes(n_maps: int, batch_classes: Optional[bool]) -> bool:
-    return n_maps > 1 if batch_classes is None else batch_classes
+#: ``batch_classes=None`` batches the K classes when the input has at most this many pixels in all (batch × height ×
+#: width: 8 images of 96×96). Measured on CPU (resnet18 ISNet training step, batch 8, 3 classes, 1 thread, loop and
+#: batched interleaved in one process): batched took 0.77–0.85× the loop's time at 64 px, 0.96× at 96 px,
+#: 0.99–1.07× at 128 px and 1.16× at 224 px, where vmap's batching rules copy the large early feature maps K times
+#: (ReLU and max-pool backward, the first convolution). Docs: docs/benchmarks.md, "Batching the classes".
+BATCH_MAX_PIXELS = 8 * 96 * 96
+
+
+def _batch_classes(x: Tensor, n_maps: int, batch_classes: Optional[bool]) -> bool:
+    if batch_classes is not None:
+        return batch_classes
+    return n_maps > 1 and x.shape[0] * x.shape[-2] * x.shape[-1] <= BATCH_MAX_PIXELS
 
 
 def lrp_heatmaps(
@@ -115,9 +125,10 @@ def lrp_heatmaps(
     dropout mask, BN running statistics updated once), so a trainer needs no second forward; with
     ``create_graph=True`` the heatmaps are differentiable functions of the weights. The K heatmaps share the
     forward pass and its graph. ``batch_classes``: True explains the K classes in one batched relevance backward
-    pass (faster: every layer's relevance and double backward run once on K·B samples), False in one backward pass
-    per class; None (default) batches when K > 1 and falls back to the per-class passes (with a warning) where the
-    batched pass fails. Both give the same heatmaps and gradients up to float rounding.
+    pass (every layer's relevance and double backward run once on K·B samples: faster for small feature maps),
+    False in one backward pass per class; None (default) batches when K > 1 and the input has at most
+    ``BATCH_MAX_PIXELS`` pixels in all, and falls back to the per-class passes (with a warning) where the batched
+    pass fails. Both give the same heatmaps and gradients up to float rounding.
     """
     forward = _forward_for(model)
     grad_enabled = torch.is_grad_enabled()
@@ -130,7 +141,7 @@ def lrp_heatmaps(
         rel = _initial_relevance(logits, targets)
         inputs = [t for t, _ in tr.heat_terms]
         n_maps = rel.shape[1]
-        batched = _batch_classes(n_maps, batch_classes)
+        batched = _batch_classes(x, n_maps, batch_classes)
         try:
             grads = _relevance_grads(logits, inputs, rel, create_graph, batched)
         except (RuntimeError, NotImplementedError) as exc:
