@@ -97,7 +97,7 @@ def _relevance_grads(logits: Tensor, inputs: list[Tensor], rel: Tensor, create_g
 #: ``batch_classes=None`` batches the K classes when the input has at most this many pixels in all (batch × height ×
 #: width: 8 images of 96×96). Measured on CPU (resnet18 ISNet training step, batch 8, 3 classes, 1 thread, loop and
 #: batched interleaved in one process): batched took 0.77–0.85× the loop's time at 64 px, 0.96× at 96 px,
-#: 0.99–1.07× at 128 px and 1.16× at 224 px, where vmap's batching rules copy the large early feature maps K times
+#: 0.98–1.07× at 128 px and 1.16× at 224 px, where vmap's batching rules copy the large early feature maps K times
 #: (ReLU and max-pool backward, the first convolution). Docs: docs/benchmarks.md, "Batching the classes".
 BATCH_MAX_PIXELS = 8 * 96 * 96
 
