@@ -2,7 +2,8 @@
 
 * ``original``: every class, so the network cannot hide a background shortcut in
   a class it is not currently predicting (cost grows with the number of classes;
-  the LRP engine explains them in one batched backward pass).
+  the LRP engine explains them in one batched backward pass where that is faster,
+  i.e. for small inputs, see ``isnet.lrp.heatmap.BATCH_MAX_PIXELS``).
 * ``stochastic`` (Faster ISNet): one class per image, the top class half of the
   time, otherwise a uniformly random other class, so every class is still
   penalised in expectation at the cost of a single heatmap.
