@@ -17,6 +17,8 @@ from isnet.lrp import LRPConfig, lrp_heatmaps
 from isnet.methods.isnet_loss import ISNetLossConfig, isnet_heatmap_loss, isnet_total_loss
 from isnet.models import build_classifier
 
+from conftest import randomize_bn
+
 
 def one_channel(model: nn.Module, attr: str) -> nn.Module:
     parent, name = model, attr.split(".")
@@ -57,17 +59,6 @@ def small_cnn() -> nn.Module:
 
 BUILDERS = {"resnet18": resnet18, "densenet": densenet121, "vgg_bn": vgg, "small_cnn": small_cnn}
 LOSS = ISNetLossConfig(C1=0.5, C2=5.0)
-
-
-def randomize_bn(model: nn.Module) -> nn.Module:
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.1)
-    return model
 
 
 def isnet_step(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor, config: LRPConfig,

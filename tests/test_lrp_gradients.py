@@ -9,6 +9,8 @@ from torch import nn
 
 from isnet.lrp import LRPConfig, lrp_heatmaps
 
+from conftest import randomize_bn
+
 
 def tiny_cnn() -> nn.Sequential:
     torch.manual_seed(0)
@@ -17,14 +19,7 @@ def tiny_cnn() -> nn.Sequential:
         nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
         nn.MaxPool2d(2), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(16, 3),
     ).double()
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, nn.BatchNorm2d):
-                mod.running_mean.normal_(0, 0.1)
-                mod.running_var.uniform_(0.5, 2.0)
-                mod.weight.uniform_(0.5, 1.5)
-                mod.bias.normal_(0, 0.1)
-    return m
+    return randomize_bn(m)
 
 
 def heatmap_loss(heat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,8 @@ from torchvision.models.densenet import _DenseBlock, _Transition
 
 from isnet.lrp import LRPConfig, lrp_heatmaps
 
+from conftest import randomize_bn as _randomize_bn
+
 zennit = pytest.importorskip("zennit")
 from zennit.attribution import Gradient  # noqa: E402
 from zennit.composites import SpecialFirstLayerMapComposite  # noqa: E402
@@ -22,15 +24,7 @@ EPS = 0.01
 
 
 def randomize_bn(model: nn.Module) -> nn.Module:
-    """Non-trivial running statistics and affine parameters, so that BN folding is really exercised."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.1)
-    return model.double().eval()
+    return _randomize_bn(model).double().eval()
 
 
 def exact_bn_identity(model: nn.Module) -> nn.Module:

@@ -11,6 +11,8 @@ from isnet.methods.reldrop import block_drop, normalise, occlude, pixel_drop
 from isnet.lrp import lrp_heatmaps
 from isnet.models import build_classifier
 
+from conftest import randomize_bn
+
 
 def _gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
@@ -93,15 +95,7 @@ class _Trainer:  # the parts of the trainer RelDrop uses
 def _randomized_resnet18() -> torch.nn.Module:
     """resnet18 at 64 px, float64, with non-trivial BN statistics so that folding BN is really exercised."""
     torch.manual_seed(0)
-    model = build_classifier("resnet18", 3)
-    with torch.no_grad():
-        for mod in model.modules():
-            if isinstance(mod, torch.nn.BatchNorm2d):
-                mod.running_mean.normal_(0, 0.1)
-                mod.running_var.uniform_(0.5, 2.0)
-                mod.weight.uniform_(0.5, 1.5)
-                mod.bias.normal_(0, 0.1)
-    return model.double().train()
+    return randomize_bn(build_classifier("resnet18", 3)).double().train()
 
 
 @pytest.mark.parametrize("variant", ["pixel", "block"])
