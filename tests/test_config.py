@@ -65,7 +65,7 @@ def test_override_into_non_section_is_an_error():
 
 
 def test_isnet_warmup_defaults_to_the_run_length_and_is_resolved_in_the_config():
-    """A band tuned on a shorter-trained classifier caps the logits of the ISNet run (docs/stress-test.md), so
+    """A band tuned on a shorter-trained classifier is too narrow for a trained classifier (docs/stress-test.md), so
     the default warm-up is as long as the run; the resolved number is what the logged config holds."""
     cfg = load_config(None, ["optim.epochs=7"])
     assert cfg.method.isnet.warmup_epochs == 7

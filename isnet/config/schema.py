@@ -117,8 +117,8 @@ class ISNetConfig(_Strict):
     C2: Optional[float] = Field(None, gt=0)
     warmup_epochs: Optional[int] = Field(
         None, ge=1, description="plain epochs of a model copy used to tune C1/C2 when they are not set; null: as "
-                                "many as optim.epochs (a band measured on a shorter-trained classifier caps the "
-                                "relevance, hence the logits, of the ISNet run: docs/stress-test.md)")
+                                "many as optim.epochs (a band measured on a shorter-trained classifier is too "
+                                "narrow for the relevance of a trained one: docs/stress-test.md)")
     init_from_warmup: bool = Field(False, description="start ISNet training from the warm-up weights instead of "
                                                       "the initial ones (only when C1/C2 are tuned)")
     epsilon: float = Field(0.01, gt=0)
