@@ -130,11 +130,8 @@ class EpsilonFactor(torch.autograd.Function):
 
 def epsilon_folded_out(y: Tensor, z: Tensor, s: Tensor, info: RuleInfo, detached_factor: bool = False) -> Tensor:
     """Attach LRP-ε at ``y = s·z + t`` (s, t per channel, broadcastable) with the relevance routed into ``z``."""
-    if detached_factor:
-        y_, s_ = y.detach(), s.detach()
-        a = y_.abs()
-        return EpsilonFoldedOut.apply(y, z, a / (a + info.epsilon) * s_, s_, info)
-    return EpsilonFoldedOut.apply(y, z, EpsilonFactor.apply(y, s, info.epsilon), s, info)
+    y_, s = (y.detach(), s.detach()) if detached_factor else (y, s)  # detached: EpsilonFactor records no node
+    return EpsilonFoldedOut.apply(y, z, EpsilonFactor.apply(y_, s, info.epsilon), s, info)
 
 
 class RoutedOut(torch.autograd.Function):
@@ -183,10 +180,7 @@ class AlphaBetaOut(torch.autograd.Function):
 def epsilon_out(y: Tensor, info: RuleInfo, detached_factor: bool = False) -> Tensor:
     """Attach LRP-ε at ``y``. y / (y + sign(y)·ε) == |y| / (|y| + ε). ``detached_factor``: the factor is a
     constant (heatmaps that will not be differentiated), so its intermediates are not kept for a backward."""
-    if detached_factor:
-        a = y.detach().abs()
-        return EpsilonOut.apply(y, a / (a + info.epsilon), info)
-    return EpsilonOut.apply(y, EpsilonFactor.apply(y, None, info.epsilon), info)
+    return EpsilonOut.apply(y, EpsilonFactor.apply(y.detach() if detached_factor else y, None, info.epsilon), info)
 
 
 def routed_out(y: Tensor, info: RuleInfo, den: Tensor, *routes: Tensor) -> Tensor:
