@@ -33,7 +33,6 @@ from isnet.evaluate.figures import heatmap_grid  # noqa: E402
 from isnet.evaluate.relevance import explain_loader  # noqa: E402
 from isnet.evaluate.report import OVERALL, Cohort, MethodResult, assemble_report  # noqa: E402
 from isnet.evaluate.report_html import render_html  # noqa: E402
-from isnet.lrp import LRPConfig  # noqa: E402
 from isnet.tracking import Tracker, store_uri  # noqa: E402
 from isnet.train.evaluation import predict  # noqa: E402
 from isnet.train.loading import load_run_model  # noqa: E402
@@ -48,10 +47,6 @@ def _records(df: pd.DataFrame, classes: Sequence[str]) -> list[dict]:
 def _loader(records: list[dict], cfg: TrainConfig, batch_size: int):
     data_cfg = DataConfig(**{**cfg.data.model_dump(), "cache": "none", "batch_size": batch_size, "num_workers": 0})
     return build_loader(build_dataset(records, data_cfg, train=False), data_cfg, shuffle=False)
-
-
-def _lrp_config(cfg: TrainConfig) -> LRPConfig:
-    return cfg.lrp_config()
 
 
 def _in_distribution(run_id: str, tracking_uri: str, classes: Sequence[str]) -> tuple[pd.DataFrame | None, dict, str]:
@@ -156,7 +151,7 @@ def _gallery(records: list[dict], model, cfg: TrainConfig, device, classes: Sequ
              title: str) -> bytes | None:
     if not records:
         return None
-    out = explain_loader(model, _loader(records, cfg, len(records)), device, _lrp_config(cfg), keep=len(records))
+    out = explain_loader(model, _loader(records, cfg, len(records)), device, cfg.lrp_config(), keep=len(records))
     k = out["kept"]
     titles = []
     for lab, pred, r in zip(k["label"], k["pred"], out["rows"]):
@@ -236,7 +231,7 @@ def run_report(run_ids: Sequence[str], manifest: str | Path, out: str | Path, *,
         pred = predict(model, _loader(records, cfg, batch_size), dev)
         if pred["rows"] != [r["row"] for r in records]:
             raise RuntimeError("loader changed the order of the manifest rows")
-        rel = explain_loader(model, _loader(records, cfg, batch_size), dev, _lrp_config(cfg))
+        rel = explain_loader(model, _loader(records, cfg, batch_size), dev, cfg.lrp_config())
         share = dict(zip(rel["rows"], rel["bg_share"].tolist()))
         bg = np.array([share[r["row"]] for r in records], dtype=float)
         test_df, logged, note = _in_distribution(run_id, uri, classes)

@@ -86,7 +86,7 @@ class SGDropMethod(Method):
         self.layer = ""
         self._module: nn.Module | None = None
         self._at = "output"
-        self.lrp = cfg.method.isnet.lrp_config()  # the run's rules; set from the trainer at fit start
+        self.lrp = cfg.lrp_config()  # the run's rules (method.isnet, z^B bounds of data.intensity)
         self._handle: Any = None
         self._mask: torch.Tensor | None = None
         self._capture = False
@@ -179,7 +179,6 @@ class SGDropMethod(Method):
 
     # -- hooks ----------------------------------------------------------------------------------------
     def on_fit_start(self, trainer: "Trainer") -> None:
-        self.lrp = trainer.lrp_config
         self.attach(trainer.model)
 
     def on_fit_end(self, trainer: "Trainer") -> None:
