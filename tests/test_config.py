@@ -64,10 +64,11 @@ def test_override_into_non_section_is_an_error():
     assert isinstance(TrainConfig(), TrainConfig)
 
 
-def test_isnet_warmup_defaults_to_the_run_length_and_is_resolved_in_the_config():
-    """A band tuned on a shorter-trained classifier is too narrow for a trained classifier (docs/stress-test.md), so
-    the default warm-up is as long as the run; the resolved number is what the logged config holds."""
-    cfg = load_config(None, ["optim.epochs=7"])
+def test_isnet_warmup_defaults_to_the_reference_and_null_is_resolved_in_the_config():
+    """The reference tunes the band on a 5-epoch warm-up; null means as long as the run, and the resolved number
+    is what the logged config holds."""
+    assert load_config(None, ["optim.epochs=7"]).method.isnet.warmup_epochs == 5
+    cfg = load_config(None, ["optim.epochs=7", "method.isnet.warmup_epochs=null"])
     assert cfg.method.isnet.warmup_epochs == 7
     assert cfg.model_dump()["method"]["isnet"]["warmup_epochs"] == 7
     assert load_config(None, ["optim.epochs=7", "method.isnet.warmup_epochs=3"]).method.isnet.warmup_epochs == 3

@@ -12,6 +12,7 @@ from isnet.methods.isnet_loss import (
     ISNetLossConfig,
     isnet_heatmap_loss,
     isnet_total_loss,
+    image_relevance_totals,
     lung_relevance_totals,
     tune_foreground_band,
 )
@@ -174,7 +175,8 @@ def test_foreground_band(lung_value, inside):
     if inside:
         assert out["L_fg"].item() == 0.0
     else:
-        expected = ((50.0 - total) / 50.0) ** 2 if total < 50 else ((total - 500.0) / 500.0) ** 2
+        # both sides scaled by C1, as the reference
+        expected = ((50.0 - total) / 50.0) ** 2 if total < 50 else ((total - 500.0) / 50.0) ** 2
         assert out["L_fg"].item() == pytest.approx(expected, rel=1e-5)
         assert out["L_fg"].item() > 0
         torch.testing.assert_close(out["L_hm"], 3.0 * out["L_fg"])
@@ -253,6 +255,20 @@ def test_total_loss_mixing():
     assert isnet_total_loss(ce, torch.tensor(10.0), ISNetLossConfig(P=1.0)).item() == pytest.approx(10.0)
 
 
+def test_foreground_upper_scale_option():
+    """fg_upper_scale="C2" (our earlier choice) divides only the upper side by C2; the lower side keeps C1."""
+    mask = _lung_mask()
+    r = mask * 100.0  # F = 10000
+    ref = isnet_heatmap_loss(r, mask, _cfg(C1=50.0, C2=500.0, A=0.0))["L_fg"].item()
+    ours = isnet_heatmap_loss(r, mask, _cfg(C1=50.0, C2=500.0, A=0.0, fg_upper_scale="C2"))["L_fg"].item()
+    assert ref == pytest.approx((9500.0 / 50.0) ** 2) and ours == pytest.approx((9500.0 / 500.0) ** 2)
+    low = mask * 0.1  # F = 10 < C1: the same under both
+    assert isnet_heatmap_loss(low, mask, _cfg(C1=50.0, C2=500.0, A=0.0, fg_upper_scale="C2"))["L_fg"].item() == \
+        pytest.approx((40.0 / 50.0) ** 2)
+    with pytest.raises(ValueError, match="fg_upper_scale"):
+        _cfg(fg_upper_scale="C3")
+
+
 # ---------------------------------------------------------------- explained classes
 
 
@@ -273,7 +289,7 @@ def test_explain_targets_stochastic_frequency():
     t = explain_targets(logits, "stochastic", gen)
     assert t.dtype == torch.long and t.shape == (4000, 1)
     picked_top = (t[:, 0] == top).float().mean().item()
-    assert abs(picked_top - 0.5) < 0.03
+    assert abs(picked_top - 5 / 11) < 0.03  # the reference's probability of the top class
     others = t[:, 0][t[:, 0] != top]
     offset = (others - top[t[:, 0] != top]) % 3  # 1 or 2: which other class
     assert abs((offset == 1).float().mean().item() - 0.5) < 0.04
@@ -283,9 +299,46 @@ def test_explain_targets_stochastic_frequency():
     assert torch.equal(t, t2)
 
 
-def test_explain_targets_selective_relevance():
+def test_explain_targets_stochastic_top_prob_parameter():
+    logits = _logits(4000, 3, seed=5)
+    t = explain_targets(logits, "stochastic", torch.Generator().manual_seed(1), top_prob=0.8)
+    assert abs((t[:, 0] == logits.argmax(1)).float().mean().item() - 0.8) < 0.03
+    assert (explain_targets(logits, "stochastic", torch.Generator(), top_prob=1.0)[:, 0] == logits.argmax(1)).all()
+    with pytest.raises(ValueError, match="top_prob"):
+        explain_targets(logits, "stochastic", top_prob=1.5)
+
+
+def test_explain_targets_selective_is_the_reference_quantity():
+    """Lowest-logit class c; R_j = z_j · ∂η/∂z_j with η = log(p_c + 0.01) − log(1 − p_c + 0.01)."""
     logits = _logits(6, 3, seed=4) * 3
     r = explain_targets(logits, "selective")
+    assert r.shape == (6, 1, 3) and r.is_floating_point()
+    z = logits.clone().requires_grad_(True)
+    p_c = torch.softmax(z, dim=1).gather(1, logits.argmin(dim=1, keepdim=True))
+    eta = (torch.log(p_c + 0.01) - torch.log(1 - p_c + 0.01)).sum()
+    (grad,) = torch.autograd.grad(eta, z)
+    torch.testing.assert_close(r[:, 0], grad * logits)
+    # hand-computed for one row: z = (0, 1, 2) -> c = 0
+    row = torch.tensor([[0.0, 1.0, 2.0]])
+    p = torch.softmax(row, 1)[0]
+    k = 1 / (p[0] + 0.01) + 1 / (1 - p[0] + 0.01)
+    expected = torch.stack([0 * k * p[0] * (1 - p[0]), 1 * k * p[0] * (0 - p[1]), 2 * k * p[0] * (0 - p[2])])
+    torch.testing.assert_close(explain_targets(row, "selective")[0, 0], expected)
+    # another stabiliser changes the weights
+    assert not torch.allclose(explain_targets(row, "selective", selective_eps=0.5), explain_targets(row, "selective"))
+
+
+def test_explain_targets_selective_keeps_the_logit_graph():
+    """The reference differentiates η through the softmax: the seed must carry the logits' graph."""
+    z = _logits(4, 3).requires_grad_(True)
+    r = explain_targets(z, "selective")
+    assert r.requires_grad
+    assert not explain_targets(z, "selective_top").requires_grad
+
+
+def test_explain_targets_selective_top_relevance():
+    logits = _logits(6, 3, seed=4) * 3
+    r = explain_targets(logits, "selective_top")
     assert r.shape == (6, 1, 3) and r.is_floating_point()
     p = torch.softmax(logits, dim=1)
     onehot = torch.nn.functional.one_hot(logits.argmax(dim=1), 3).to(logits.dtype)
@@ -297,7 +350,7 @@ def test_explain_targets_selective_relevance():
     (grad,) = torch.autograd.grad(logp, z)
     torch.testing.assert_close(r[:, 0], grad * logits)
     # Shift invariance of the total, like log p_c.
-    r_shift = explain_targets(logits + 7.0, "selective")
+    r_shift = explain_targets(logits + 7.0, "selective_top")
     torch.testing.assert_close(r_shift.sum(dim=(1, 2)), r.sum(dim=(1, 2)), rtol=1e-5, atol=1e-5)
 
 
@@ -314,13 +367,14 @@ def test_explain_targets_validation():
 
 
 def test_tune_foreground_band_hand_computed():
-    # mean 10, population std 2 -> C1 = max(2, 4) = 4, C2 = min(100, 16) = 16
-    assert tune_foreground_band([8.0, 12.0, 8.0, 12.0]) == pytest.approx((4.0, 16.0))
-    # mean 10, std 8 -> C1 = max(2, -14) = 2, C2 = min(50, 34) = 34
-    assert tune_foreground_band(torch.tensor([2.0, 18.0])) == pytest.approx((2.0, 34.0))
-    # tight spread: C2 capped by 25·C1? mean 1, std 0 -> C1 = C2 = 1
+    # sample standard deviation (n - 1), as the reference
+    # mean 10, σ = sqrt(16/3) = 2.3094 -> C1 = max(2, 10 - 6.9282) = 3.0718, C2 = min(76.80, 16.9282) = 16.9282
+    assert tune_foreground_band([8.0, 12.0, 8.0, 12.0]) == pytest.approx((3.0718, 16.9282), rel=1e-4)
+    # mean 10, σ = sqrt(128) = 11.314 -> C1 = max(2, -23.9) = 2, C2 = min(50, 43.94) = 43.94
+    assert tune_foreground_band(torch.tensor([2.0, 18.0])) == pytest.approx((2.0, 43.9411), rel=1e-4)
+    # no spread: mean 1, σ 0 -> C1 = C2 = 1
     assert tune_foreground_band([1.0, 1.0, 1.0]) == pytest.approx((1.0, 1.0))
-    # 25·C1 cap: values 0,0,0,100 -> mean 25, std 43.30 -> C1 = 5, C2 = min(125, 154.9) = 125
+    # 25·C1 cap: values 0,0,0,100 -> mean 25, σ = 50 -> C1 = max(5, -125) = 5, C2 = min(125, 175) = 125
     assert tune_foreground_band([0.0, 0.0, 0.0, 100.0]) == pytest.approx((5.0, 125.0))
 
 
@@ -341,6 +395,30 @@ def test_lung_relevance_totals():
     r[1, 1, 0, 0] = 9.0  # background: excluded
     totals = lung_relevance_totals(r, mask)
     torch.testing.assert_close(totals, torch.tensor([100.0, 5.0, 0.0, 0.0]))
+
+
+def test_image_relevance_totals():
+    """The reference's band sample: whole-image Σ|R| (lungs and background), averaged over the explained maps."""
+    r = torch.zeros(2, 2, H, W)
+    r[0, 0] = -1.0          # every pixel: H·W
+    r[0, 1, 3, 2] = 5.0
+    r[1, 1, 0, 0] = 9.0     # background counts too
+    expected = torch.tensor([(H * W + 5.0) / 2, 9.0 / 2])
+    torch.testing.assert_close(image_relevance_totals(r), expected)
+    with pytest.raises(ValueError, match=r"\[B, K, H, W\]"):
+        image_relevance_totals(torch.zeros(2, H, W))
+
+
+def test_p_schedule():
+    from isnet.config.schema import ISNetConfig
+
+    assert ISNetConfig().P_at(1) == 0.7 and ISNetConfig(P=0.4).P_at(9) == 0.4
+    ramp = ISNetConfig(P={1: 0.0, 2: 0.35, 4: 0.7})
+    assert [ramp.P_at(e) for e in (1, 2, 3, 4, 10)] == [0.0, 0.35, 0.35, 0.7, 0.7]
+    with pytest.raises(ValueError, match="start at epoch 1"):
+        ISNetConfig(P={2: 0.5})
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        ISNetConfig(P={1: 0.2, 3: 1.5})
 
 
 def test_explain_targets_single_class():

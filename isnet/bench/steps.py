@@ -181,7 +181,7 @@ def _zennit_naive(spec: Spec, variant: str) -> Callable[[], None]:
 
     cfg = train_config(spec, ["isnet"], variant)
     c = cfg.method.isnet
-    loss_cfg = ISNetLossConfig(P=c.P, d=c.d, E=c.E, A=c.A, B=c.B, C1=C1, C2=C2, variant=variant)
+    loss_cfg = ISNetLossConfig(P=c.P_at(1), d=c.d, E=c.E, A=c.A, B=c.B, C1=C1, C2=C2, variant=variant)
     model = copy.deepcopy(_model(spec)).train()
     opt = build_optimizer(model, cfg)
     composite = zennit_composite(model, c.lrp_config(), strict=False)  # DenseNet: not equivalent, cost only

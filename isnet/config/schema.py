@@ -6,7 +6,7 @@ resolved config (logged to MLflow) says everything. Unknown keys are errors: a t
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -105,26 +105,69 @@ class OptimConfig(_Strict):
 
 
 class ISNetConfig(_Strict):
-    """ISNet loss hyper-parameters; defaults are the published ones (DESIGN.md §4)."""
+    """ISNet loss hyper-parameters; every default is the authors' reference value (docs/methods.md has the table
+    of reference vs ours), our deviations are named options."""
 
-    variant: Literal["original", "stochastic", "selective"] = "original"
-    P: float = Field(0.7, ge=0, le=1)
-    d: float = Field(0.9, gt=0, le=1)
+    variant: Literal["original", "stochastic", "selective", "selective_top"] = Field(
+        "original", description="classes explained per image: original = all; stochastic = one (top class with "
+                                "probability stochastic_top_prob, else a random other); selective = the lowest-"
+                                "logit class's softmax quantity (Faster ISNet); selective_top = the top class's "
+                                "log-probability (ours)")
+    P: Union[float, dict[int, float]] = Field(
+        0.7, description="weight of the heatmap loss, L = (1-P)·CE + P·L_hm: a number, or a schedule {epoch: P} "
+                         "(epochs counted from 1; each value holds until the next key), e.g. {1: 0.0, 2: 0.35, 3: 0.7}")
+    d: float = Field(0.9, ge=0, le=1, description="GWRP decay of the background term (0: max pooling)")
     E: float = Field(1.0, gt=0)
     A: float = Field(1.0, ge=0)
     B: float = Field(3.0, ge=0)
     C1: Optional[float] = Field(None, gt=0)
     C2: Optional[float] = Field(None, gt=0)
+    fg_upper_scale: Literal["C1", "C2"] = Field(
+        "C1", description="divisor of the upper side of the foreground penalty ((F - C2)/C1)^2 as the reference; "
+                          "C2: our earlier relative error, which makes overshooting up to 625x cheaper")
     warmup_epochs: Optional[int] = Field(
-        None, ge=1, description="plain epochs of a model copy used to tune C1/C2 when they are not set; null: as "
-                                "many as optim.epochs (a band measured on a shorter-trained classifier is too "
-                                "narrow for the relevance of a trained one: docs/stress-test.md)")
+        5, ge=1, description="plain epochs of a model copy trained only to tune C1/C2 when they are not set (the "
+                             "reference's example: 5); null: as many as optim.epochs")
+    band_statistic: Literal["image", "lung"] = Field(
+        "image", description="per-image sample of the band: whole-image total |R| averaged over the explained "
+                             "classes (reference), or lung-only total per (image, class) (ours, earlier)")
+    band_mode: Literal["train", "eval"] = Field(
+        "train", description="heatmaps of the band statistic: train mode during the last warm-up epoch "
+                             "(reference), or eval mode after the warm-up")
     init_from_warmup: bool = Field(False, description="start ISNet training from the warm-up weights instead of "
-                                                      "the initial ones (only when C1/C2 are tuned)")
+                                                      "the initial ones (the reference discards the warm-up)")
+    stochastic_top_prob: float = Field(5 / 11, ge=0, le=1, description="stochastic variant: probability of "
+                                                                       "explaining the top class (reference 5/11)")
+    selective_eps: float = Field(0.01, gt=0, description="selective variant: eps_s in log(p+eps_s) - log(1-p+eps_s)")
+    detach: Literal["none", "biases"] = Field(
+        "none", description="what the relevance graph treats as constants: none (LRP-Flex, Faster ISNet: exact "
+                            "gradient) or biases (original ISNet's LRP block: biases and BatchNorm batch "
+                            "statistics detached)")
     epsilon: float = Field(0.01, gt=0)
     body_rule: Literal["epsilon", "zplus", "alpha2beta1", "epsilon_zplus"] = "epsilon"
     first_rule: Literal["zb", "epsilon", "flat"] = "zb"
     grad_clip_norm: Optional[float] = Field(1.0, gt=0)
+    collapse_check: bool = Field(True, description="warn once when training CE stays above 0.9·ln K after a "
+                                                   "third of the epochs while L_bg falls")
+
+    @field_validator("P")
+    @classmethod
+    def _p_range(cls, v):
+        values = v.values() if isinstance(v, dict) else [v]
+        if isinstance(v, dict):
+            if not v:
+                raise ValueError("a P schedule needs at least one {epoch: P} entry")
+            if min(v) != 1:
+                raise ValueError(f"a P schedule must start at epoch 1 (epochs count from 1), got keys {sorted(v)}")
+        if any(not 0 <= p <= 1 for p in values):
+            raise ValueError(f"P must lie in [0, 1], got {v}")
+        return v
+
+    def P_at(self, epoch: int) -> float:
+        """P in force during ``epoch`` (counted from 1)."""
+        if not isinstance(self.P, dict):
+            return float(self.P)
+        return float(self.P[max(k for k in self.P if k <= max(epoch, 1))])
 
     def lrp_config(self, value_range: tuple[float, float] = INTENSITY_RANGES["unit"]):
         """The LRP rules these settings describe, with the z^B bounds ``value_range`` (the input pixel range,
@@ -134,12 +177,12 @@ class ISNetConfig(_Strict):
 
         low, high = value_range
         return LRPConfig(epsilon=self.epsilon, body_rule=self.body_rule, first_rule=self.first_rule,
-                         low=float(low), high=float(high))
+                         low=float(low), high=float(high), detach_biases=self.detach == "biases")
 
     @model_validator(mode="after")
     def _band_ordered(self) -> "ISNetConfig":
-        if self.C1 is not None and self.C2 is not None and self.C1 >= self.C2:
-            raise ValueError(f"C1 ({self.C1}) must be smaller than C2 ({self.C2})")
+        if self.C1 is not None and self.C2 is not None and self.C1 > self.C2:
+            raise ValueError(f"C1 ({self.C1}) must not exceed C2 ({self.C2})")
         return self
 
 

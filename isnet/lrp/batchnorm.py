@@ -18,13 +18,19 @@ def uses_batch_stats(bn: nn.modules.batchnorm._BatchNorm) -> bool:
     return bn.training or (bn.running_mean is None and bn.running_var is None)
 
 
-def scale_shift(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> tuple[Tensor, Tensor]:
+def scale_shift(bn: nn.modules.batchnorm._BatchNorm, x: Tensor, detach_stats: bool = False
+                ) -> tuple[Tensor, Tensor]:
     """(s, t) with ``bn(x) == s·x + t`` per channel. With batch statistics they are functions of ``x`` that
-    the relevance pass treats as constants (StatGate), while ordinary backward passes differentiate them."""
+    the relevance pass treats as constants (StatGate), while ordinary backward passes differentiate them.
+    ``detach_stats``: the statistics are constants for every backward, and the shift ``t`` too (only γ keeps
+    its gradient): the original ISNet LRP block's choice."""
     if uses_batch_stats(bn):
         dims = [d for d in range(x.dim()) if d != 1]
         var, mean = _synced_var_mean(bn, x, dims) if _syncs(bn) else torch.var_mean(x, dim=dims, unbiased=False)
-        var, mean = StatGate.apply(var), StatGate.apply(mean)
+        if detach_stats:
+            var, mean = var.detach(), mean.detach()
+        else:
+            var, mean = StatGate.apply(var), StatGate.apply(mean)
     else:
         var, mean = bn.running_var, bn.running_mean
     s = torch.rsqrt(var + bn.eps)
@@ -33,7 +39,7 @@ def scale_shift(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> tuple[Tensor,
     t = -mean * s
     if bn.bias is not None:
         t = t + bn.bias
-    return s, t
+    return s, (t.detach() if detach_stats else t)
 
 
 def _syncs(bn: nn.Module) -> bool:
@@ -60,11 +66,12 @@ def _synced_var_mean(bn: nn.SyncBatchNorm, x: Tensor, dims: list[int]) -> tuple[
     return var, mean
 
 
-def batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor, detach_stats: bool = False
+               ) -> tuple[Tensor, Tensor, Tensor]:
     """Apply ``bn`` exactly as the model does; returns (y, s, t). With batch statistics, ``y`` is wrapped so
     that the relevance pass sees the linear map ``s·x`` only (no dependence on the other samples)."""
     y = bn(x)
-    s, t = scale_shift(bn, x)
+    s, t = scale_shift(bn, x, detach_stats)
     if uses_batch_stats(bn):
         y = TrainBNGate.apply(y, x, s)
     return y, s, t

@@ -18,6 +18,9 @@ class LRPConfig:
     first_rule: rule of the first convolution/dense layer: "zb" (bounded z^B), "epsilon" or "flat".
     low, high: z^B bounds, i.e. the range of the input pixels: [0, 1] by default, [-1024, 1024] under
         ``data.intensity: xrv`` (``TrainConfig.lrp_config`` sets them from the run's data config).
+    detach_biases: in a differentiable heatmap, treat each layer's own bias and BatchNorm batch statistics (and
+        BN shift) as constants where the rule uses them (the original ISNet LRP block); False differentiates
+        everything (LRP-Flex). Heatmap values are the same either way; only their gradient differs.
     """
 
     epsilon: float = 0.01
@@ -25,6 +28,7 @@ class LRPConfig:
     first_rule: str = "zb"
     low: float = 0.0
     high: float = 1.0
+    detach_biases: bool = False
 
     def __post_init__(self) -> None:
         if self.body_rule not in BODY_RULES:

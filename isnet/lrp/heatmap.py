@@ -47,9 +47,12 @@ def supports_model(model: nn.Module) -> bool:
 
 
 def _initial_relevance(logits: Tensor, targets: Targets) -> Tensor:
-    """[B, K, C] relevance at the output: one-hot × logit for class indices, or the given float relevance."""
+    """[B, K, C] relevance at the output: one-hot × logit for class indices, or the given float relevance.
+
+    A callable receives the live logits, so a float relevance it computes from them stays a differentiable
+    function of the weights (ISNet's selective variant); it detaches them itself where a constant is meant."""
     if callable(targets):
-        targets = targets(logits.detach())
+        targets = targets(logits)
     targets = torch.as_tensor(targets, device=logits.device)
     batch, n_classes = logits.shape
     if not targets.is_floating_point():
@@ -121,7 +124,7 @@ def lrp_heatmaps(
 
     Returns (logits [B, C], heatmaps [B, K, H, W] summed over input channels). ``targets``: LongTensor [B, K]
     of classes to explain (initial relevance = one-hot × logit), float Tensor [B, K, C] of initial relevances,
-    or a callable mapping the detached logits to either. The logits are exactly ``model(x)`` (same graph, same
+    or a callable mapping the logits (with their graph) to either. The logits are exactly ``model(x)`` (same graph, same
     dropout mask, BN running statistics updated once), so a trainer needs no second forward; with
     ``create_graph=True`` the heatmaps are differentiable functions of the weights. The K heatmaps share the
     forward pass and its graph. ``batch_classes``: True explains the K classes in one batched relevance backward

@@ -128,9 +128,12 @@ class EpsilonFactor(torch.autograd.Function):
         return d_y, d_s, None
 
 
-def epsilon_folded_out(y: Tensor, z: Tensor, s: Tensor, info: RuleInfo, detached_factor: bool = False) -> Tensor:
-    """Attach LRP-ε at ``y = s·z + t`` (s, t per channel, broadcastable) with the relevance routed into ``z``."""
-    y_, s = (y.detach(), s.detach()) if detached_factor else (y, s)  # detached: EpsilonFactor records no node
+def epsilon_folded_out(y: Tensor, z: Tensor, s: Tensor, info: RuleInfo, factor_from: Optional[Tensor] = None,
+                       detached_factor: bool = False) -> Tensor:
+    """Attach LRP-ε at ``y = s·z + t`` (s, t per channel, broadcastable) with the relevance routed into ``z``.
+    ``factor_from``: the tensor (equal to ``y``) whose graph the factor follows; default ``y``."""
+    y_ = y if factor_from is None else factor_from
+    y_, s = (y_.detach(), s.detach()) if detached_factor else (y_, s)  # detached: EpsilonFactor records no node
     return EpsilonFoldedOut.apply(y, z, EpsilonFactor.apply(y_, s, info.epsilon), s, info)
 
 
@@ -177,15 +180,21 @@ class AlphaBetaOut(torch.autograd.Function):
         return None, None, cpos, cneg
 
 
-def epsilon_out(y: Tensor, info: RuleInfo, detached_factor: bool = False) -> Tensor:
+def epsilon_out(y: Tensor, info: RuleInfo, detached_factor: bool = False, factor_from: Optional[Tensor] = None
+                ) -> Tensor:
     """Attach LRP-ε at ``y``. y / (y + sign(y)·ε) == |y| / (|y| + ε). ``detached_factor``: the factor is a
-    constant (heatmaps that will not be differentiated), so its intermediates are not kept for a backward."""
-    return EpsilonOut.apply(y, EpsilonFactor.apply(y.detach() if detached_factor else y, None, info.epsilon), info)
+    constant (heatmaps that will not be differentiated), so its intermediates are not kept for a backward.
+    ``factor_from``: the tensor (equal to ``y``) whose graph the factor follows; default ``y``."""
+    y_ = y if factor_from is None else factor_from
+    return EpsilonOut.apply(y, EpsilonFactor.apply(y_.detach() if detached_factor else y_, None, info.epsilon), info)
 
 
-def routed_out(y: Tensor, info: RuleInfo, den: Tensor, *routes: Tensor) -> Tensor:
-    """Attach a rule with denominator ``den`` whose relevance flows into ``routes``."""
-    return RoutedOut.apply(y, info, y / stabilize(den, info.epsilon), den, *routes)
+def routed_out(y: Tensor, info: RuleInfo, den: Tensor, *routes: Tensor, factor_from: Optional[Tensor] = None
+               ) -> Tensor:
+    """Attach a rule with denominator ``den`` whose relevance flows into ``routes``. ``factor_from``: the tensor
+    (equal to ``y``) whose graph the factor follows; default ``y``."""
+    y_ = y if factor_from is None else factor_from
+    return RoutedOut.apply(y, info, y_ / stabilize(den, info.epsilon), den, *routes)
 
 
 class StatGate(torch.autograd.Function):

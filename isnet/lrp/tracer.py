@@ -83,10 +83,29 @@ class Tracer:
         info = self._info()
         return self._emit(self._factor_ctx(epsilon_out, y, info), info)
 
-    def _rule(self, y: Tensor, a: Tensor, op: Op, w: Tensor, b: Optional[Tensor], rule: str) -> Tensor:
-        """z⁺ or α2β1 for the linear map ``y = op(a, w) + b`` (zennit's conventions for signs and biases)."""
+    @property
+    def _detach(self) -> bool:
+        return self.config.detach_biases and self.factor_grad
+
+    def _without_own_bias(self, y: Tensor, lin: Tensor) -> Tensor:
+        """``y`` with the value unchanged but differentiable only through ``lin``, the layer's bias-free linear part
+        (``detach_biases``: the layer's own bias, BN shift and statistics are constants in the relevance graph)."""
+        return lin + (y - lin).detach()
+
+    def _biasless(self, z: Tensor, module: nn.Module) -> Tensor:
+        b = getattr(module, "bias", None)
+        return z if b is None else z - channel_shape(b, z.dim())
+
+    def _rule(self, y: Tensor, a: Tensor, op: Op, w: Tensor, b: Optional[Tensor], rule: str,
+              y_rule: Optional[Tensor] = None) -> Tensor:
+        """z⁺ or α2β1 for the linear map ``y = op(a, w) + b`` (zennit's conventions for signs and biases).
+        ``y_rule``: the value the rule's factors are formed from (``y`` with its own bias detached)."""
+        y_rule = y if y_rule is None else y_rule
         if rule == "epsilon":
-            return self.epsilon(y)
+            if y_rule is y:
+                return self.epsilon(y)
+            info = self._info()
+            return self._emit(epsilon_out(y, info, factor_from=y_rule), info)
         has_neg = bool((a < 0).any())
         a_pos = a.clamp(min=0) if has_neg else a
         a_neg = a.clamp(max=0) if has_neg else None
@@ -103,24 +122,27 @@ class Tracer:
         zpos = term(w_pos, None if b is None else b.clamp(min=0), w_neg)
         if rule == "zplus":
             info = self._info()
-            return self._emit(routed_out(y, info, zpos, zpos), info)
+            return self._emit(routed_out(y, info, zpos, zpos, factor_from=y_rule), info)
         if rule == "alpha2beta1":
             zneg = term(w_neg, None if b is None else b.clamp(max=0), w_pos)
             info = self._info(alpha=2.0, beta=1.0)
             return self._emit(AlphaBetaOut.apply(y, info, zpos, zneg), info)
         raise ValueError(f"unknown rule {rule!r}")
 
-    def _first(self, y: Tensor, module: nn.Module, op: Op, w: Tensor) -> Tensor:
+    def _first(self, y: Tensor, module: nn.Module, op: Op, w: Tensor, y_rule: Optional[Tensor] = None) -> Tensor:
         """The first layer's rule; its input is the model input ``self.x``."""
         cfg, x = self.config, self.x_value
+        y_rule = y if y_rule is None else y_rule
         info = self._info()
         if cfg.first_rule == "epsilon":
-            return self.epsilon(y)
+            if y_rule is y:
+                return self.epsilon(y)
+            return self._emit(epsilon_out(y, info, factor_from=y_rule), info)
         if cfg.first_rule == "flat":
             u = torch.ones_like(x).requires_grad_(True)
             zu = op(u, torch.ones_like(w))
             self.heat_terms = [(u, 1.0)]
-            return self._emit(routed_out(y, info, zu, zu), info)
+            return self._emit(routed_out(y, info, zu, zu, factor_from=y_rule), info)
         # z^B: denominator Σ x·w − l·w⁺ − h·w⁻ (biases cancel, as in zennit's ZBox). The three terms are one
         # linear map of the stacked input [x, l, h] with weights [w, −w⁺, −w⁻], whose input × gradient summed
         # over channels is the z^B relevance; bound terms that are 0 are left out.
@@ -135,11 +157,11 @@ class Tracer:
             stacked = stacked if stacked.requires_grad else stacked.requires_grad_(True)
             den = op(stacked, torch.cat(weights, 1))
             self.heat_terms = [(stacked, 1.0)]
-            return self._emit(routed_out(y, info, den, den), info)
+            return self._emit(routed_out(y, info, den, den, factor_from=y_rule), info)
         leaves = [t if t.requires_grad else t.requires_grad_(True) for t in inputs]
         terms = [op(t, wt) for t, wt in zip(leaves, weights)]
         self.heat_terms = [(t, 1.0) for t in leaves]
-        return self._emit(routed_out(y, info, sum(terms[1:], terms[0]), *terms), info)
+        return self._emit(routed_out(y, info, sum(terms[1:], terms[0]), *terms, factor_from=y_rule), info)
 
     # ------------------------------------------------------------------ layers
     def linear_layer(
@@ -158,31 +180,42 @@ class Tracer:
         s = t = None
         y = z
         if bn is not None:
-            y, s, t = batch_norm(bn, z)
+            y, s, t = batch_norm(bn, z, detach_stats=self._detach)
         dense = isinstance(module, nn.Linear)
         rule = self.config.layer_rule(dense)
-        if not first and (rule == "epsilon" or defer):
-            if defer:
-                return y
+        if defer and not first:
+            return y
+        y_rule = y  # the value the rule's factors are formed from
+        if self._detach:
+            lin = self._biasless(z, module)
+            y_rule = self._without_own_bias(y, lin if s is None else channel_shape(s, z.dim()) * lin)
+        if not first and rule == "epsilon":
             if s is not None:  # ε at the BN output, relevance straight into the linear layer's output z
                 info = self._info()
-                return self._emit(self._factor_ctx(epsilon_folded_out, y, z, channel_shape(s, z.dim()), info), info)
+                out = self._factor_ctx(epsilon_folded_out, y, z, channel_shape(s, z.dim()), info, y_rule)
+                return self._emit(out, info)
+            if y_rule is not y:
+                info = self._info()
+                return self._emit(epsilon_out(y, info, factor_from=y_rule), info)
             return self.epsilon(y)
         w: Tensor = module.weight
         b: Optional[Tensor] = module.bias
         if s is not None:
             w = w * s.reshape((-1,) + (1,) * (w.dim() - 1))
             b = t if b is None else b * s + t
+        if b is not None and self._detach:
+            b = b.detach()
         op = _linear_op if dense else _conv_op(module)  # type: ignore[arg-type]
         if first:
-            return self._first(y, module, op, w)
-        return self._rule(y, a, op, w, b, rule)
+            return self._first(y, module, op, w, y_rule)
+        return self._rule(y, a, op, w, b, rule, y_rule)
 
     def batch_norm(self, a: Tensor, bn: nn.Module) -> Tensor:
         """A BatchNorm not preceded by a linear layer of its own: an elementwise linear layer."""
-        y, s, t = batch_norm(bn, a)
+        y, s, t = batch_norm(bn, a, detach_stats=self._detach)
         self._first_pending = self._first_pending and a is not self.x
-        return self._rule(y, a, _channel_op, s, t, self.config.layer_rule(dense=False))
+        y_rule = self._without_own_bias(y, _channel_op(a, s)) if self._detach else y
+        return self._rule(y, a, _channel_op, s, t, self.config.layer_rule(dense=False), y_rule)
 
     def avg_pool(self, a: Tensor, pool: Callable[[Tensor], Tensor], *, defer: bool = False) -> Tensor:
         """Average pooling is linear: LRP-ε at its output."""

@@ -7,6 +7,7 @@ from isnet.methods.isnet_loss import (
     explain_targets,
     isnet_heatmap_loss,
     isnet_total_loss,
+    image_relevance_totals,
     lung_relevance_totals,
     tune_foreground_band,
 )
@@ -19,4 +20,5 @@ from isnet.methods.rrr import RRRMethod, rrr_penalty  # noqa: E402
 from isnet.methods.sgdrop import SGDropMethod  # noqa: E402
 
 __all__ = ["ISNetMethod", "MaskedInputMethod", "RelDropMethod", "RRRMethod", "SGDropMethod", "rrr_penalty", "Method", "StepOutput", "build_methods", "register", "gwrp", "ISNetLossConfig", "explain_targets",
-           "isnet_heatmap_loss", "isnet_total_loss", "lung_relevance_totals", "tune_foreground_band"]
+           "isnet_heatmap_loss", "isnet_total_loss", "image_relevance_totals", "lung_relevance_totals",
+           "tune_foreground_band"]

@@ -58,6 +58,11 @@ class Method:
     def after_step(self, trainer: "Trainer") -> None:
         """Called after the optimiser step."""
 
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float], trainer: "Trainer") -> dict[str, float]:
+        """Called after each epoch's training and validation with that epoch's metrics; returns extra metrics
+        to log for the epoch (e.g. diagnostics gathered during it)."""
+        return {}
+
     def on_fit_end(self, trainer: "Trainer") -> None:
         """Called once after the last epoch, before testing and model export (e.g. to remove module hooks)."""
 

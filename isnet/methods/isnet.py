@@ -1,13 +1,18 @@
-"""The ISNet method: cross-entropy mixed with the background-relevance heatmap loss (DESIGN.md §4).
+"""The ISNet method: cross-entropy mixed with the background-relevance heatmap loss (docs/design.md, "ISNet").
 
 One forward pass gives logits and differentiable LRP heatmaps of the classes chosen by the variant; the
-heatmap loss pushes relevance out of the background. When the foreground band C1/C2 is not configured,
-a short plain warm-up on a copy of the model measures the lung relevance and tunes it first.
+heatmap loss pushes relevance out of the background. When the foreground band C1/C2 is not configured, a
+short plain warm-up on a copy of the model measures it first (the reference's recipe: 5 epochs, train-mode
+heatmaps of the last warm-up epoch, whole-image totals); the copy is then discarded and ISNet trains from
+the initial weights unless ``init_from_warmup`` is set.
 """
 
 from __future__ import annotations
 
 import copy
+import math
+import sys
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -18,6 +23,7 @@ from isnet.methods.base import Method, StepOutput, register
 from isnet.methods.isnet_loss import (
     ISNetLossConfig,
     explain_targets,
+    image_relevance_totals,
     isnet_heatmap_loss,
     isnet_total_loss,
     lung_relevance_totals,
@@ -27,6 +33,20 @@ from isnet.methods.isnet_loss import (
 if TYPE_CHECKING:  # pragma: no cover
     from isnet.config.schema import TrainConfig
     from isnet.train.trainer import Trainer
+
+#: training CE above this fraction of ln K after a third of the epochs, while L_bg falls, is a collapse
+COLLAPSE_CE_FRACTION = 0.9
+
+
+def collapse_message(epoch: int, ce: float, n_classes: int, l_bg_first: float, l_bg_now: float) -> str:
+    """The one warning of the collapse detector: what was seen, the likely cause and what to change."""
+    return (f"isnet: possible collapse at epoch {epoch}: training cross-entropy {ce:.3f} is still above "
+            f"{COLLAPSE_CE_FRACTION}·ln {n_classes} = {COLLAPSE_CE_FRACTION * math.log(n_classes):.3f} while the "
+            f"background loss fell ({l_bg_first:.3f} -> {l_bg_now:.3f}). Likely cause: the heatmap loss silences "
+            f"the network before it has learned lung features (all relevance, and with it the logits, shrinks). "
+            f"Try a P schedule that starts low (method.isnet.P={{1: 0.0, 3: 0.7}}), a smaller P, the optimiser "
+            f"of the reference (optim.optimizer=sgd, optim.scheduler=none), or method.isnet.init_from_warmup=true "
+            f"with a longer warm-up.")
 
 
 @register("isnet")
@@ -39,15 +59,24 @@ class ISNetMethod(Method):
         c = cfg.method.isnet
         self.params = c
         self.C1, self.C2 = c.C1, c.C2
-        self.lrp = cfg.lrp_config()  # z^B bounds = the range of data.intensity
+        self.P = c.P_at(1)
+        self.lrp = cfg.lrp_config()  # z^B bounds = the range of data.intensity; detach mode of method.isnet
+        self.n_classes = len(cfg.data.classes)
         self.generator = torch.Generator().manual_seed(cfg.train.seed + 101)
+        self._grad_norms: dict[str, float] = {}
+        self._measure_grads = False
+        self._first_l_bg: float | None = None
+        self._warned = False
 
     def loss_config(self) -> ISNetLossConfig:
         c = self.params
-        return ISNetLossConfig(P=c.P, d=c.d, E=c.E, A=c.A, B=c.B, C1=self.C1, C2=self.C2, variant=c.variant)
+        return ISNetLossConfig(P=self.P, d=c.d, E=c.E, A=c.A, B=c.B, C1=self.C1, C2=self.C2, variant=c.variant,
+                               fg_upper_scale=c.fg_upper_scale)
 
     def _targets(self, logits: torch.Tensor) -> torch.Tensor:
-        return explain_targets(logits, self.params.variant, self.generator)
+        c = self.params
+        return explain_targets(logits, c.variant, self.generator, top_prob=c.stochastic_top_prob,
+                               selective_eps=c.selective_eps)
 
     # -- hooks ---------------------------------------------------------------------------------------
     def on_fit_start(self, trainer: "Trainer") -> None:
@@ -58,29 +87,50 @@ class ISNetMethod(Method):
             if self.params.init_from_warmup:
                 trainer.model.load_state_dict(warm.state_dict())
                 print("isnet: training starts from the warm-up weights", flush=True)
-            print(f"isnet: foreground band tuned from a {self.params.warmup_epochs}-epoch plain warm-up: "
+            print(f"isnet: foreground band tuned from a {self.params.warmup_epochs}-epoch plain warm-up "
+                  f"({self.params.band_statistic} totals, {self.params.band_mode} mode): "
                   f"C1={self.C1:.4g}, C2={self.C2:.4g}", flush=True)
             trainer.tracker.log_params({"method.isnet.C1_tuned": self.C1, "method.isnet.C2_tuned": self.C2})
 
+    def on_epoch_start(self, epoch: int, trainer: "Trainer") -> None:
+        self.P = self.params.P_at(epoch)
+        self._measure_grads = True  # gradient norms of the loss terms on the epoch's first step
+
+    def _band_sample(self, heat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.params.band_statistic == "image":
+            return image_relevance_totals(heat)
+        return lung_relevance_totals(heat.detach(), mask)
+
     def _tune_band(self, trainer: "Trainer") -> tuple[float, float, torch.nn.Module]:
-        """Train a copy of the model with plain cross-entropy, then measure Σ|R| inside the lungs."""
+        """Train a copy of the model with plain cross-entropy (the run's optimiser and clipping) and measure the
+        band statistic; train mode: on the heatmaps of the last warm-up epoch, as the reference does."""
         model = copy.deepcopy(trainer.model)
-        opt = torch.optim.AdamW(model.parameters(), lr=trainer.cfg.optim.lr,
-                                weight_decay=trainer.cfg.optim.weight_decay)
-        for _ in range(self.params.warmup_epochs):
+        opt = type(trainer.optimizer)(model.parameters(), **trainer.optimizer.defaults)
+        clip = [c for c in (trainer.cfg.optim.grad_clip_norm, self.params.grad_clip_norm) if c]
+        epochs = int(self.params.warmup_epochs or trainer.cfg.optim.epochs)
+        in_train = self.params.band_mode == "train"
+        totals: list[torch.Tensor] = []
+        for epoch in range(1, epochs + 1):
             model.train()
+            measure = in_train and epoch == epochs
             for batch in trainer.train_loader:
                 x, y = batch["image"].to(trainer.device), batch["label"].to(trainer.device)
-                loss = F.cross_entropy(model(x), y)
+                if measure:
+                    logits, heat = lrp_heatmaps(model, x, self._targets, config=self.lrp)
+                    totals.append(self._band_sample(heat, batch["mask"].to(trainer.device)))
+                else:
+                    logits = model(x)
+                loss = F.cross_entropy(logits, y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), min(clip))
                 opt.step()
-        model.eval()
-        totals = []
-        for batch in trainer.train_loader:
-            x = batch["image"].to(trainer.device)
-            _, heat = lrp_heatmaps(model, x, self._targets, config=self.lrp)
-            totals.append(lung_relevance_totals(heat, batch["mask"].to(trainer.device)))
+        if not in_train:
+            model.eval()
+            for batch in trainer.train_loader:
+                _, heat = lrp_heatmaps(model, batch["image"].to(trainer.device), self._targets, config=self.lrp)
+                totals.append(self._band_sample(heat, batch["mask"].to(trainer.device)))
         c1, c2 = tune_foreground_band(torch.cat(totals))
         return c1, c2, model
 
@@ -91,18 +141,66 @@ class ISNetMethod(Method):
     def loss(self, total, ce, out, batch, trainer) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.loss_config()
         terms = isnet_heatmap_loss(out.extras["heatmaps"], batch["mask"], cfg)
+        if self._measure_grads:
+            self._measure_grads = False
+            self._grad_norms = self._term_grad_norms(trainer.model, ce, terms, cfg)
         new_total = isnet_total_loss(total, terms, cfg)
+        logits = out.logits.detach().float()
+        fg = float(terms["fg_total"])
         return new_total, {"L_bg": float(terms["L_bg"].detach()), "L_fg": float(terms["L_fg"].detach()),
-                           "L_hm": float(terms["L_hm"].detach()), "bg_share": float(terms["bg_share"])}
+                           "L_hm": float(terms["L_hm"].detach()), "bg_share": float(terms["bg_share"]),
+                           "logit_spread": float((logits.max(1).values - logits.min(1).values).mean()),
+                           "F_over_C1": fg / float(self.C1), "F_over_C2": fg / float(self.C2), "P": self.P}
+
+    @staticmethod
+    def _term_grad_norms(model: torch.nn.Module, ce: torch.Tensor, terms: dict, cfg: ISNetLossConfig
+                         ) -> dict[str, float]:
+        """Norm of the weight gradient of each term as it enters the total: (1-P)·CE, P·A·L_bg, P·B·L_fg."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        out = {}
+        for name, value in (("ce", (1 - cfg.P) * ce), ("L_bg", cfg.P * cfg.A * terms["L_bg"]),
+                            ("L_fg", cfg.P * cfg.B * terms["L_fg"])):
+            if not value.requires_grad:
+                out[f"grad_norm_{name}"] = 0.0
+                continue
+            grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
+            out[f"grad_norm_{name}"] = float(torch.sqrt(sum((g.detach().float() ** 2).sum()
+                                                            for g in grads if g is not None)))
+        return out
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float], trainer: "Trainer") -> dict[str, float]:
+        out = {f"train_{k}": v for k, v in self._grad_norms.items()}
+        if self.params.collapse_check:
+            self._check_collapse(epoch, metrics, trainer)
+        return out
+
+    def _check_collapse(self, epoch: int, metrics: dict[str, float], trainer: "Trainer") -> None:
+        """Warn once: CE still near chance after a third of the epochs while the background loss falls."""
+        l_bg, ce = metrics.get("train_L_bg"), metrics.get("train_ce")
+        if l_bg is None or ce is None:
+            return
+        if self._first_l_bg is None:
+            self._first_l_bg = l_bg
+        if self._warned or epoch < max(1, math.ceil(trainer.cfg.optim.epochs / 3)):
+            return
+        if ce > COLLAPSE_CE_FRACTION * math.log(self.n_classes) and l_bg < self._first_l_bg:
+            self._warned = True
+            msg = collapse_message(epoch, ce, self.n_classes, self._first_l_bg, l_bg)
+            print(msg, file=sys.stderr, flush=True)
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            trainer.tracker.set_tags({"isnet.collapse_warning": f"epoch {epoch}"})
 
     def grad_clip_norm(self) -> float | None:
         return self.params.grad_clip_norm
 
     def state_dict(self) -> dict[str, Any]:
-        return {"C1": self.C1, "C2": self.C2, "generator": self.generator.get_state()}
+        return {"C1": self.C1, "C2": self.C2, "generator": self.generator.get_state(),
+                "first_l_bg": self._first_l_bg, "warned": self._warned}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("C1") is not None:
             self.C1, self.C2 = float(state["C1"]), float(state["C2"])
         if "generator" in state:
             self.generator.set_state(state["generator"])
+        self._first_l_bg = state.get("first_l_bg")
+        self._warned = bool(state.get("warned", False))

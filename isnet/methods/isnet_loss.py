@@ -5,12 +5,20 @@ be tested and reused without a model.  Shapes: heatmaps ``[B, K, H, W]`` (one
 map per explained class, already summed over colour channels), masks
 ``[B, 1, H, W]`` or ``[B, H, W]`` with 1 = lung.
 
-Foreground scaling, our choice: with ``F`` the raw total ``|R|`` inside the
-lungs, the penalty is ``((C1 - F) / C1)**2`` below the band and
-``((F - C2) / C2)**2`` above it.  Dividing by the violated bound makes both
-sides relative errors, so "20 % too little" and "20 % too much" cost the same
-although C2 can be up to 25x C1, and the term is independent of the units of
-the relevance (a raw squared error would be dominated by the upper band).
+Foreground term: with ``F`` the raw total ``|R|`` inside the lungs, the
+penalty is ``((C1 - F) / C1)**2`` below the band and ``((F - C2) / C1)**2``
+above it: both sides are scaled by C1, as in the authors' reference code
+(``fg_upper_scale="C1"``, the default).  ``fg_upper_scale="C2"`` divides the
+upper side by C2 instead (relative error on both sides); that makes
+overshooting the band up to (C2/C1)^2 = 625x cheaper and is kept only as a
+named option.
+
+Band: the reference tunes C1/C2 from the *whole-image* total ``|R|`` (lungs and
+background) per training image, averaged over the explained classes, from the
+train-mode heatmaps of the last warm-up epoch (``image_relevance_totals``), with
+the sample standard deviation (``tune_foreground_band``).  A band measured on
+lung-only totals leaves no room for the relevance that ISNet moves from the
+background into the lungs.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ __all__ = [
     "explain_targets",
     "isnet_heatmap_loss",
     "isnet_total_loss",
+    "image_relevance_totals",
     "lung_relevance_totals",
     "tune_foreground_band",
 ]
@@ -49,6 +58,7 @@ class ISNetLossConfig:
     eps_norm: added to the mean lung |R| before dividing, so a vanishing lung
         relevance does not divide by zero.
     mask_threshold: mask values above it count as lung.
+    fg_upper_scale: "C1" (reference) or "C2": the divisor of the upper side of the foreground penalty.
     """
 
     P: float = 0.7
@@ -61,6 +71,7 @@ class ISNetLossConfig:
     variant: str = "original"
     eps_norm: float = 1e-6
     mask_threshold: float = 0.5
+    fg_upper_scale: str = "C1"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.P <= 1.0:
@@ -81,6 +92,8 @@ class ISNetLossConfig:
             raise ValueError(f"ISNetLossConfig.C2 must be > 0, got {self.C2}")
         if self.C1 is not None and self.C2 is not None and self.C2 < self.C1:
             raise ValueError(f"ISNetLossConfig needs C1 <= C2, got C1={self.C1}, C2={self.C2}")
+        if self.fg_upper_scale not in ("C1", "C2"):
+            raise ValueError(f"ISNetLossConfig.fg_upper_scale must be 'C1' or 'C2', got {self.fg_upper_scale!r}")
 
 
 def _prepare(heatmaps: Tensor, masks: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
@@ -111,10 +124,23 @@ def _prepare(heatmaps: Tensor, masks: Tensor, threshold: float) -> tuple[Tensor,
 def lung_relevance_totals(heatmaps: Tensor, masks: Tensor, mask_threshold: float = 0.5) -> Tensor:
     """Raw total |R| inside the lungs per image and class, flattened to [B*K] (image-major).
 
-    Collected over a warm-up classifier to tune C1/C2 with ``tune_foreground_band``.
+    The band statistic of ``band_statistic="lung"`` (our earlier choice); the reference uses
+    ``image_relevance_totals``.
     """
     abs_r, m = _prepare(heatmaps, masks, mask_threshold)
     return (abs_r * m).sum(dim=(-2, -1)).reshape(-1)
+
+
+def image_relevance_totals(heatmaps: Tensor) -> Tensor:
+    """Whole-image total |R| (lungs and background) per image, averaged over the K explained maps: [B].
+
+    The reference's statistic for tuning C1/C2 (one sample per training image).
+    """
+    if not isinstance(heatmaps, Tensor) or heatmaps.dim() != 4:
+        shape = tuple(heatmaps.shape) if isinstance(heatmaps, Tensor) else type(heatmaps).__name__
+        raise ValueError(f"heatmaps must have shape [B, K, H, W], got {shape}")
+    dtype = heatmaps.dtype if heatmaps.dtype in (torch.float32, torch.float64) else torch.float32
+    return heatmaps.detach().to(dtype).abs().sum(dim=(-2, -1)).mean(dim=1)
 
 
 def isnet_heatmap_loss(heatmaps: Tensor, masks: Tensor, cfg: ISNetLossConfig) -> dict[str, Tensor]:
@@ -150,7 +176,7 @@ def isnet_heatmap_loss(heatmaps: Tensor, masks: Tensor, cfg: ISNetLossConfig) ->
     else:
         c1, c2 = float(cfg.C1), float(cfg.C2)  # type: ignore[arg-type]
         below = torch.clamp(c1 - lung_total, min=0.0) / c1
-        above = torch.clamp(lung_total - c2, min=0.0) / c2
+        above = torch.clamp(lung_total - c2, min=0.0) / (c1 if cfg.fg_upper_scale == "C1" else c2)
         l_fg = (below.square() + above.square()).mean()
 
     l_hm = cfg.A * l_bg + cfg.B * l_fg
@@ -178,9 +204,9 @@ def isnet_total_loss(ce: Tensor, terms: Mapping[str, Tensor] | Tensor, cfg: ISNe
 
 
 def tune_foreground_band(totals: Sequence[float] | Tensor) -> tuple[float, float]:
-    """C1, C2 from per-image total lung |R| of a plain warm-up classifier.
+    """C1, C2 from per-image relevance totals of a plain warm-up classifier.
 
-    With mean μ and (population) std σ of the totals:
+    With mean μ and sample standard deviation σ (n − 1 in the denominator, as the reference) of the totals:
     C1 = max(μ/5, μ − 3σ), C2 = min(25·C1, μ + 3σ).  Always 0 < C1 <= μ <= C2.
     """
     values = torch.as_tensor(totals, dtype=torch.float64).detach().reshape(-1).cpu()
@@ -196,7 +222,7 @@ def tune_foreground_band(totals: Sequence[float] | Tensor) -> tuple[float, float
             f"tune_foreground_band: mean lung relevance is {mu} <= 0; the warm-up heatmaps carry no relevance "
             "(check that they are absolute totals inside the lungs and that the classifier has trained)"
         )
-    sigma = float(values.std(correction=0))
+    sigma = float(values.std(correction=1))
     c1 = max(mu / 5.0, mu - 3.0 * sigma)
     c2 = min(25.0 * c1, mu + 3.0 * sigma)
     return c1, c2

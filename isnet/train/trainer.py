@@ -298,6 +298,8 @@ class Trainer:
             self.scheduler.step()
             self.epoch += 1
             metrics["epoch_seconds"] = time.perf_counter() - t0
+            for m in self.methods:
+                metrics.update(m.on_epoch_end(self.epoch, metrics, self))
             improved = metrics["val_loss"] < self.best_val_loss - 1e-6
             if improved:
                 self.best_val_loss, self.best_epoch, self.bad_epochs = metrics["val_loss"], self.epoch, 0
