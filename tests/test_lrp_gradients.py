@@ -137,3 +137,68 @@ def test_train_mode_relevance_does_not_leak_between_samples() -> None:
         _, heat = lrp_heatmaps(model, x, only_first, config=LRPConfig(body_rule=rule))
         assert heat[0].abs().sum() > 0
         assert torch.equal(heat[1:], torch.zeros_like(heat[1:])), rule
+
+
+# ---------------------------------------------------------------- detach: none | biases
+
+
+def _manual_mlp_heatmap(mlp: nn.Sequential, x: torch.Tensor, k: int, eps: float, detach: bool) -> torch.Tensor:
+    """LRP-ε of class k through Flatten → Linear → ReLU → Linear written out by hand; ``detach``: each layer's own
+    bias is a constant in its denominator (the original ISNet LRP block)."""
+    _, l1, _, l2 = mlp
+    a0 = x.flatten(1)
+    stab = lambda v: v + eps * ((v >= 0).to(v.dtype) * 2 - 1)  # noqa: E731
+    b1 = l1.bias.detach() if detach else l1.bias
+    b2 = l2.bias.detach() if detach else l2.bias
+    z1 = a0 @ l1.weight.T + l1.bias
+    h = torch.relu(z1)
+    y = h @ l2.weight.T + l2.bias
+    r_out = F.one_hot(torch.full((x.shape[0],), k), y.shape[1]).to(y.dtype) * y
+    c2 = r_out / stab(h @ l2.weight.T + b2)
+    g_z1 = (c2 @ l2.weight) * (z1 > 0).to(z1.dtype)
+    z1_rule = a0 @ l1.weight.T + b1
+    c1 = g_z1 * z1_rule / stab(z1_rule)
+    return (a0 * (c1 @ l1.weight)).reshape(x.shape).sum(1)
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_detach_biases_matches_the_hand_written_rule(detach: bool) -> None:
+    """Same heatmap values either way; with detach_biases the weight/bias gradient of a heatmap loss is that of
+    the rule with each layer's bias held constant in its own denominator (and differs from the exact one)."""
+    torch.manual_seed(3)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(16, 6), nn.ReLU(), nn.Linear(6, 3)).double()
+    x = torch.rand(4, 1, 4, 4, dtype=torch.float64)
+    cfg = LRPConfig(epsilon=0.05, first_rule="epsilon", detach_biases=detach)
+    _, heat = lrp_heatmaps(mlp, x, torch.full((4, 1), 2), config=cfg, create_graph=True)
+    manual = _manual_mlp_heatmap(mlp, x, 2, 0.05, detach)
+    torch.testing.assert_close(heat[:, 0], manual)
+    got = torch.autograd.grad((heat ** 2).sum(), list(mlp.parameters()))
+    want = torch.autograd.grad((manual ** 2).sum(), list(mlp.parameters()))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+    other = torch.autograd.grad((_manual_mlp_heatmap(mlp, x, 2, 0.05, not detach) ** 2).sum(), list(mlp.parameters()))
+    assert not torch.allclose(got[1], other[1])  # the first layer's bias gradient depends on the choice
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_detach_biases_keeps_values_and_cuts_batch_statistics(train: bool) -> None:
+    """Conv + BN: heatmaps and logits are equal under both settings; the heatmap-loss gradients differ (BN shift
+    and batch statistics are constants in the relevance graph) and the CE gradient is untouched."""
+    model = tiny_cnn().train(train)
+    x = torch.rand(3, 1, 8, 8, dtype=torch.float64)
+    outs = {}
+    for detach in (False, True):
+        m = copy.deepcopy(model)
+        logits, heat = lrp_heatmaps(m, x, torch.tensor([[0], [1], [2]]),
+                                    config=LRPConfig(detach_biases=detach), create_graph=True)
+        params = list(m.parameters())
+        outs[detach] = (logits, heat, torch.autograd.grad(heat.square().sum(), params, retain_graph=True),
+                        torch.autograd.grad(F.cross_entropy(logits, torch.tensor([0, 1, 2])), params))
+    torch.testing.assert_close(outs[True][0], outs[False][0])
+    torch.testing.assert_close(outs[True][1], outs[False][1])
+    for g_t, g_f in zip(outs[True][3], outs[False][3]):
+        torch.testing.assert_close(g_t, g_f)
+    bias_grads = [(t, f) for (name, _), t, f in zip(model.named_parameters(), outs[True][2], outs[False][2])
+                  if name.endswith("bias")]
+    assert any(not torch.allclose(t, f) for t, f in bias_grads)
+    assert all(torch.isfinite(t).all() for t in outs[True][2])

@@ -57,22 +57,23 @@ class RuleInfo:
 
 class EpsilonOut(torch.autograd.Function):
     """LRP-ε at the output ``y`` of a linear layer (conv, dense, average pooling, residual sum, folded BN).
-    ``factor`` = y / stab(y), formed once in the forward so that each explained class costs one multiply."""
+    ``factor`` = y / stab(y), formed once in the forward so that each explained class costs one multiply.
+    ``den``: the tensor (equal to ``y``) the output layer's seed is divided by, ``y`` unless its bias is detached."""
 
     @staticmethod
-    def forward(ctx, y: Tensor, factor: Tensor, info: RuleInfo) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(y, factor)
+    def forward(ctx, y: Tensor, factor: Tensor, info: RuleInfo, den: Optional[Tensor] = None) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(y if den is None else den, factor)
         ctx.info = info
         return y.view_as(y)
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
         if not in_relevance_pass():
-            return g, None, None
+            return g, None, None, None
         y, factor = ctx.saved_tensors
         if ctx.info.seed:
-            return g / stabilize(y, ctx.info.epsilon), None, None
-        return g * factor, None, None
+            return g / stabilize(y, ctx.info.epsilon), None, None, None
+        return g * factor, None, None, None
 
 
 class EpsilonFoldedOut(torch.autograd.Function):
@@ -82,19 +83,20 @@ class EpsilonFoldedOut(torch.autograd.Function):
     backward (TrainBNGate in train mode, native batch-norm backward in eval). Ordinary backward: ``g`` into ``y``."""
 
     @staticmethod
-    def forward(ctx, y: Tensor, z: Tensor, factor_s: Tensor, s: Tensor, info: RuleInfo) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(y, factor_s, s)
+    def forward(ctx, y: Tensor, z: Tensor, factor_s: Tensor, s: Tensor, info: RuleInfo,  # type: ignore[override]
+                den: Optional[Tensor] = None) -> Tensor:
+        ctx.save_for_backward(y if den is None else den, factor_s, s)
         ctx.info = info
         return y.view_as(y)
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
         if not in_relevance_pass():
-            return g, None, None, None, None
+            return g, None, None, None, None, None
         y, factor_s, s = ctx.saved_tensors
         if ctx.info.seed:
-            return None, g / stabilize(y, ctx.info.epsilon) * s, None, None, None
-        return None, g * factor_s, None, None, None
+            return None, g / stabilize(y, ctx.info.epsilon) * s, None, None, None, None
+        return None, g * factor_s, None, None, None, None
 
 
 class EpsilonFactor(torch.autograd.Function):
@@ -133,8 +135,8 @@ def epsilon_folded_out(y: Tensor, z: Tensor, s: Tensor, info: RuleInfo, factor_f
     """Attach LRP-ε at ``y = s·z + t`` (s, t per channel, broadcastable) with the relevance routed into ``z``.
     ``factor_from``: the tensor (equal to ``y``) whose graph the factor follows; default ``y``."""
     y_ = y if factor_from is None else factor_from
-    y_, s = (y_.detach(), s.detach()) if detached_factor else (y_, s)  # detached: EpsilonFactor records no node
-    return EpsilonFoldedOut.apply(y, z, EpsilonFactor.apply(y_, s, info.epsilon), s, info)
+    y_f, s_f = (y_.detach(), s.detach()) if detached_factor else (y_, s)  # detached: EpsilonFactor records no node
+    return EpsilonFoldedOut.apply(y, z, EpsilonFactor.apply(y_f, s_f, info.epsilon), s, info, factor_from)
 
 
 class RoutedOut(torch.autograd.Function):
@@ -186,7 +188,8 @@ def epsilon_out(y: Tensor, info: RuleInfo, detached_factor: bool = False, factor
     constant (heatmaps that will not be differentiated), so its intermediates are not kept for a backward.
     ``factor_from``: the tensor (equal to ``y``) whose graph the factor follows; default ``y``."""
     y_ = y if factor_from is None else factor_from
-    return EpsilonOut.apply(y, EpsilonFactor.apply(y_.detach() if detached_factor else y_, None, info.epsilon), info)
+    factor = EpsilonFactor.apply(y_.detach() if detached_factor else y_, None, info.epsilon)
+    return EpsilonOut.apply(y, factor, info, None if factor_from is None else factor_from)
 
 
 def routed_out(y: Tensor, info: RuleInfo, den: Tensor, *routes: Tensor, factor_from: Optional[Tensor] = None

@@ -10,6 +10,7 @@ the initial weights unless ``init_from_warmup`` is set.
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import sys
 import warnings
@@ -47,6 +48,12 @@ def collapse_message(epoch: int, ce: float, n_classes: int, l_bg_first: float, l
             f"Try a P schedule that starts low (method.isnet.P={{1: 0.0, 3: 0.7}}), a smaller P, the optimiser "
             f"of the reference (optim.optimizer=sgd, optim.scheduler=none), or method.isnet.init_from_warmup=true "
             f"with a longer warm-up.")
+
+
+def _same_optimizer(opt: torch.optim.Optimizer, params) -> torch.optim.Optimizer:
+    """A fresh optimiser of ``opt``'s class and settings over ``params`` (the warm-up trains like the run)."""
+    accepted = inspect.signature(type(opt)).parameters
+    return type(opt)(params, **{k: v for k, v in opt.defaults.items() if k in accepted})
 
 
 @register("isnet")
@@ -105,7 +112,7 @@ class ISNetMethod(Method):
         """Train a copy of the model with plain cross-entropy (the run's optimiser and clipping) and measure the
         band statistic; train mode: on the heatmaps of the last warm-up epoch, as the reference does."""
         model = copy.deepcopy(trainer.model)
-        opt = type(trainer.optimizer)(model.parameters(), **trainer.optimizer.defaults)
+        opt = _same_optimizer(trainer.optimizer, model.parameters())
         clip = [c for c in (trainer.cfg.optim.grad_clip_norm, self.params.grad_clip_norm) if c]
         epochs = int(self.params.warmup_epochs or trainer.cfg.optim.epochs)
         in_train = self.params.band_mode == "train"
