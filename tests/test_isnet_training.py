@@ -46,7 +46,7 @@ def test_isnet_moves_relevance_off_the_background_marker(marker_manifest, tmp_pa
     assert float(params["method.isnet.C1_tuned"]) < float(params["method.isnet.C2_tuned"])
 
 
-@pytest.mark.parametrize("variant", ["original", "stochastic", "selective"])
+@pytest.mark.parametrize("variant", ["original", "stochastic", "selective", "selective_top"])
 def test_each_variant_trains_and_logs_its_terms(variant, toy_manifest, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = load_config(None, [
@@ -57,8 +57,12 @@ def test_each_variant_trains_and_logs_its_terms(variant, toy_manifest, tmp_path,
     result = train(cfg, toy_manifest, progress=False)
     client = MlflowClient(store_uri())
     m = client.get_run(result.run_id).data.metrics
-    for key in ("train_ce", "train_L_bg", "train_L_fg", "train_L_hm", "val_bg_share"):
+    for key in ("train_ce", "train_L_bg", "train_L_fg", "train_L_hm", "val_bg_share", "train_logit_spread",
+                "train_F_over_C1", "train_F_over_C2", "train_grad_norm_ce", "train_grad_norm_L_bg",
+                "train_grad_norm_L_fg", "train_P"):
         assert key in m and m[key] == m[key], key
+    assert m["train_grad_norm_ce"] > 0 and m["train_grad_norm_L_bg"] > 0
+    assert m["train_F_over_C1"] == pytest.approx(m["train_F_over_C2"] * 10 / 0.01, rel=1e-6)
     assert 0.0 <= m["val_bg_share"] <= 1.0
     assert "heatmaps" in {a.path for a in client.list_artifacts(result.run_id)}
 
@@ -76,3 +80,33 @@ def test_isnet_can_start_from_the_warmup_weights(toy_manifest, tmp_path, monkeyp
     assert "training starts from the warm-up weights" in out
     params = MlflowClient(store_uri()).get_run(result.run_id).data.params
     assert params["method.isnet.init_from_warmup"] == "True"
+
+
+def test_collapse_detector_warns_once_with_the_cause(capsys):
+    """CE still above 0.9·ln K after a third of the epochs while L_bg falls: one warning naming cause and remedy."""
+    from types import SimpleNamespace
+
+    from isnet.methods.isnet import ISNetMethod
+
+    cfg = load_config(None, ["methods=[isnet]", "optim.epochs=9"])
+    tags = {}
+    trainer = SimpleNamespace(cfg=cfg, tracker=SimpleNamespace(set_tags=tags.update))
+    method = ISNetMethod(cfg)
+    ln3 = 1.0986
+    history = [(1, 1.09, 2.0), (2, 1.08, 1.5), (3, 1.07, 1.0), (4, 1.06, 0.5), (5, 1.05, 0.4)]
+    with pytest.warns(RuntimeWarning, match="possible collapse at epoch 3"):
+        for epoch, ce, l_bg in history:
+            method.on_epoch_end(epoch, {"train_ce": ce, "train_L_bg": l_bg}, trainer)
+    err = capsys.readouterr().err
+    assert err.count("possible collapse") == 1 and "P schedule" in err and f"{0.9 * ln3:.3f}" in err
+    assert tags == {"isnet.collapse_warning": "epoch 3"}
+    # a run that learns is not flagged; nor one whose background loss does not fall
+    for hist in ([(e, 0.5, 2.0 - e / 10) for e in range(1, 6)], [(e, 1.09, 1.0 + e) for e in range(1, 6)]):
+        quiet = ISNetMethod(cfg)
+        for epoch, ce, l_bg in hist:
+            quiet.on_epoch_end(epoch, {"train_ce": ce, "train_L_bg": l_bg}, trainer)
+        assert not quiet._warned
+    # the state survives a resume
+    restored = ISNetMethod(cfg)
+    restored.load_state_dict(method.state_dict())
+    assert restored._warned and restored._first_l_bg == 2.0
