@@ -4,7 +4,7 @@
 # 1. generates the confounded phantoms at 64 px in OUT/phantom (unless OUT/phantom/manifest.csv exists),
 # 2. trains standard, isnet (original), isnet (stochastic), isnet+sgdrop and rrr on the training sites,
 # 3. writes the external-site report of the five runs: OUT/report.html and OUT/report.json.
-# Prints the run ids (also in OUT/runs.tsv) and the report path.
+# Prints the run ids (also in OUT/runs.tsv: the runs of the last report) and the report path.
 #
 # Environment (defaults in brackets):
 #   SEED [0]  OUT [runs/generalisation/seed$SEED]  PER_CLASS [200]  WORKERS [2] (phantom rendering)
@@ -17,10 +17,10 @@
 # Smoke test (a few minutes on 2 CPU cores):
 #   PER_CLASS=2 EPOCHS=1 RESAMPLES=20 bash scripts/generalisation.sh 0 /tmp/generalisation-smoke
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 SEED="${1:-${SEED:-0}}"
-OUT="${2:-${OUT:-runs/generalisation/seed$SEED}}"
+OUT="${2:-${OUT:-$REPO/runs/generalisation/seed$SEED}}"   # a relative OUT is relative to the current folder
 PER_CLASS="${PER_CLASS:-200}"
 WORKERS="${WORKERS:-2}"
 DEVICE="${DEVICE:-auto}"
@@ -28,18 +28,6 @@ RESAMPLES="${RESAMPLES:-1000}"
 RUNS="${RUNS:-standard isnet isnet_stochastic isnet_sgdrop rrr}"
 REUSE="${REUSE:-0}"
 CONFIG=pipelines/generalisation.yaml
-
-if [ -n "${ISNET:-}" ]; then
-  read -r -a ISNET_CMD <<< "$ISNET"
-else
-  source scripts/ensure_venv.sh
-  ISNET_CMD=(isnet)
-fi
-mkdir -p "$OUT"
-OUT="$(cd "$OUT" && pwd)"   # absolute: runs record their manifest path, the report reopens it
-PHANTOM="$OUT/phantom"
-LOGS="$OUT/logs"
-mkdir -p "$LOGS"
 
 overrides_for() {  # the run's own overrides on top of the config
   case "$1" in
@@ -52,6 +40,19 @@ overrides_for() {  # the run's own overrides on top of the config
   esac
 }
 for name in $RUNS; do overrides_for "$name" > /dev/null; done   # fail on a typo before any work
+
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"   # absolute: runs record their manifest path, the report reopens it
+PHANTOM="$OUT/phantom"
+LOGS="$OUT/logs"
+mkdir -p "$LOGS"
+cd "$REPO"
+if [ -n "${ISNET:-}" ]; then
+  read -r -a ISNET_CMD <<< "$ISNET"
+else
+  source scripts/ensure_venv.sh
+  ISNET_CMD=(isnet)
+fi
 
 start=$SECONDS
 if [ ! -f "$PHANTOM/manifest.csv" ]; then
