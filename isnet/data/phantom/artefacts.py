@@ -3,9 +3,10 @@
 All of them live strictly outside the lung masks: every artefact is multiplied by a background indicator that
 is zero within ``CLEAR`` cm of a lung outline, so they stay outside the mask after resampling too. Lead
 letters, wires and tubes attenuate the beam (added to the line integral before exposure, so they get noise and
-blur like anatomy); text tags, borders and class markers are burned into the processed image. Artefact rates
-come from the site style and never from the class, except the optional class marker (``class_marker_rate``),
-the shortcut feature used by bias tests.
+blur like anatomy); text tags, borders and markers are burned into the processed image. Artefact rates
+come from the site style and never from the class, except the optional marker: the class marker
+(``class_marker_rate``, the shortcut feature used by bias tests) or, in the confounded scenario, a site
+marker whose rate the scenario sets per site and class (``scenarios.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from .geometry import Grid, add_ellipsoid, add_segment_tube
 from .sites import SiteStyle
 
 CLEAR = 1.0  # cm kept free around the lung outline
-MARKERS = {"covid": "circle", "tb": "triangle"}
+MARKERS = {"covid": "circle", "tb": "triangle"}  # class markers of ``class_marker_rate``
+SHAPES = ("circle", "triangle", "square")          # every marker shape
 
 
 @lru_cache(maxsize=64)
@@ -42,6 +44,8 @@ def _shape(kind: str, px: int) -> np.ndarray:
     d = ImageDraw.Draw(im)
     if kind == "circle":
         d.ellipse((1, 1, px - 2, px - 2), outline=255, width=max(px // 6, 1))
+    elif kind == "square":
+        d.rectangle((1, 1, px - 2, px - 2), outline=255, width=max(px // 5, 1))
     else:
         d.polygon([(px / 2, 1), (px - 2, px - 2), (1, px - 2)], fill=255)
     return np.asarray(im, np.float32) / 255.0
@@ -113,9 +117,11 @@ def attenuating(rng: np.random.Generator, style: SiteStyle, a: Anatomy, g: Grid,
     return art * bg, meta
 
 
-def burn_in(rng: np.random.Generator, style: SiteStyle, img: np.ndarray, fields: dict, label: str,
-            class_marker_rate: float) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Burn text tags, a border frame and (optionally) the class marker into the processed image."""
+def burn_in(rng: np.random.Generator, style: SiteStyle, img: np.ndarray, fields: dict, marker: str,
+            marker_rate: float, any_corner: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Burn text tags, a border frame and, with probability ``marker_rate``, the marker shape ``marker``
+    (one of ``SHAPES``, or "" for none) into the processed image. The marker goes to a random corner; with
+    ``any_corner`` it tries the other corners in turn when that one has no room outside the lungs."""
     n = img.shape[0]
     bg = background_map(fields)
     over = np.zeros((n, n), np.float32)
@@ -127,9 +133,12 @@ def burn_in(rng: np.random.Generator, style: SiteStyle, img: np.ndarray, fields:
             meta["tag"] = text
     marker_draw = rng.random()
     corner_m = int(rng.integers(4))
-    if label in MARKERS and marker_draw < class_marker_rate:
-        if _place(over, _shape(MARKERS[label], max(int(n * 0.05), 5)), bg, rng, corner_m, max(n // 20, 1)):
-            meta["marker"] = MARKERS[label]
+    if marker and marker_draw < marker_rate:
+        stamp = _shape(marker, max(int(n * 0.05), 5))
+        for k in range(4 if any_corner else 1):
+            if _place(over, stamp, bg, rng, (corner_m + k) % 4, max(n // 20, 1)):
+                meta["marker"] = marker
+                break
     out = np.maximum(img, over * bg)
     border_map = np.zeros((n, n), np.float32)
     if rng.random() < style.border_rate:

@@ -1,7 +1,8 @@
 """Write a phantom data set: images (PNG/DICOM per site style), lung masks and ``manifest.csv``.
 
 Every case is seeded from ``SeedSequence([seed, site, class, index])``, so the output is byte-identical for
-a seed whatever the number of workers, and any single case can be re-rendered alone.
+a seed whatever the number of workers, and any single case can be re-rendered alone. The scenario
+(``scenarios.py``) decides the sites, their class mix, markers and splits.
 """
 
 from __future__ import annotations
@@ -16,11 +17,17 @@ import numpy as np
 from PIL import Image
 
 from ..dicom import write_dicom
+from .artefacts import SHAPES
 from .lesions import LABELS
 from .render import DEFAULT_LESION_CONTRAST, PhantomCase, render_case
+from .scenarios import CONFOUNDED, RANDOM, SCENARIOS, class_counts
 from .sites import SiteStyle, site_styles
 
 MANIFEST_COLUMNS = ("image", "mask", "label", "site", "patient_id", "split", "view", "sex", "age")
+#: the confounded scenario adds ``marker``: the marker shape drawn on the image ("" for none)
+CONFOUNDED_COLUMNS = MANIFEST_COLUMNS + ("marker",)
+#: the confounded scenario also writes these two subsets of manifest.csv beside it
+INTERNAL_MANIFEST, EXTERNAL_MANIFEST = "manifest_internal.csv", "manifest_external.csv"
 FAKE_NAMES = ("DOE^JANE", "ROE^RICHARD", "SMITH^ALEX", "MUSTERMANN^ERIKA", "ROSSI^MARIO", "DUPONT^CLAIRE")
 
 
@@ -35,6 +42,7 @@ class PhantomSpec:
     lesion_contrast: float = DEFAULT_LESION_CONTRAST
     class_marker_rate: float = 0.0
     workers: int = 1
+    scenario: str = "default"
 
     def validate(self) -> None:
         def is_int(v) -> bool:
@@ -58,6 +66,14 @@ class PhantomSpec:
             raise ValueError(f"class_marker_rate must be in [0, 1], got {self.class_marker_rate!r}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.scenario not in SCENARIOS:
+            raise ValueError(f"scenario must be one of {SCENARIOS}, got {self.scenario!r}")
+        if self.scenario == "confounded":
+            if self.sites != 3:
+                raise ValueError(f"the confounded scenario has its own sites (3 training, 3 external); "
+                                 f"leave sites at 3, got {self.sites}")
+            if self.class_marker_rate:
+                raise ValueError("the confounded scenario sets its own markers; leave class_marker_rate at 0")
 
 
 def patient_id(seed: int, site: int, label: int, index: int) -> str:
@@ -101,30 +117,76 @@ def write_case(case: PhantomCase, style: SiteStyle, out_dir: Path, pid: str, siz
 
 
 def _job(args: tuple) -> dict:
-    spec, style, si, li, i, out_dir = args
+    spec, style, si, li, i, out_dir, split, marker = args
     ss = np.random.SeedSequence([spec.seed, si, li, i])
-    case = render_case(ss, label=LABELS[li], site=style, size=spec.size, lesion_contrast=spec.lesion_contrast,
-                       class_marker_rate=spec.class_marker_rate)
+    if marker is None:  # the default scenario: the class marker
+        kw = dict(class_marker_rate=spec.class_marker_rate)
+    else:
+        shape, rate = marker
+        kw = dict(marker=shape, marker_rate=rate) if shape else {}
+    case = render_case(ss, label=LABELS[li], site=style, size=spec.size, lesion_contrast=spec.lesion_contrast, **kw)
     pid = patient_id(spec.seed, si, li, i)
     img_rel, mask_rel = write_case(case, style, Path(out_dir), pid, spec.size)
-    return dict(image=img_rel, mask=mask_rel, label=LABELS[li], site=style.name, patient_id=pid, split="",
-                view="PA", sex=case.meta["sex"], age=case.meta["age"])
+    return dict(image=img_rel, mask=mask_rel, label=LABELS[li], site=style.name, patient_id=pid, split=split,
+                view="PA", sex=case.meta["sex"], age=case.meta["age"], marker=case.meta["marker"])
+
+
+def _default_jobs(spec: PhantomSpec, out: str) -> list[tuple]:
+    return [(spec, st, si, li, i, out, "", None) for si, st in enumerate(site_styles(spec.sites, spec.seed))
+            for li in range(len(LABELS)) for i in range(spec.per_class)]
+
+
+def _confounded_jobs(spec: PhantomSpec, out: str) -> list[tuple]:
+    """Every site of ``CONFOUNDED`` with ``len(LABELS) * per_class`` images in its class mix; training sites
+    split train/val/test (patient-grouped, stratified by class and site, seeded), external sites test."""
+    import pandas as pd
+
+    from isnet.data.splits import SPLITS, assign_splits
+
+    cells = []
+    for si, plan in enumerate(CONFOUNDED):
+        for li, n in enumerate(class_counts(plan.mix, len(LABELS) * spec.per_class)):
+            shape, rate = plan.markers[li]
+            for i in range(n):
+                # RANDOM: the shapes in turn, the same way for every class, so shape and class are independent
+                cell_shape = SHAPES[i % len(SHAPES)] if shape == RANDOM else shape
+                cells.append((si, li, i, patient_id(spec.seed, si, li, i), plan, (cell_shape, rate)))
+    train = pd.DataFrame([{"label": LABELS[li], "site": plan.name, "patient_id": pid, "split": ""}
+                          for si, li, i, pid, plan, _ in cells if not plan.external])
+    split_of = dict(zip(train["patient_id"], assign_splits(train, seed=spec.seed)["split"]))
+    for split in SPLITS:
+        have = {lab for pid, lab in zip(train["patient_id"], train["label"]) if split_of[pid] == split}
+        if have != set(LABELS):
+            raise ValueError(f"per_class {spec.per_class} is too small for the confounded scenario: the {split} split "
+                             f"of the training sites lacks class(es) {sorted(set(LABELS) - have)}; use per_class >= 2")
+    return [(spec, plan.style, si, li, i, out, "test" if plan.external else split_of[pid], marker)
+            for si, li, i, pid, plan, marker in cells]
+
+
+def _write_manifest(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
 
 
 def generate_dataset(out_dir: str | Path, *, sites: int = 3, per_class: int = 200, seed: int = 0, size: int = 256,
                      lesion_contrast: float = DEFAULT_LESION_CONTRAST, class_marker_rate: float = 0.0,
-                     workers: int = 1, progress: bool = False) -> Path:
-    """Render sites x 3 classes x per_class cases into ``out_dir``; returns ``out_dir/manifest.csv``."""
+                     workers: int = 1, progress: bool = False, scenario: str = "default") -> Path:
+    """Render a phantom data set into ``out_dir``; returns ``out_dir/manifest.csv``.
+
+    ``default``: sites x 3 classes x per_class cases, empty splits. ``confounded``: 3 training and 3 external
+    sites of 3 x per_class cases each in the scenario's class mix, splits filled in, a ``marker`` column,
+    and the subsets ``manifest_internal.csv`` (training sites) and ``manifest_external.csv`` beside it.
+    """
     spec = PhantomSpec(sites=sites, per_class=per_class, seed=seed, size=size, lesion_contrast=lesion_contrast,
-                       class_marker_rate=class_marker_rate, workers=workers)
+                       class_marker_rate=class_marker_rate, workers=workers, scenario=scenario)
     spec.validate()
     out = Path(out_dir)
-    styles = site_styles(sites, seed)
-    for st in styles:
+    jobs = _confounded_jobs(spec, str(out)) if scenario == "confounded" else _default_jobs(spec, str(out))
+    for st in dict.fromkeys(j[1] for j in jobs):
         (out / st.name / "images").mkdir(parents=True, exist_ok=True)
         (out / st.name / "masks").mkdir(parents=True, exist_ok=True)
-    jobs = [(spec, st, si, li, i, str(out)) for si, st in enumerate(styles) for li in range(len(LABELS))
-            for i in range(per_class)]
     bar = None
     if progress:
         try:
@@ -147,8 +209,11 @@ def generate_dataset(out_dir: str | Path, *, sites: int = 3, per_class: int = 20
     if bar is not None:
         bar.close()
     manifest = out / "manifest.csv"
-    with open(manifest, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
+    if scenario == "confounded":
+        external = {p.name for p in CONFOUNDED if p.external}
+        _write_manifest(manifest, rows, CONFOUNDED_COLUMNS)
+        _write_manifest(out / INTERNAL_MANIFEST, [r for r in rows if r["site"] not in external], CONFOUNDED_COLUMNS)
+        _write_manifest(out / EXTERNAL_MANIFEST, [r for r in rows if r["site"] in external], CONFOUNDED_COLUMNS)
+    else:
+        _write_manifest(manifest, rows, MANIFEST_COLUMNS)
     return manifest

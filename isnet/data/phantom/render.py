@@ -9,7 +9,7 @@ from PIL import Image
 from scipy import ndimage
 
 from .anatomy import MU_LUNG, MU_SOFT, line_integral, sample_anatomy
-from .artefacts import CLEAR, attenuating, burn_in
+from .artefacts import CLEAR, MARKERS, SHAPES, attenuating, burn_in
 from .detector import LUNG_REF, expose
 from .geometry import Grid
 from .lesions import LABELS, lesion_map
@@ -50,11 +50,18 @@ def _clean_mask(m: np.ndarray) -> np.ndarray:
 
 
 def render_case(seed: int | np.random.SeedSequence, *, label: str, site: SiteStyle | int = 0, size: int = 256,
-                lesion_contrast: float = DEFAULT_LESION_CONTRAST, class_marker_rate: float = 0.0) -> PhantomCase:
+                lesion_contrast: float = DEFAULT_LESION_CONTRAST, class_marker_rate: float = 0.0,
+                marker: str | None = None, marker_rate: float = 0.0) -> PhantomCase:
     """Render one image, its lung mask and metadata, fully determined by ``seed``.
 
     Separate child generators drive anatomy, lesions, artefacts and noise, so changing one knob (for example
-    ``lesion_contrast`` or ``class_marker_rate``) leaves the rest of the case unchanged.
+    ``lesion_contrast``, ``class_marker_rate`` or ``marker``) leaves the rest of the case unchanged.
+
+    The background marker is the class marker by default (a ring on covid, a triangle on tb, with
+    probability ``class_marker_rate``). ``marker`` (one of ``SHAPES``) replaces it by that shape with
+    probability ``marker_rate`` whatever the label: the confounded scenario's site markers (which try every
+    corner before giving up). ``meta["marker"]`` is the shape actually drawn ("" if none, or if it found no
+    room outside the lungs).
     """
     if label not in LABELS:
         raise ValueError(f"label must be one of {LABELS}, got {label!r}")
@@ -64,6 +71,16 @@ def render_case(seed: int | np.random.SeedSequence, *, label: str, site: SiteSty
         raise ValueError(f"lesion_contrast must be >= 0, got {lesion_contrast}")
     if not 0.0 <= class_marker_rate <= 1.0:
         raise ValueError(f"class_marker_rate must be in [0, 1], got {class_marker_rate}")
+    if marker is not None:
+        if marker not in SHAPES:
+            raise ValueError(f"marker must be one of {SHAPES}, got {marker!r}")
+        if not 0.0 <= marker_rate <= 1.0:
+            raise ValueError(f"marker_rate must be in [0, 1], got {marker_rate}")
+        if class_marker_rate > 0:
+            raise ValueError("give either marker (a shape for any label) or class_marker_rate, not both")
+        shape, rate, any_corner = marker, marker_rate, True
+    else:
+        shape, rate, any_corner = MARKERS.get(label, ""), class_marker_rate, False
     style = SITE_TABLE[site] if isinstance(site, int) else site
     ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(int(seed))
     r_anat, r_pose, r_les, r_art, r_noise, r_burn, r_tex = (np.random.default_rng(c) for c in ss.spawn(7))
@@ -101,7 +118,7 @@ def render_case(seed: int | np.random.SeedSequence, *, label: str, site: SiteSty
     art, meta_a = attenuating(r_art, style, a, g, fields, box)
     P += art
     img = expose(P, fld, style, r_noise, shift=shift)
-    img, over, meta_b = burn_in(r_burn, style, img, fields, label, class_marker_rate)
+    img, over, meta_b = burn_in(r_burn, style, img, fields, shape, rate, any_corner)
 
     image = np.clip(_resize(img, size), 0.0, 1.0)
     mask = _clean_mask(_resize(margin, size) > 0)
