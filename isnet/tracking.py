@@ -42,6 +42,8 @@ import mlflow  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from isnet.config.load import flatten
+from isnet.tracking_names import (MAX_EXPERIMENT_NAME_LENGTH, MAX_PARAM_LENGTH, MAX_RUN_NAME_LENGTH, clean_name,
+                                  clean_value, safe_key, site_keys)
 
 DEFAULT_URI = "sqlite:///mlflow/mlflow.db"
 BUFFER_NAME = "tracking_buffer.jsonl"
@@ -220,7 +222,7 @@ class Tracker:
         self.uri = resolve_tracking_uri(tracking_uri)
         # a relative SQLite path is fixed now: records sent (or synced) later go to the same file
         self.store_uri = _absolute_sqlite(self.uri)
-        self.experiment = experiment
+        self.experiment = clean_name(experiment, MAX_EXPERIMENT_NAME_LENGTH)
         self.run_id: str | None = None
         self.buffer_path: Path | None = None
         self._client: MlflowClient | None = None
@@ -233,6 +235,8 @@ class Tracker:
         if not self.enabled:
             return None
         _prepare_local_store(self.uri)
+        if run_name is not None:
+            run_name = clean_name(run_name, MAX_RUN_NAME_LENGTH) or None
         # the fluent run and the client calls must use one store: the absolute path (a relative SQLite URI
         # would be resolved against whatever the working directory is when a connection opens)
         mlflow.set_tracking_uri(self.store_uri)
@@ -376,19 +380,35 @@ class Tracker:
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         if not self.enabled:
             return
-        clean = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+        clean = {self._key(k): float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
         if clean:
             self._record({"op": "metrics", "metrics": clean, "step": step})
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         if self.enabled:
-            items = [(k, _param(v)) for k, v in params.items()]
+            items = [(self._key(k), clean_value(v, MAX_PARAM_LENGTH)) for k, v in params.items()]
             for i in range(0, len(items), 100):  # MLflow's batch limit
                 self._record({"op": "params", "params": dict(items[i:i + 100])})
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if self.enabled:
-            self._record({"op": "tags", "tags": {k: str(v) for k, v in tags.items()}})
+            self._record({"op": "tags", "tags": {self._key(k): clean_value(v) for k, v in tags.items()}})
+
+    def _key(self, key: str) -> str:
+        """Names are built escaped (:mod:`isnet.tracking_names`); one that is not never reaches MLflow as is."""
+        safe = safe_key(key)
+        if safe != key:
+            print(f"warning: MLflow name {key!r} recorded as {safe!r}", file=sys.stderr, flush=True)
+        return safe
+
+    def log_site_keys(self, sites) -> dict[str, str]:
+        """The metric-name key of every site (:func:`isnet.tracking_names.site_keys`), recorded with the real
+        names: a tag ``site.<key>`` per site and ``data/site_keys.json``. Returns {site: key}."""
+        keys = site_keys(sites)
+        if self.enabled and keys:
+            self.set_tags({f"site.{k}": name for name, k in keys.items()})
+            self.log_dict({"site_keys": keys}, "data/site_keys.json")
+        return keys
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.enabled:
@@ -405,7 +425,7 @@ class Tracker:
                 if p.suffix in (".yaml", ".yml"):
                     p.write_text(yaml.safe_dump(dict(data), sort_keys=False))
                 else:
-                    p.write_text(json.dumps(data, indent=2))
+                    p.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
                 self.log_artifact(p, str(Path(artifact_file).parent) if Path(artifact_file).parent.name else None)
 
     def log_figure(self, figure, artifact_file: str) -> None:
@@ -431,11 +451,6 @@ class Tracker:
 
         reqs = [f"{k}=={v}" for k, v in package_versions().items() if k in ("torch", "torchvision") and v != "not installed"]
         mlflow.pytorch.log_model(model, name=name, pip_requirements=reqs, input_example=input_example)
-
-
-def _param(v: Any) -> str:
-    s = str(v)
-    return s if len(s) <= 500 else s[:497] + "..."
 
 
 def run_artifact_dir(run_id: str, tracking_uri: str | None = None) -> str:

@@ -114,10 +114,16 @@ def summarize(df: pd.DataFrame) -> str:
                         margins=True, margins_name="total")
         t.index.name, t.columns.name = index, None
         return t.to_string()
+    from isnet.tracking_names import site_keys
+
     masks = int((df["mask"] != "").sum())
     patients = df.loc[df["patient_id"] != "", "patient_id"].nunique()
+    escaped = {s: k for s, k in site_keys(df["site"]).items() if s != k}
+    note = ("\nsite names that MLflow metric names cannot hold are recorded under a key (the run keeps the "
+            "mapping in data/site_keys.json): " + ", ".join(f"{s!r} → {k}" for s, k in escaped.items())
+            if escaped else "")
     return (f"{len(df)} images, {patients} patient ids, {masks} with a lung mask ({len(df) - masks} without)\n"
-            f"per site and class:\n{table('site')}\nper split and class:\n{table('split')}")
+            f"per site and class:\n{table('site')}\nper split and class:\n{table('split')}{note}")
 
 
 def _check_patient_leakage(df: pd.DataFrame, report: ValidationReport) -> None:

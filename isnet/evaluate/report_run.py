@@ -302,12 +302,13 @@ def run_report(run_ids: Sequence[str], manifest: str | Path, out: str | Path, *,
         tracker.log_params({"runs": ",".join(run_ids), "manifest": str(manifest), "sites": ",".join(sites),
                             "n_resamples": n_resamples, "seed": seed, "n_bins": n_bins})
         tracker.set_tags({"manifest_sha256": report["manifest_sha256"]})
+        keys = {**tracker.log_site_keys(sites), OVERALL: OVERALL}  # site names are data: escaped, mapping logged
         flat = {}
         for m in methods:
             for g in report["groups"]:
                 vals = report["metrics"][m.name][g]["values"]
                 for k in ("macro_auc", "balanced_accuracy", "macro_f1", "ece", "bg_share_mean"):
-                    flat[f"{m.run_id[:8]}.{g}.{k}"] = vals[k]
+                    flat[f"{m.run_id[:8]}.{keys[g]}.{k}"] = vals[k]
             for k, v in report["gap"][m.name]["gap"].items():
                 flat[f"{m.run_id[:8]}.gap.{k}"] = v["difference"]
         tracker.log_metrics(flat)

@@ -101,6 +101,7 @@ def _train(cfg, manifest_path, device, ctx, *, resume, state, progress, extra_tr
         elif main:
             tracker.log_run_context(config_to_dict(cfg), manifest.sha256, str(manifest_path))
             _log_splits(tracker, manifest.frame)
+            tracker.log_site_keys(manifest.frame["site"])  # per-site metric names ↔ real site names
             counts = manifest.counts()
             print(f"run {run_id} started; checkpoints in {ckpt_dir}\n"
                   f"images per split and class:\n{counts.to_string()}", flush=True)
