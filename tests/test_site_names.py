@@ -81,3 +81,20 @@ def test_site_keys_are_distinct_and_valid():
         assert len(set(ks.values())) == n
         for k in ks.values():
             assert is_valid_key(f"test_accuracy_{k}") and is_valid_key(f"site.{k}"), k
+
+
+def test_run_and_experiment_names_are_checked_or_kept_as_text(toy_manifest: Path, tmp_path: Path):
+    bad = run_isnet(["train", "--manifest", str(toy_manifest), "--run-name", "a\x01b"] + FAST_TRAIN, tmp_path)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+    assert "tracking.run_name" in bad.stderr and "control character" in bad.stderr
+    long = run_isnet(["train", "--manifest", str(toy_manifest), "--experiment", "e" * 300] + FAST_TRAIN, tmp_path)
+    assert long.returncode == 2 and "tracking.experiment" in long.stderr and "at most 256" in long.stderr
+    assert not (tmp_path / "mlflow").exists()
+    # text that YAML would read as a comment, a number or a list is still the name the user typed
+    r = run_isnet(["train", "--manifest", str(toy_manifest), "--epochs", "1", "--run-name", "#1 (Nord), <b>",
+                   "--experiment", "[exp] 2024"] + FAST_TRAIN, tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow/mlflow.db")
+    exp = client.get_experiment_by_name("[exp] 2024")
+    [run] = client.search_runs([exp.experiment_id])
+    assert run.info.run_name == "#1 (Nord), <b>"

@@ -51,6 +51,7 @@ def _launch_torchrun(nproc: int) -> int:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    import json
     import os
 
     if args.nproc is not None:
@@ -67,8 +68,8 @@ def _run_train(args: argparse.Namespace) -> int:
     for key in ("optim.epochs", "data.batch_size", "data.image_size", "model.backbone", "optim.lr", "train.seed",
                 "train.device", "tracking.experiment", "tracking.run_name"):
         value = getattr(args, key)
-        if value is not None:
-            overrides.append(f"{key}={value}")
+        if value is not None:  # text flags stay text (a YAML reading would turn '#1' into null, '[a]' into a list)
+            overrides.append(f"{key}={json.dumps(value) if isinstance(value, str) else value}")
     cfg = load_config(args.config, overrides)
     from isnet.tracking import DEFAULT_URI, resolve_tracking_uri
 

@@ -6,7 +6,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from isnet.config.schema import AugmentConfig
+from isnet.config.schema import AugmentConfig, _as_text, check_experiment_name, check_run_name
 from isnet.errors import ConfigError
 
 
@@ -56,6 +56,10 @@ class SegmenterConfig(_Strict):
     experiment: str = "isnet-segmenter"
     run_name: Optional[str] = None
     tracking_uri: Optional[str] = None
+
+    _text = field_validator("experiment", "run_name", mode="before")(_as_text)
+    _run_name = field_validator("run_name")(check_run_name)
+    _experiment = field_validator("experiment")(check_experiment_name)
 
     @model_validator(mode="after")
     def _fractions(self) -> "SegmenterConfig":
