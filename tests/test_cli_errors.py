@@ -54,3 +54,20 @@ def test_manifest_validate_command(toy_manifest: Path):
     m = write_manifest(toy_manifest.parent / "bad.csv", rows)
     bad = run_isnet(["manifest", "validate", str(m)], toy_manifest.parent)
     assert bad.returncode == 1 and "row 2: unknown label 'flu'" in bad.stderr
+
+
+def test_constant_image_is_a_problem_like_an_empty_mask(toy_manifest: Path, tmp_path: Path):
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.full((40, 40), 128, np.uint8)).save(toy_manifest.parent / "grey.png")
+    rows = pd.read_csv(toy_manifest, dtype=str, keep_default_na=False).to_dict("records")
+    rows[4]["image"] = "grey.png"  # row 6
+    m = write_manifest(toy_manifest.parent / "flat.csv", rows)
+    v = run_isnet(["manifest", "validate", str(m)], tmp_path)
+    assert v.returncode == 1, v.stdout + v.stderr
+    assert "flat.csv: row 6: image 'grey.png' is constant (every pixel is 128)" in v.stderr
+    proc = run_isnet(["train", "--manifest", str(m)] + FAST_TRAIN, tmp_path)
+    _assert_user_error(proc, "flat.csv: row 6: image 'grey.png' is constant")
+    assert "divide" not in proc.stderr.replace("would divide by zero", "")  # MONAI's warning never shows
+    assert not (tmp_path / "mlflow").exists()

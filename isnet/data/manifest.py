@@ -160,7 +160,11 @@ def _check_files(df: pd.DataFrame, report: ValidationReport, require_masks: bool
             report.add(row.row, f"image file not found: {row.image!r} (looked at {img})")
         else:
             try:
-                shape = io.check_image(img)
+                pixels = io.decode_image(img)
+                shape = pixels.shape
+                blank = _blank_image(pixels)
+                if blank:
+                    report.add(row.row, f"image {row.image!r} {blank}")
             except io.NotAnImageError as exc:
                 report.add(row.row, f"image {row.image!r} is {_short(exc)}")
             except DicomError as exc:
@@ -193,6 +197,22 @@ def _check_files(df: pd.DataFrame, report: ValidationReport, require_masks: bool
             report.add(row.row, f"mask {row.mask!r} is empty (no lung pixels)")
         elif mask.all():
             report.add(row.row, f"mask {row.mask!r} covers the whole image (all ones)")
+
+
+def _blank_image(pixels) -> str | None:
+    """Why an image that decodes holds no picture (None when it does): every pixel the same value (the
+    percentile scaling would divide by zero and the network would see zeros) or non-finite values."""
+    import numpy as np
+
+    if pixels.size == 0:
+        return "has no pixels"
+    finite = np.isfinite(pixels)
+    if not finite.all():
+        return f"has {int((~finite).sum())} non-finite pixel value(s) (NaN or infinity)"
+    lo, hi = float(pixels.min()), float(pixels.max())
+    if lo == hi:
+        return f"is constant (every pixel is {lo:g}): it holds no picture, and intensity scaling would divide by zero"
+    return None
 
 
 def _short(exc: Exception, limit: int = 200) -> str:
