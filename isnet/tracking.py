@@ -228,6 +228,7 @@ class Tracker:
         self._client: MlflowClient | None = None
         self._buffered = False  # records wait in the buffer: later ones queue behind them (order kept)
         self._retry_at = 0.0
+        self._logged: set[tuple[str, int]] | None = None  # (metric, step) already in the run, once resumed
 
     # -- run life cycle -------------------------------------------------------------------------------
     def start(self, run_id: str | None = None, run_name: str | None = None,
@@ -260,6 +261,21 @@ class Tracker:
         self._client = client
         self.run_id = run.info.run_id
         return self.run_id
+
+    def load_logged(self) -> dict[str, str]:
+        """For a resumed run: remember every (metric, step) the run already holds, so that what a resumed
+        run computes again (an epoch re-run after a crash or a checkpoint fallback, the test evaluation) is
+        not sent a second time: MLflow holds each (metric, step) once. Returns the run's tags."""
+        if not self.enabled or self.run_id is None:
+            return {}
+        client = self._client or MlflowClient(self.store_uri)
+        run = with_lock_retry(lambda: client.get_run(self.run_id))
+        logged: set[tuple[str, int]] = set()
+        for key in run.data.metrics:
+            history = with_lock_retry(lambda: client.get_metric_history(self.run_id, key))
+            logged.update((key, int(m.step)) for m in history)
+        self._logged = logged
+        return dict(run.data.tags)
 
     def _experiment_id(self, client: MlflowClient) -> str:
         exp = client.get_experiment_by_name(self.experiment)
@@ -381,6 +397,10 @@ class Tracker:
         if not self.enabled:
             return
         clean = {self._key(k): float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+        if self._logged is not None:  # a resumed run: what the run holds already is not sent again
+            s = int(step or 0)
+            clean = {k: v for k, v in clean.items() if (k, s) not in self._logged}
+            self._logged.update((k, s) for k in clean)
         if clean:
             self._record({"op": "metrics", "metrics": clean, "step": step})
 
@@ -437,20 +457,21 @@ class Tracker:
                 figure.savefig(p)
                 self.log_artifact(p, str(Path(artifact_file).parent) if Path(artifact_file).parent.name else None)
 
-    def log_model(self, model, input_example, name: str = "model") -> None:
+    def log_model(self, model, input_example, name: str = "model") -> bool:
         """Log with an input example (MLflow needs one to export the graph) and explicit requirements, so
         MLflow does not spend minutes inferring them. Skipped while the server is unreachable (the best
-        checkpoint is logged as an artifact)."""
+        checkpoint is logged as an artifact). True when the model was logged."""
         if not self.enabled:
-            return
+            return False
         if self._buffered and not self.flush():
             print("warning: MLflow server unreachable; the model export is skipped (checkpoints/best.pt is "
                   "buffered as an artifact)", file=sys.stderr, flush=True)
-            return
+            return False
         import mlflow.pytorch
 
         reqs = [f"{k}=={v}" for k, v in package_versions().items() if k in ("torch", "torchvision") and v != "not installed"]
         mlflow.pytorch.log_model(model, name=name, pip_requirements=reqs, input_example=input_example)
+        return True
 
 
 def run_artifact_dir(run_id: str, tracking_uri: str | None = None) -> str:

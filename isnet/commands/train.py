@@ -77,6 +77,10 @@ def _run_train(args: argparse.Namespace) -> int:
     result = train(cfg, args.manifest, resume=args.resume, progress=False if args.no_progress else None)
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports
         return 0
+    if result.already_finished:
+        print(f"run {result.run_id} had already finished ({result.epochs_run} epochs, best epoch {result.best_epoch}); "
+              f"nothing to do, nothing written")
+        return 0
     t = result.test_metrics
     print(f"finished run {result.run_id}: {result.epochs_run} epochs, best epoch {result.best_epoch} "
           f"(val loss {result.best_val_loss:.4f})")

@@ -47,6 +47,7 @@ class FitResult:
     checkpoint_dir: Path
     test_metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
+    already_finished: bool = False  # ``--resume`` of a run that had finished: nothing was run or written
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
