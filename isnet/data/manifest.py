@@ -96,8 +96,11 @@ def validate_manifest(df: pd.DataFrame, manifest: str | Path, classes: Iterable[
     _check_patient_leakage(df, report)
     _check_split_classes(df, report, classes)
     dup = df[df["image_path"].duplicated(keep=False)]
-    for path, group in dup.groupby("image_path"):
-        report.add(None, f"image {Path(path).name!r} is listed in several rows {list(group['row'])}")
+    for path, group in dup.groupby("image_path", sort=False):
+        cells = list(dict.fromkeys(group["image"]))
+        shown = ", ".join(repr(c) for c in cells)
+        same = "" if cells == [path] else f" ({path})"
+        report.add(None, f"image {shown}{same} is listed in several rows {list(group['row'])}")
     if check_files:
         _check_files(df, report, require_masks)
     elif require_masks:

@@ -7,7 +7,6 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from isnet.config.schema import AugmentConfig, _as_text, check_experiment_name, check_run_name
-from isnet.errors import ConfigError
 
 
 class _Strict(BaseModel):
@@ -73,11 +72,11 @@ class SegmenterConfig(_Strict):
 
 def load_segmenter_config(overrides: list[str] = (), base: dict | None = None) -> SegmenterConfig:
     """Defaults (or ``base``) with ``key=value`` overrides; every bad key or value named at once."""
-    from isnet.config.load import apply_overrides
+    from isnet.config.load import apply_overrides, describe_errors
 
+    overrides = list(overrides)
     raw = apply_overrides(dict(base or {}), overrides)
     try:
         return SegmenterConfig.model_validate(raw)
     except ValidationError as exc:
-        parts = [f"{'.'.join(str(x) for x in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError("segmenter config: " + "; ".join(parts)) from None
+        raise describe_errors(exc, "segmenter config", "(defaults)", overrides) from None
