@@ -30,19 +30,24 @@ def _free_port() -> int:
 
 
 class Server:
-    """``mlflow server`` with a SQLite backend in ``root`` on 127.0.0.1:``port`` (its own process group)."""
+    """``mlflow server`` on 127.0.0.1:``port`` (its own process group) with its store in ``root``: SQLite and
+    artifacts written by the clients by default; ``backend`` (e.g. a PostgreSQL URI) and ``serve_artifacts``
+    (artifacts sent through the server) for a team's setup."""
 
-    def __init__(self, root: Path, port: int):
+    def __init__(self, root: Path, port: int, backend: str = "sqlite:///mlflow/server.db",
+                 serve_artifacts: bool = False):
         self.root, self.port, self.proc = root, port, None
+        self.backend, self.serve_artifacts = backend, serve_artifacts
         self.uri = f"http://127.0.0.1:{port}"
 
     def start(self, timeout: float = 120) -> "Server":
         (self.root / "mlflow").mkdir(parents=True, exist_ok=True)
         log = open(self.root / "server.log", "a")
+        artifacts = (["--serve-artifacts", "--artifacts-destination", "./mlflow/server-artifacts"]
+                     if self.serve_artifacts else ["--default-artifact-root", "./mlflow/server-artifacts"])
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", "sqlite:///mlflow/server.db",
-             "--default-artifact-root", "./mlflow/server-artifacts", "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", "1"],
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.backend, *artifacts,
+             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
             cwd=self.root, stdout=log, stderr=log, start_new_session=True,
             env={**os.environ, "OMP_NUM_THREADS": "1"})
         deadline = time.monotonic() + timeout
