@@ -262,6 +262,18 @@ class Tracker:
         self.run_id = run.info.run_id
         return self.run_id
 
+    @classmethod
+    def attach(cls, run_id: str, experiment: str, tracking_uri: str | None = None,
+               buffer_path: str | Path | None = None) -> "Tracker":
+        """A Tracker writing to an existing run without starting it (the fluent run is left alone), with
+        the same outage buffering; records that run left in ``buffer_path`` are sent first."""
+        t = cls(experiment, tracking_uri)
+        t.run_id = run_id
+        t.buffer_path = Path(buffer_path) if buffer_path else None
+        t._client = MlflowClient(t.store_uri)
+        t._buffered = t._buffer().is_file()  # queue behind what is still waiting, or send it first
+        return t
+
     def load_logged(self) -> dict[str, str]:
         """For a resumed run: remember every (metric, step) the run already holds, so that what a resumed
         run computes again (an epoch re-run after a crash or a checkpoint fallback, the test evaluation) is
@@ -269,11 +281,19 @@ class Tracker:
         if not self.enabled or self.run_id is None:
             return {}
         client = self._client or MlflowClient(self.store_uri)
-        run = with_lock_retry(lambda: client.get_run(self.run_id))
         logged: set[tuple[str, int]] = set()
-        for key in run.data.metrics:
-            history = with_lock_retry(lambda: client.get_metric_history(self.run_id, key))
-            logged.update((key, int(m.step)) for m in history)
+        try:
+            run = with_lock_retry(lambda: client.get_run(self.run_id))
+            for key in run.data.metrics:
+                history = with_lock_retry(lambda: client.get_metric_history(self.run_id, key))
+                logged.update((key, int(m.step)) for m in history)
+        except Exception as exc:
+            if not is_unreachable(exc):
+                raise
+            from isnet.errors import UserError
+
+            raise UserError(f"cannot resume run {self.run_id}: MLflow server {self.uri} became unreachable while "
+                            f"reading what the run holds; resume once it answers") from None
         self._logged = logged
         return dict(run.data.tags)
 

@@ -143,7 +143,6 @@ def _train(cfg, manifest_path, device, ctx, *, resume, state, progress, extra_tr
     if state is not None and main:
         _send_buffered(Path(cfg.train.checkpoint_dir) / resume / BUFFER_NAME, resume)
     run_id = tracker.start(run_id=resume, run_name=cfg.tracking.run_name, parent_run_id=parent_run_id)
-    run_tags = tracker.load_logged() if state is not None else {}  # resumed: nothing is logged twice
     if ctx is not None:  # every rank checkpoints under (and records) rank 0's run id
         run_id = tracker.run_id = ctx.broadcast_object(run_id)
     if tags:
@@ -151,6 +150,7 @@ def _train(cfg, manifest_path, device, ctx, *, resume, state, progress, extra_tr
     ckpt_dir = Path(cfg.train.checkpoint_dir) / (run_id or "local")
     tracker.buffer_path = ckpt_dir / BUFFER_NAME  # where records wait while the server is unreachable
     try:
+        run_tags = tracker.load_logged() if state is not None else {}  # resumed: nothing is logged twice
         trainer = Trainer(cfg, manifest, model, methods, tracker, device, ckpt_dir, progress=progress,
                           extra_transforms=extra_transforms)
         if ctx is not None:
