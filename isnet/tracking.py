@@ -42,6 +42,8 @@ import mlflow  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from isnet.config.load import flatten
+from isnet.tracking_names import (MAX_EXPERIMENT_NAME_LENGTH, MAX_PARAM_LENGTH, MAX_RUN_NAME_LENGTH, clean_name,
+                                  clean_value, safe_key, site_keys)
 
 DEFAULT_URI = "sqlite:///mlflow/mlflow.db"
 BUFFER_NAME = "tracking_buffer.jsonl"
@@ -220,12 +222,13 @@ class Tracker:
         self.uri = resolve_tracking_uri(tracking_uri)
         # a relative SQLite path is fixed now: records sent (or synced) later go to the same file
         self.store_uri = _absolute_sqlite(self.uri)
-        self.experiment = experiment
+        self.experiment = clean_name(experiment, MAX_EXPERIMENT_NAME_LENGTH)
         self.run_id: str | None = None
         self.buffer_path: Path | None = None
         self._client: MlflowClient | None = None
         self._buffered = False  # records wait in the buffer: later ones queue behind them (order kept)
         self._retry_at = 0.0
+        self._logged: set[tuple[str, int]] | None = None  # (metric, step) already in the run, once resumed
 
     # -- run life cycle -------------------------------------------------------------------------------
     def start(self, run_id: str | None = None, run_name: str | None = None,
@@ -233,6 +236,8 @@ class Tracker:
         if not self.enabled:
             return None
         _prepare_local_store(self.uri)
+        if run_name is not None:
+            run_name = clean_name(run_name, MAX_RUN_NAME_LENGTH) or None
         # the fluent run and the client calls must use one store: the absolute path (a relative SQLite URI
         # would be resolved against whatever the working directory is when a connection opens)
         mlflow.set_tracking_uri(self.store_uri)
@@ -256,6 +261,41 @@ class Tracker:
         self._client = client
         self.run_id = run.info.run_id
         return self.run_id
+
+    @classmethod
+    def attach(cls, run_id: str, experiment: str, tracking_uri: str | None = None,
+               buffer_path: str | Path | None = None) -> "Tracker":
+        """A Tracker writing to an existing run without starting it (the fluent run is left alone), with
+        the same outage buffering; records that run left in ``buffer_path`` are sent first."""
+        t = cls(experiment, tracking_uri)
+        t.run_id = run_id
+        t.buffer_path = Path(buffer_path) if buffer_path else None
+        t._client = MlflowClient(t.store_uri)
+        t._buffered = t._buffer().is_file()  # queue behind what is still waiting, or send it first
+        return t
+
+    def load_logged(self) -> dict[str, str]:
+        """For a resumed run: remember every (metric, step) the run already holds, so that what a resumed
+        run computes again (an epoch re-run after a crash or a checkpoint fallback, the test evaluation) is
+        not sent a second time: MLflow holds each (metric, step) once. Returns the run's tags."""
+        if not self.enabled or self.run_id is None:
+            return {}
+        client = self._client or MlflowClient(self.store_uri)
+        logged: set[tuple[str, int]] = set()
+        try:
+            run = with_lock_retry(lambda: client.get_run(self.run_id))
+            for key in run.data.metrics:
+                history = with_lock_retry(lambda: client.get_metric_history(self.run_id, key))
+                logged.update((key, int(m.step)) for m in history)
+        except Exception as exc:
+            if not is_unreachable(exc):
+                raise
+            from isnet.errors import UserError
+
+            raise UserError(f"cannot resume run {self.run_id}: MLflow server {self.uri} became unreachable while "
+                            f"reading what the run holds; resume once it answers") from None
+        self._logged = logged
+        return dict(run.data.tags)
 
     def _experiment_id(self, client: MlflowClient) -> str:
         exp = client.get_experiment_by_name(self.experiment)
@@ -376,19 +416,39 @@ class Tracker:
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         if not self.enabled:
             return
-        clean = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+        clean = {self._key(k): float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+        if self._logged is not None:  # a resumed run: what the run holds already is not sent again
+            s = int(step or 0)
+            clean = {k: v for k, v in clean.items() if (k, s) not in self._logged}
+            self._logged.update((k, s) for k in clean)
         if clean:
             self._record({"op": "metrics", "metrics": clean, "step": step})
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         if self.enabled:
-            items = [(k, _param(v)) for k, v in params.items()]
+            items = [(self._key(k), clean_value(v, MAX_PARAM_LENGTH)) for k, v in params.items()]
             for i in range(0, len(items), 100):  # MLflow's batch limit
                 self._record({"op": "params", "params": dict(items[i:i + 100])})
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if self.enabled:
-            self._record({"op": "tags", "tags": {k: str(v) for k, v in tags.items()}})
+            self._record({"op": "tags", "tags": {self._key(k): clean_value(v) for k, v in tags.items()}})
+
+    def _key(self, key: str) -> str:
+        """Names are built escaped (:mod:`isnet.tracking_names`); one that is not never reaches MLflow as is."""
+        safe = safe_key(key)
+        if safe != key:
+            print(f"warning: MLflow name {key!r} recorded as {safe!r}", file=sys.stderr, flush=True)
+        return safe
+
+    def log_site_keys(self, sites) -> dict[str, str]:
+        """The metric-name key of every site (:func:`isnet.tracking_names.site_keys`), recorded with the real
+        names: a tag ``site.<key>`` per site and ``data/site_keys.json``. Returns {site: key}."""
+        keys = site_keys(sites)
+        if self.enabled and keys:
+            self.set_tags({f"site.{k}": name for name, k in keys.items()})
+            self.log_dict({"site_keys": keys}, "data/site_keys.json")
+        return keys
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.enabled:
@@ -405,7 +465,7 @@ class Tracker:
                 if p.suffix in (".yaml", ".yml"):
                     p.write_text(yaml.safe_dump(dict(data), sort_keys=False))
                 else:
-                    p.write_text(json.dumps(data, indent=2))
+                    p.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
                 self.log_artifact(p, str(Path(artifact_file).parent) if Path(artifact_file).parent.name else None)
 
     def log_figure(self, figure, artifact_file: str) -> None:
@@ -417,25 +477,21 @@ class Tracker:
                 figure.savefig(p)
                 self.log_artifact(p, str(Path(artifact_file).parent) if Path(artifact_file).parent.name else None)
 
-    def log_model(self, model, input_example, name: str = "model") -> None:
+    def log_model(self, model, input_example, name: str = "model") -> bool:
         """Log with an input example (MLflow needs one to export the graph) and explicit requirements, so
         MLflow does not spend minutes inferring them. Skipped while the server is unreachable (the best
-        checkpoint is logged as an artifact)."""
+        checkpoint is logged as an artifact). True when the model was logged."""
         if not self.enabled:
-            return
+            return False
         if self._buffered and not self.flush():
             print("warning: MLflow server unreachable; the model export is skipped (checkpoints/best.pt is "
                   "buffered as an artifact)", file=sys.stderr, flush=True)
-            return
+            return False
         import mlflow.pytorch
 
         reqs = [f"{k}=={v}" for k, v in package_versions().items() if k in ("torch", "torchvision") and v != "not installed"]
         mlflow.pytorch.log_model(model, name=name, pip_requirements=reqs, input_example=input_example)
-
-
-def _param(v: Any) -> str:
-    s = str(v)
-    return s if len(s) <= 500 else s[:497] + "..."
+        return True
 
 
 def run_artifact_dir(run_id: str, tracking_uri: str | None = None) -> str:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv if it is missing and (re)install isnet with its dev extra when pyproject.toml changed.
+# Create .venv if it is missing and (re)install isnet with its dev (and, if it installs, postgres) extras when
+# pyproject.toml changed.
 # Sourced by quickstart.sh and test.sh; a second run installs nothing.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -18,6 +19,9 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "installing isnet and its dependencies into $VENV (first time: several minutes, torch is large)"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
+  # optional: the PostgreSQL tracking test (slow) is skipped without it
+  "$VENV/bin/python" -m pip install --quiet -e ".[dev,postgres]" \
+    || echo "note: the postgres extra could not be installed; tests/test_tracking_postgres.py will be skipped" >&2
   echo "$want" > "$stamp"
 fi
 export PATH="$PWD/$VENV/bin:$PATH"

@@ -56,3 +56,38 @@ def test_checkpoints_load_with_weights_only(tmp_path):
     path.write_bytes(pickle.dumps({"model": Evil()}))
     with pytest.raises(ck.CheckpointError):
         ck.load_checkpoint(path)
+
+
+def _flip_tensor_byte(path):
+    """Damage a byte inside the first tensor record: PyTorch alone loads such a file without a word."""
+    import zipfile
+
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        info = next(i for i in z.infolist() if "/data/" in i.filename)
+    start = info.header_offset + 30 + int.from_bytes(data[info.header_offset + 26:info.header_offset + 28], "little") \
+        + int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little")
+    data[start + info.file_size // 2] ^= 0x55
+    path.write_bytes(bytes(data))
+
+
+def test_damage_is_detected_without_the_sidecar(tmp_path):
+    path = tmp_path / "last.pt"
+    ck.save_checkpoint(_state(0), path)
+    assert torch.load(path, weights_only=True)["epoch"] == 0  # still a plain PyTorch file
+    path.with_name("last.pt.sha256").unlink()
+    assert ck.load_checkpoint(path)["epoch"] == 0
+    _flip_tensor_byte(path)
+    with pytest.raises(ck.CheckpointError, match="damaged"):
+        ck.load_checkpoint(path)
+    with pytest.raises(ck.CheckpointError, match="damaged"):
+        ck.load_latest_checkpoint(path)
+
+
+def test_a_file_without_any_checksum_is_refused_for_resume_and_loaded_with_a_warning_elsewhere(tmp_path, capsys):
+    path = tmp_path / "old.pt"
+    torch.save(_state(3), path)  # as written before checksums were embedded, sidecar lost
+    with pytest.raises(ck.CheckpointError, match="carries no checksum"):
+        ck.load_latest_checkpoint(path)
+    assert ck.load_checkpoint(path)["epoch"] == 3
+    assert "loading it unverified" in capsys.readouterr().err

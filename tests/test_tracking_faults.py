@@ -30,19 +30,24 @@ def _free_port() -> int:
 
 
 class Server:
-    """``mlflow server`` with a SQLite backend in ``root`` on 127.0.0.1:``port`` (its own process group)."""
+    """``mlflow server`` on 127.0.0.1:``port`` (its own process group) with its store in ``root``: SQLite and
+    artifacts written by the clients by default; ``backend`` (e.g. a PostgreSQL URI) and ``serve_artifacts``
+    (artifacts sent through the server) for a team's setup."""
 
-    def __init__(self, root: Path, port: int):
+    def __init__(self, root: Path, port: int, backend: str = "sqlite:///mlflow/server.db",
+                 serve_artifacts: bool = False):
         self.root, self.port, self.proc = root, port, None
+        self.backend, self.serve_artifacts = backend, serve_artifacts
         self.uri = f"http://127.0.0.1:{port}"
 
     def start(self, timeout: float = 120) -> "Server":
         (self.root / "mlflow").mkdir(parents=True, exist_ok=True)
         log = open(self.root / "server.log", "a")
+        artifacts = (["--serve-artifacts", "--artifacts-destination", "./mlflow/server-artifacts"]
+                     if self.serve_artifacts else ["--default-artifact-root", "./mlflow/server-artifacts"])
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", "sqlite:///mlflow/server.db",
-             "--default-artifact-root", "./mlflow/server-artifacts", "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", "1"],
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.backend, *artifacts,
+             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
             cwd=self.root, stdout=log, stderr=log, start_new_session=True,
             env={**os.environ, "OMP_NUM_THREADS": "1"})
         deadline = time.monotonic() + timeout
@@ -235,3 +240,114 @@ def test_lock_retry_backs_off_on_locked_store_only():
     assert with_lock_retry(locked_twice) == "ok" and len(calls) == 3
     with pytest.raises(ValueError):
         with_lock_retry(lambda: (_ for _ in ()).throw(ValueError("other")))
+
+
+# -- every command that writes to MLflow survives an outage --------------------------------------------
+# train: test_server_outage_mid_run_buffers_and_sync_loses_nothing above (and test_tracking_postgres.py);
+# segmenter train, report and stress-test below. `isnet explain` and `isnet segmenter predict` only read a
+# run's best checkpoint (the local copy first, else the MLflow artifact) and write no MLflow record, so an
+# outage cannot lose anything of theirs: without a local checkpoint they stop with one line naming the run
+# (test_reading_commands_say_so_when_the_server_is_down). `isnet manifest`, `phantom` and `bench` write none.
+def _outage_during(args: list[str], trigger: str, server: Server, cwd: Path, runs: int = 1) -> tuple[str, str]:
+    """Run ``isnet ARGS`` against ``server``; stop the server when a stdout line starts with ``trigger``;
+    the command must still succeed, saying once per run it writes (``runs``) that the server is
+    unreachable. Returns (stdout, stderr)."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update({"MLFLOW_TRACKING_URI": server.uri, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen([sys.executable, "-m", "isnet", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, stopped = [], False
+    for line in proc.stdout:
+        out.append(line)
+        if line.startswith(trigger) and not stopped:
+            server.stop()
+            stopped = True
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=600) == 0, stderr[-3000:]
+    assert stopped, "".join(out)
+    assert stderr.count("unreachable (") == runs, stderr[-3000:]
+    return "".join(out), stderr
+
+
+def _restart_and_sync(server: Server, cwd: Path) -> None:
+    server.start()
+    r = run_isnet(["tracking", "sync"], cwd)
+    assert r.returncode == 0 and "records sent" in r.stdout, r.stdout + r.stderr
+    assert run_isnet(["tracking", "sync"], cwd).stdout.startswith("nothing to send")
+
+
+def _each_step_once(client: MlflowClient, run_id: str) -> None:
+    for key in client.get_run(run_id).data.metrics:
+        steps = [m.step for m in client.get_metric_history(run_id, key)]
+        assert len(steps) == len(set(steps)), (key, steps)
+
+
+@pytest.mark.slow
+def test_segmenter_train_outage_loses_nothing(toy_manifest, tmp_path, server):
+    server.start()
+    _outage_during(["segmenter", "train", "--manifest", str(toy_manifest), "--image-size", "32", "--epochs", "3",
+                    "--batch-size", "8", "--threads", "1", "--set", "decoder_channels=[16,16,8,8,8]"],
+                   "epoch 1/3", server, tmp_path)
+    _restart_and_sync(server, tmp_path)
+    client, [run] = _runs(server.uri, "isnet-segmenter")
+    assert run.info.status == "FINISHED"
+    _each_step_once(client, run.info.run_id)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_dice")] == [1, 2, 3]
+    assert "best_val_dice" in run.data.metrics
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.pt"]
+
+
+@pytest.mark.slow
+def test_report_outage_loses_nothing(toy_manifest, tmp_path, server):
+    server.start()
+    r = run_isnet(["train", "--manifest", str(toy_manifest), "--epochs", "1", *FAST_TRAIN], tmp_path,
+                  env={"MLFLOW_TRACKING_URI": server.uri})
+    assert r.returncode == 0, r.stderr[-3000:]
+    _, [trained] = _runs(server.uri)
+    out, _ = _outage_during(["report", "--runs", trained.info.run_id, "--manifest", str(toy_manifest), "--out",
+                             "rep/r.html", "--resamples", "10", "--gallery", "1"], "scoring run", server, tmp_path)
+    assert (tmp_path / "rep" / "r.html").is_file() and (tmp_path / "rep" / "r.json").is_file()
+    _restart_and_sync(server, tmp_path)
+    client, [rep] = _runs(server.uri, "reports")
+    assert rep.info.status == "FINISHED" and rep.info.run_id in out
+    _each_step_once(client, rep.info.run_id)
+    assert f"{trained.info.run_id[:8]}.overall.macro_auc" in rep.data.metrics
+    assert {a.path for a in client.list_artifacts(rep.info.run_id, "report")} == {"report/r.html", "report/r.json"}
+    assert rep.data.params["runs"] == trained.info.run_id
+
+
+@pytest.mark.slow
+def test_stress_test_outage_loses_nothing(tmp_path, server):
+    from isnet.data.phantom import generate_dataset
+
+    phantom = generate_dataset(tmp_path / "ph", sites=1, per_class=12, seed=1, size=64)
+    tiny = ["train.data.image_size=64", "train.data.batch_size=16", "train.model.backbone=small_cnn",
+            "train.model.width=4", "train.optim.epochs=2", "train.data.augment.enabled=false",
+            "train.train.threads=1", "train.train.heatmap_every=0", "train.train.val_bg_share=false",
+            "train.tracking.log_model=false", "heatmap_examples=2", "train.tracking.experiment=stress_outage"]
+    server.start()
+    _outage_during(["stress-test", "--manifest", str(phantom), "--methods", "standard", "--strength", "1.0",
+                    "--seeds", "0", "--out", "out", "--no-progress", *[a for t in tiny for a in ("--set", t)]],
+                   "epoch 1/2", server, tmp_path, runs=2)  # the cell's run, then the parent run
+    assert (tmp_path / "out" / "results.csv").is_file()
+    _restart_and_sync(server, tmp_path)
+    client, runs = _runs(server.uri, "stress_outage")
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    [child] = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "FINISHED" and child.info.status == "FINISHED"
+    for r in (parent, child):
+        _each_step_once(client, r.info.run_id)
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "train_loss")] == [1, 2]
+    assert child.data.tags["stress.evaluated"] == "1" and "stress.drop.accuracy" in child.data.metrics
+    assert "stress/results.csv" in {a.path for a in client.list_artifacts(parent.info.run_id, "stress")}
+
+
+def test_reading_commands_say_so_when_the_server_is_down(toy_manifest, tmp_path):
+    down = f"http://127.0.0.1:{_free_port()}"
+    for args in (["explain", "--run", "0" * 32, "--manifest", str(toy_manifest), "--out", "x"],
+                 ["segmenter", "predict", "--run", "0" * 32, "--manifest", str(toy_manifest), "--out", "y.csv"]):
+        r = run_isnet(args, tmp_path, env={"MLFLOW_TRACKING_URI": down})
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+        assert r.stderr.startswith(f"isnet: error: run {'0' * 32}: no checkpoint at ")
+        assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "mlflow").exists()

@@ -97,3 +97,18 @@ def test_resume_after_sigkill_reaches_the_last_epoch_with_identical_weights(tmp_
     b = _final_weights(clean_dir / "checkpoints" / clean_id)
     for k in a:
         assert torch.equal(a[k], b[k]), f"weights differ after resume: {k}"
+
+
+def test_runs_without_a_name_get_different_names_and_identical_results(toy_manifest: Path, tmp_path: Path):
+    """The run name MLflow draws must not come from the seeded state; the results must not depend on it."""
+    args = ["train", "--manifest", str(toy_manifest), "--epochs", "1"] + FAST_TRAIN
+    ids = []
+    for _ in range(2):
+        r = run_isnet(args, tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        ids.append(_run_id(r.stdout))
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow/mlflow.db")
+    runs = [client.get_run(i) for i in ids]
+    assert runs[0].info.run_name != runs[1].info.run_name
+    for key in ("train_loss", "val_loss", "test_accuracy"):
+        assert runs[0].data.metrics[key] == runs[1].data.metrics[key], key

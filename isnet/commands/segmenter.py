@@ -37,7 +37,11 @@ def _run_train(args: argparse.Namespace) -> int:
     from isnet.segment import load_segmenter_config, train_segmenter
     from isnet.tracking import resolve_tracking_uri
 
-    overrides = list(args.overrides) + [f"{k}={getattr(args, k)}" for _, k, _ in SHORTCUTS if getattr(args, k) is not None]
+    import json
+
+    # text flags stay text (a YAML reading would turn '#1' into null, '[a]' into a list)
+    overrides = list(args.overrides) + [f"{k}={json.dumps(v) if isinstance(v, str) else v}" for _, k, _ in SHORTCUTS
+                                        if (v := getattr(args, k)) is not None]
     cfg = load_segmenter_config(overrides)
     r = train_segmenter(cfg, args.manifest)
     msg = f"finished segmenter run {r.run_id}: best epoch {r.best_epoch}, val Dice {r.val_dice:.4f}, IoU {r.val_iou:.4f}"

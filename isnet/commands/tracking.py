@@ -13,7 +13,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     tsub = p.add_subparsers(dest="tracking_command", required=True)
     s = tsub.add_parser("sync", help="send the records runs buffered while the tracking server was unreachable")
     s.add_argument("paths", nargs="*", type=Path,
-                   help="buffer files or folders to search (default: the checkpoints folder)")
+                   help="buffer files or folders to search (default: the checkpoints and mlflow-buffer folders)")
     s.add_argument("--tracking-uri", default=None,
                    help="send to this store instead of the one each record was made for")
     s.set_defaults(func=_run_sync)
@@ -22,13 +22,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _run_sync(args: argparse.Namespace) -> int:
     from isnet.tracking import BUFFER_NAME, flush_buffer, is_unreachable
 
-    roots = args.paths or [Path("checkpoints")]
+    roots = args.paths or [r for r in (Path("checkpoints"), Path("mlflow-buffer")) if r.is_dir()]
     files: list[Path] = []
     for root in roots:
         if root.is_file():
             files.append(root)
         elif root.is_dir():
-            files.extend(sorted(root.rglob(BUFFER_NAME)) + sorted(root.rglob("mlflow-buffer/*.jsonl")))
+            found = sorted(root.rglob(BUFFER_NAME)) + sorted(root.rglob("mlflow-buffer/*.jsonl"))
+            if root.name == "mlflow-buffer":  # a Tracker's default buffer folder: <run id>.jsonl
+                found += sorted(root.glob("*.jsonl"))
+            files.extend(dict.fromkeys(found))
         else:
             raise UserError(f"{root}: no such buffer file or folder")
     if not files:

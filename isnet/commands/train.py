@@ -51,6 +51,7 @@ def _launch_torchrun(nproc: int) -> int:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    import json
     import os
 
     if args.nproc is not None:
@@ -67,14 +68,18 @@ def _run_train(args: argparse.Namespace) -> int:
     for key in ("optim.epochs", "data.batch_size", "data.image_size", "model.backbone", "optim.lr", "train.seed",
                 "train.device", "tracking.experiment", "tracking.run_name"):
         value = getattr(args, key)
-        if value is not None:
-            overrides.append(f"{key}={value}")
+        if value is not None:  # text flags stay text (a YAML reading would turn '#1' into null, '[a]' into a list)
+            overrides.append(f"{key}={json.dumps(value) if isinstance(value, str) else value}")
     cfg = load_config(args.config, overrides)
     from isnet.tracking import DEFAULT_URI, resolve_tracking_uri
 
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri)  # as configured (the run resolves relative paths)
     result = train(cfg, args.manifest, resume=args.resume, progress=False if args.no_progress else None)
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports
+        return 0
+    if result.already_finished:
+        print(f"run {result.run_id} had already finished ({result.epochs_run} epochs, best epoch {result.best_epoch}); "
+              f"nothing to do, nothing written")
         return 0
     t = result.test_metrics
     print(f"finished run {result.run_id}: {result.epochs_run} epochs, best epoch {result.best_epoch} "

@@ -24,13 +24,35 @@ def _describe(err: dict[str, Any]) -> str:
     return f"'{key}': {err['msg']} (got {got!r})"
 
 
-def validate_config(raw: dict[str, Any], source: str) -> TrainConfig:
-    """Validate a plain dict; every problem is reported at once, each naming its key."""
+def describe_errors(exc: ValidationError, what: str, source: str, overrides: Iterable[str] = ()) -> ConfigError:
+    """One ``ConfigError`` for every problem of ``exc``; a problem caused by a ``--set`` override names it
+    (``--set optim.epochs=many: 'optim.epochs': ...``), the others are said to be in ``source``."""
+    origin: dict[tuple[str, ...], str] = {}
+    for text in overrides:
+        try:
+            origin[tuple(_parse_override(text)[0])] = text
+        except ConfigError:
+            pass
+    lines, from_source = [], False
+    for e in exc.errors():
+        loc = tuple(str(p) for p in e["loc"])
+        hit = [t for k, t in origin.items() if loc and (loc[:len(k)] == k or k[:len(loc)] == loc)]
+        if hit:
+            lines.append(f"--set {hit[-1]}: {_describe(e)}")
+        else:
+            from_source = True
+            lines.append(_describe(e))
+    where = source if from_source else "(from --set)"
+    return ConfigError(f"invalid {what} {where}: " + "; ".join(lines))
+
+
+def validate_config(raw: dict[str, Any], source: str, overrides: Iterable[str] = ()) -> TrainConfig:
+    """Validate a plain dict; every problem is reported at once, each naming its key (and the ``--set``
+    override it came from, if any)."""
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as exc:
-        lines = [_describe(e) for e in exc.errors()]
-        raise ConfigError(f"invalid config {source}: " + "; ".join(lines)) from None
+        raise describe_errors(exc, "config", source, overrides) from None
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:
@@ -74,10 +96,18 @@ def _deep_copy(d: Any) -> Any:
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config file {p} is a directory; give the YAML file inside it (e.g. {p}/train.yaml)")
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {p} is not a text file (not UTF-8); a YAML config is expected") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {p} cannot be read: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -90,8 +120,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> TrainConfig:
     """Load a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
     raw = read_yaml(path) if path is not None else {}
+    overrides = list(overrides)
     raw = apply_overrides(raw, overrides)
-    return validate_config(raw, str(path) if path is not None else "(defaults)")
+    return validate_config(raw, str(path) if path is not None else "(defaults)", overrides)
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:

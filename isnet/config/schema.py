@@ -256,11 +256,38 @@ class RunConfig(_Strict):
     sync_bn: bool = Field(False, description="distributed runs: convert BatchNorm to SyncBatchNorm (batch statistics over all ranks)")
 
 
+def _as_text(v):
+    """A name typed on the command line is text even when YAML reads it as a number (``--run-name 2024``)."""
+    return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+
+def check_run_name(v: Optional[str]) -> Optional[str]:
+    from isnet.tracking_names import MAX_RUN_NAME_LENGTH, name_problem
+
+    problem = None if v is None else name_problem(v, "the run name", MAX_RUN_NAME_LENGTH)
+    if problem:
+        raise ValueError(problem)
+    return v
+
+
+def check_experiment_name(v: str) -> str:
+    from isnet.tracking_names import MAX_EXPERIMENT_NAME_LENGTH, name_problem
+
+    problem = name_problem(v, "the experiment name", MAX_EXPERIMENT_NAME_LENGTH)
+    if problem:
+        raise ValueError(problem)
+    return v
+
+
 class TrackingConfig(_Strict):
     experiment: str = "isnet"
     run_name: Optional[str] = None
     tracking_uri: Optional[str] = Field(None, description="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow/mlflow.db")
     log_model: bool = True
+
+    _text = field_validator("experiment", "run_name", mode="before")(_as_text)
+    _run_name = field_validator("run_name")(check_run_name)
+    _experiment = field_validator("experiment")(check_experiment_name)
 
 
 class TrainConfig(_Strict):

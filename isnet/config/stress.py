@@ -11,9 +11,8 @@ from typing import Any, Iterable, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from isnet.config.load import _describe, apply_overrides, read_yaml
+from isnet.config.load import apply_overrides, describe_errors, read_yaml
 from isnet.config.schema import TrainConfig
-from isnet.errors import ConfigError
 
 
 class _Strict(BaseModel):
@@ -81,9 +80,10 @@ class StressConfig(_Strict):
 
 def load_stress_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> StressConfig:
     raw: dict[str, Any] = read_yaml(path) if path is not None else {}
+    overrides = list(overrides)
     raw = apply_overrides(raw, overrides)
     source = str(path) if path is not None else "(defaults)"
     try:
         return StressConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"invalid stress-test config {source}: " + "; ".join(_describe(e) for e in exc.errors())) from None
+        raise describe_errors(exc, "stress-test config", source, overrides) from None

@@ -63,14 +63,20 @@ def sniff_format(path: str | Path) -> str:
 def check_image(path: str | Path) -> tuple[int, int]:
     """Decode the whole image (so that truncated or corrupt files fail here, not mid-training) and return
     (rows, columns). Raises ``ValueError`` naming what the file is when it is not an image at all."""
+    arr = decode_image(path)
+    return int(arr.shape[0]), int(arr.shape[1])
+
+
+def decode_image(path: str | Path) -> np.ndarray:
+    """:func:`read_image` after checking from its first bytes that the file is an image at all
+    (``NotAnImageError`` naming what it is otherwise)."""
     p = Path(path)
     fmt = sniff_format(p)
     if fmt not in IMAGE_FORMATS:
         what = {"empty": "an empty file", "text": "a text file", "pdf": "a PDF document", "zip": "a ZIP archive",
                 "gzip": "a gzip archive", "nifti": "a NIfTI volume", "unknown": "of an unknown format"}.get(fmt, fmt)
         raise NotAnImageError(f"not an image file: it is {what} (expected PNG, JPEG, TIFF, BMP or DICOM)")
-    arr = read_image(p)
-    return int(arr.shape[0]), int(arr.shape[1])
+    return read_image(p)
 
 
 class NotAnImageError(ValueError):

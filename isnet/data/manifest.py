@@ -35,13 +35,18 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     p = Path(path)
     if not p.is_file():
         raise ManifestError(f"manifest not found: {p}")
+    parquet = p.suffix.lower() in (".parquet", ".pq")
+    if not parquet:
+        _check_csv_shape(p)
     try:
-        if p.suffix.lower() in (".parquet", ".pq"):
+        if parquet:
             df = pd.read_parquet(p)
         else:
-            df = pd.read_csv(p, dtype=str, keep_default_na=False)
+            df = pd.read_csv(p, dtype=str, keep_default_na=False, index_col=False)
+    except UnicodeDecodeError:
+        raise ManifestError(f"manifest {p} cannot be read: it is not UTF-8 text (save it as 'CSV UTF-8')") from None
     except Exception as exc:  # pandas raises many kinds for a malformed file
-        raise ManifestError(f"manifest {p} cannot be read: {exc}") from None
+        raise ManifestError(f"manifest {p} cannot be read: {_short(exc)}") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise ManifestError(f"manifest {p} lacks required column(s) {missing}; it has {list(df.columns)}")
@@ -62,8 +67,37 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     return df
 
 
+def _check_csv_shape(p: Path) -> None:
+    """Rows with more cells than the header (an unquoted comma in a cell): pandas would shift their cells
+    into the wrong columns, or use the first column as an index. Every such row is named at once."""
+    import csv
+
+    try:
+        with open(p, newline="", encoding="utf-8-sig") as f:
+            records = csv.reader(f)
+            header = next(records, None)
+            if header is None:
+                return
+            twice = sorted({c.strip() for c in header if c.strip() in KNOWN_COLUMNS
+                            and [h.strip() for h in header].count(c.strip()) > 1})
+            if twice:
+                raise ManifestError(f"manifest {p}: column(s) {twice} appear more than once in the header; "
+                                    f"keep one of each")
+            long = [(i + 2, len(r)) for i, r in enumerate(records) if len(r) > len(header)]
+    except UnicodeDecodeError:
+        raise ManifestError(f"manifest {p} cannot be read: it is not UTF-8 text (save it as 'CSV UTF-8')") from None
+    except (csv.Error, OSError) as exc:
+        raise ManifestError(f"manifest {p} cannot be read: {_short(exc)}") from None
+    if long:
+        raise ManifestError(f"manifest {p} has rows with more cells than its header ({len(header)} columns); quote "
+                            f"cells that contain a comma:", [f"{p.name}: row {r}: {n} cells" for r, n in long])
+
+
 def _resolve(base: Path, value: str) -> str:
-    q = Path(value).expanduser()
+    try:
+        q = Path(value).expanduser()
+    except RuntimeError:  # '~name' of no known user: a relative path like any other (reported as not found)
+        q = Path(value)
     return str(q if q.is_absolute() else base / q)
 
 
@@ -96,8 +130,11 @@ def validate_manifest(df: pd.DataFrame, manifest: str | Path, classes: Iterable[
     _check_patient_leakage(df, report)
     _check_split_classes(df, report, classes)
     dup = df[df["image_path"].duplicated(keep=False)]
-    for path, group in dup.groupby("image_path"):
-        report.add(None, f"image {Path(path).name!r} is listed in several rows {list(group['row'])}")
+    for path, group in dup.groupby("image_path", sort=False):
+        cells = list(dict.fromkeys(group["image"]))
+        shown = ", ".join(repr(c) for c in cells)
+        same = "" if cells == [path] else f" ({path})"
+        report.add(None, f"image {shown}{same} is listed in several rows {list(group['row'])}")
     if check_files:
         _check_files(df, report, require_masks)
     elif require_masks:
@@ -114,10 +151,16 @@ def summarize(df: pd.DataFrame) -> str:
                         margins=True, margins_name="total")
         t.index.name, t.columns.name = index, None
         return t.to_string()
+    from isnet.tracking_names import site_keys
+
     masks = int((df["mask"] != "").sum())
     patients = df.loc[df["patient_id"] != "", "patient_id"].nunique()
+    escaped = {s: k for s, k in site_keys(df["site"]).items() if s != k}
+    note = ("\nsite names that MLflow metric names cannot hold are recorded under a key (the run keeps the "
+            "mapping in data/site_keys.json): " + ", ".join(f"{s!r} → {k}" for s, k in escaped.items())
+            if escaped else "")
     return (f"{len(df)} images, {patients} patient ids, {masks} with a lung mask ({len(df) - masks} without)\n"
-            f"per site and class:\n{table('site')}\nper split and class:\n{table('split')}")
+            f"per site and class:\n{table('site')}\nper split and class:\n{table('split')}{note}")
 
 
 def _check_patient_leakage(df: pd.DataFrame, report: ValidationReport) -> None:
@@ -150,11 +193,19 @@ def _check_files(df: pd.DataFrame, report: ValidationReport, require_masks: bool
     for row in df.itertuples(index=False):
         img = Path(row.image_path)
         shape = None
-        if not img.is_file():
+        if not row.image:
+            report.add(row.row, "image cell is empty")
+        elif img.is_dir():
+            report.add(row.row, f"image {row.image!r} is a folder, not a file ({img})")
+        elif not img.is_file():
             report.add(row.row, f"image file not found: {row.image!r} (looked at {img})")
         else:
             try:
-                shape = io.check_image(img)
+                pixels = io.decode_image(img)
+                shape = pixels.shape
+                blank = _blank_image(pixels)
+                if blank:
+                    report.add(row.row, f"image {row.image!r} {blank}")
             except io.NotAnImageError as exc:
                 report.add(row.row, f"image {row.image!r} is {_short(exc)}")
             except DicomError as exc:
@@ -172,6 +223,9 @@ def _check_files(df: pd.DataFrame, report: ValidationReport, require_masks: bool
                 report.add(row.row, f"mask cell is empty for image {row.image!r} but this run needs lung masks")
             continue
         mpath = Path(row.mask_path)
+        if mpath.is_dir():
+            report.add(row.row, f"mask {row.mask!r} is a folder, not a file ({mpath})")
+            continue
         if not mpath.is_file():
             report.add(row.row, f"mask file not found: {row.mask!r} (looked at {mpath})")
             continue
@@ -187,6 +241,22 @@ def _check_files(df: pd.DataFrame, report: ValidationReport, require_masks: bool
             report.add(row.row, f"mask {row.mask!r} is empty (no lung pixels)")
         elif mask.all():
             report.add(row.row, f"mask {row.mask!r} covers the whole image (all ones)")
+
+
+def _blank_image(pixels) -> str | None:
+    """Why an image that decodes holds no picture (None when it does): every pixel the same value (the
+    percentile scaling would divide by zero and the network would see zeros) or non-finite values."""
+    import numpy as np
+
+    if pixels.size == 0:
+        return "has no pixels"
+    finite = np.isfinite(pixels)
+    if not finite.all():
+        return f"has {int((~finite).sum())} non-finite pixel value(s) (NaN or infinity)"
+    lo, hi = float(pixels.min()), float(pixels.max())
+    if lo == hi:
+        return f"is constant (every pixel is {lo:g}): it holds no picture, and intensity scaling would divide by zero"
+    return None
 
 
 def _short(exc: Exception, limit: int = 200) -> str:

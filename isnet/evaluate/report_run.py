@@ -211,6 +211,27 @@ def run_report(run_ids: Sequence[str], manifest: str | Path, out: str | Path, *,
     report_val = validate_manifest(df, manifest, classes)
     report_val.raise_if_any()
     df = df.sort_values("row")
+    # the MLflow run opens before the work (an unreachable server stops here, not after minutes of scoring);
+    # from then on an outage only buffers its records (mlflow-buffer/<run id>.jsonl, `isnet tracking sync`)
+    tracker = Tracker("reports", uri, enabled=log_mlflow)
+    report_run = tracker.start(run_name=f"report {out.stem}")
+    try:
+        report = _score_and_write(run_ids, loaded, df, classes, sites, manifest, out, json_path, uri, dev, tracker,
+                                  n_resamples=n_resamples, seed=seed, n_bins=n_bins, gallery_size=gallery_size,
+                                  batch_size=batch_size)
+    except BaseException as exc:
+        tracker.end("FAILED" if isinstance(exc, Exception) else "KILLED")
+        raise
+    tracker.end("FINISHED")
+    report["report_run_id"] = report_run
+    return report
+
+
+def _score_and_write(run_ids, loaded, df, classes, sites, manifest, out: Path, json_path: Path, uri: str, dev,
+                     tracker: Tracker, *, n_resamples: int, seed: int, n_bins: int, gallery_size: int,
+                     batch_size: int) -> dict:
+    # what the runs logged is read first: a server lost during the scoring costs no part of the report
+    in_distribution = {r: _in_distribution(r, uri, classes) for r in run_ids}
     records = _records(df, classes)
     labels = np.array([r["label"] for r in records])
     ext_sites = [r["site"] for r in records]
@@ -234,7 +255,7 @@ def run_report(run_ids: Sequence[str], manifest: str | Path, out: str | Path, *,
         rel = explain_loader(model, _loader(records, cfg, batch_size), dev, cfg.lrp_config())
         share = dict(zip(rel["rows"], rel["bg_share"].tolist()))
         bg = np.array([share[r["row"]] for r in records], dtype=float)
-        test_df, logged, note = _in_distribution(run_id, uri, classes)
+        test_df, logged, note = in_distribution[run_id]
         id_cohort = None
         if test_df is not None:
             trained = test_df.attrs.get("trained_images", set())
@@ -292,30 +313,25 @@ def run_report(run_ids: Sequence[str], manifest: str | Path, out: str | Path, *,
     for m in methods:
         figures[f"confusion/{m.name}"] = _confusion_figure(report, m.name)
 
-    tracker = Tracker("reports", uri, enabled=log_mlflow)
-    report_run = tracker.start(run_name=f"report {out.stem}")
-    report["report_run_id"] = report_run
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(_json_safe(report), indent=1, allow_nan=False))
-        out.write_text(render_html(report, figures), encoding="utf-8")
-        tracker.log_params({"runs": ",".join(run_ids), "manifest": str(manifest), "sites": ",".join(sites),
-                            "n_resamples": n_resamples, "seed": seed, "n_bins": n_bins})
-        tracker.set_tags({"manifest_sha256": report["manifest_sha256"]})
-        flat = {}
-        for m in methods:
-            for g in report["groups"]:
-                vals = report["metrics"][m.name][g]["values"]
-                for k in ("macro_auc", "balanced_accuracy", "macro_f1", "ece", "bg_share_mean"):
-                    flat[f"{m.run_id[:8]}.{g}.{k}"] = vals[k]
-            for k, v in report["gap"][m.name]["gap"].items():
-                flat[f"{m.run_id[:8]}.gap.{k}"] = v["difference"]
-        tracker.log_metrics(flat)
-        tracker.log_artifact(out, "report")
-        tracker.log_artifact(json_path, "report")
-    except BaseException:
-        tracker.end("FAILED")
-        raise
-    tracker.end("FINISHED")
+    report["report_run_id"] = tracker.run_id
+    out.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(_json_safe(report), indent=1, allow_nan=False))
+    out.write_text(render_html(report, figures), encoding="utf-8")
+    # the logging, after the files are written
+    tracker.log_params({"runs": ",".join(run_ids), "manifest": str(manifest), "sites": ",".join(sites),
+                        "n_resamples": n_resamples, "seed": seed, "n_bins": n_bins})
+    tracker.set_tags({"manifest_sha256": report["manifest_sha256"]})
+    keys = {**tracker.log_site_keys(sites), OVERALL: OVERALL}  # site names are data: escaped, mapping logged
+    flat = {}
+    for m in methods:
+        for g in report["groups"]:
+            vals = report["metrics"][m.name][g]["values"]
+            for k in ("macro_auc", "balanced_accuracy", "macro_f1", "ece", "bg_share_mean"):
+                flat[f"{m.run_id[:8]}.{keys[g]}.{k}"] = vals[k]
+        for k, v in report["gap"][m.name]["gap"].items():
+            flat[f"{m.run_id[:8]}.gap.{k}"] = v["difference"]
+    tracker.log_metrics(flat)
+    tracker.log_artifact(out, "report")
+    tracker.log_artifact(json_path, "report")
     report["html_path"], report["json_path"] = str(out), str(json_path)
     return report

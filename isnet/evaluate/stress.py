@@ -238,7 +238,7 @@ class StressTest:
 
     # parent run and state -----------------------------------------------------------------------------
     def _open_parent(self, fp: str) -> None:
-        from isnet.tracking import Tracker
+        from isnet.tracking import BUFFER_NAME, Tracker
 
         state_path = self.out / STATE_FILE
         state = json.loads(state_path.read_text()) if state_path.is_file() else {}
@@ -257,14 +257,14 @@ class StressTest:
                 self.log(f"note: parent MLflow run {parent_id} not found in {self.parent.uri}; starting a new one")
                 parent_id = None
         self.parent_id = self.parent.start(run_id=parent_id, run_name=None if parent_id else "stress-test")
+        # records wait here while the server is unreachable (`isnet tracking sync` finds them)
+        self.parent.buffer_path = Path(self.cfg.train.train.checkpoint_dir) / self.parent_id / BUFFER_NAME
         if parent_id is None:
             self.parent.set_tags({"stress.fingerprint": fp, "stress.target_class": self.cfg.target_class,
                                   "stress.biases": ", ".join(s.label for s in self.specs),
                                   "manifest_path": str(self.manifest_path)})
             self.parent.log_params({"stress.fingerprint": fp})
-            import mlflow
-
-            mlflow.log_dict(self.cfg.model_dump(mode="json"), "config/stress_config.yaml")
+            self.parent.log_dict(self.cfg.model_dump(mode="json"), "config/stress_config.yaml")
         state_path.write_text(json.dumps({"fingerprint": fp, "parent_run_id": self.parent_id,
                                           "tracking_uri": self.parent.uri}, indent=1))
 
@@ -334,7 +334,7 @@ class StressTest:
                                                           f"test images with the bias (cyan), LRP of the predicted class")
             (self.out / "heatmaps").mkdir(parents=True, exist_ok=True)
             fig.savefig(self.out / "heatmaps" / f"{cell.name}.png", dpi=110)
-        self._log_child(result.run_id, metrics, fig)
+        self._log_child(result.run_id, result.checkpoint_dir, metrics, fig)
         if fig is not None:
             plt.close(fig)
         c, f = sets["clean"][0], sets["flipped"][0]
@@ -343,18 +343,20 @@ class StressTest:
                  f"bg share clean {c.get('bg_share', math.nan):.3f}, biased {sets['all'][0].get('bg_share', math.nan):.3f}")
         return rows
 
-    def _log_child(self, run_id: str | None, metrics: dict[str, float], fig) -> None:
+    def _log_child(self, run_id: str | None, checkpoint_dir: Path, metrics: dict[str, float], fig) -> None:
+        """The cell's stress metrics, figure and ``stress.evaluated`` tag on its (finished) child run, through
+        a Tracker: buffered with the child's own records while the server is unreachable."""
         if run_id is None:
             return
-        from mlflow.entities import Metric
-        from mlflow.tracking import MlflowClient
+        from isnet.tracking import BUFFER_NAME, Tracker
 
-        client = MlflowClient(self.parent.store_uri)
-        now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if math.isfinite(float(v))])
+        t = Tracker.attach(run_id, self.cfg.train.tracking.experiment, self.parent.uri,
+                           Path(checkpoint_dir) / BUFFER_NAME)
+        t.log_metrics(metrics, step=0)
         if fig is not None:
-            client.log_figure(run_id, fig, "stress/heatmaps_biased.png")
-        client.set_tag(run_id, "stress.evaluated", "1")
+            t.log_figure(fig, "stress/heatmaps_biased.png")
+        t.set_tags({"stress.evaluated": "1"})  # last: a cell counts as done in MLflow once all of it is there
+        t.flush()
 
     # the whole sweep ----------------------------------------------------------------------------------
     def run(self) -> pd.DataFrame:

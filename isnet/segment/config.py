@@ -6,8 +6,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from isnet.config.schema import AugmentConfig
-from isnet.errors import ConfigError
+from isnet.config.schema import AugmentConfig, _as_text, check_experiment_name, check_run_name
 
 
 class _Strict(BaseModel):
@@ -57,6 +56,10 @@ class SegmenterConfig(_Strict):
     run_name: Optional[str] = None
     tracking_uri: Optional[str] = None
 
+    _text = field_validator("experiment", "run_name", mode="before")(_as_text)
+    _run_name = field_validator("run_name")(check_run_name)
+    _experiment = field_validator("experiment")(check_experiment_name)
+
     @model_validator(mode="after")
     def _fractions(self) -> "SegmenterConfig":
         f = self.split_fractions
@@ -69,11 +72,11 @@ class SegmenterConfig(_Strict):
 
 def load_segmenter_config(overrides: list[str] = (), base: dict | None = None) -> SegmenterConfig:
     """Defaults (or ``base``) with ``key=value`` overrides; every bad key or value named at once."""
-    from isnet.config.load import apply_overrides
+    from isnet.config.load import apply_overrides, describe_errors
 
+    overrides = list(overrides)
     raw = apply_overrides(dict(base or {}), overrides)
     try:
         return SegmenterConfig.model_validate(raw)
     except ValidationError as exc:
-        parts = [f"{'.'.join(str(x) for x in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError("segmenter config: " + "; ".join(parts)) from None
+        raise describe_errors(exc, "segmenter config", "(defaults)", overrides) from None

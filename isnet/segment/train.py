@@ -23,7 +23,7 @@ from isnet.errors import UserError
 from isnet.models.segmenter import build_segmenter
 from isnet.segment.config import SegmenterConfig
 from isnet.segment.postprocess import clean_mask, dice_iou
-from isnet.tracking import Tracker
+from isnet.tracking import BUFFER_NAME, Tracker
 from isnet.train.checkpoint import save_checkpoint
 from isnet.train.seeding import seed_everything
 
@@ -120,6 +120,7 @@ def train_segmenter(cfg: SegmenterConfig, manifest: str | Path, *, log=print) ->
     tracker = Tracker(cfg.experiment, cfg.tracking_uri)
     run_id = tracker.start(run_name=cfg.run_name)
     ckpt = Path(cfg.checkpoint_dir) / (run_id or "local") / "best.pt"
+    tracker.buffer_path = ckpt.parent / BUFFER_NAME  # where records wait while the server is unreachable
     result = SegFitResult(run_id, 0, -1.0, 0.0, checkpoint=ckpt)
     try:
         tracker.log_run_context(cfg.model_dump(mode="json"), sha256_file(manifest), str(manifest))

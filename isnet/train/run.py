@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -16,7 +18,7 @@ from isnet.data.manifest import load_manifest
 from isnet.errors import UserError
 from isnet.methods import build_methods
 from isnet.models import build_classifier
-from isnet.tracking import BUFFER_NAME, Tracker
+from isnet.tracking import BUFFER_NAME, Tracker, flush_buffer, is_unreachable, store_uri
 from isnet.train.checkpoint import CheckpointError, load_latest_checkpoint, previous_path
 from isnet.train.distributed import distribute_trainer, init_distributed
 from isnet.train.seeding import seed_everything
@@ -29,6 +31,56 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+#: written into a run's checkpoint folder once everything is logged: ``--resume`` then has nothing to do
+FINISHED_NAME = "finished.json"
+#: run tag set once the model is exported, so that a resumed run does not log a second one
+MODEL_TAG = "isnet.model_logged"
+
+
+def _finished(cfg: TrainConfig, run_id: str) -> FitResult | None:
+    """The result of a run that had finished (its marker, or for runs from before the marker: every epoch
+    checkpointed and MLflow says FINISHED); None when there is something left to do."""
+    ckpt_dir = Path(cfg.train.checkpoint_dir) / run_id
+    marker = ckpt_dir / FINISHED_NAME
+    if marker.is_file():
+        try:
+            m = json.loads(marker.read_text())
+            return FitResult(run_id, int(m["epochs_run"]), int(m["best_epoch"]), float(m["best_val_loss"]), ckpt_dir,
+                             test_metrics=dict(m.get("test_metrics", {})), already_finished=True)
+        except (ValueError, KeyError, TypeError):
+            print(f"warning: {marker} is unreadable; checking the run's checkpoint instead", flush=True)
+    return None
+
+
+def _finished_before_marker(cfg: TrainConfig, run_id: str, state: dict, ckpt_dir: Path) -> FitResult | None:
+    saved = TrainConfig.model_validate(state["config"])
+    patience = saved.optim.early_stopping_patience
+    if not (int(state["epoch"]) >= saved.optim.epochs or (patience and int(state["bad_epochs"]) >= patience)):
+        return None
+    uri = store_uri(saved.tracking.tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        return None  # reading a store that does not exist would create it
+    try:
+        from mlflow.tracking import MlflowClient
+
+        status = MlflowClient(uri).get_run(run_id).info.status
+    except Exception:
+        return None
+    if status != "FINISHED":
+        return None
+    return FitResult(run_id, int(state["epoch"]), int(state["best_epoch"]), float(state["best_val_loss"]), ckpt_dir,
+                     already_finished=True)
+
+
+def _write_finished(result: FitResult) -> None:
+    marker = Path(result.checkpoint_dir) / FINISHED_NAME
+    tmp = marker.with_name(f".{marker.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps({"run_id": result.run_id, "epochs_run": result.epochs_run,
+                               "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
+                               "test_metrics": result.test_metrics}, indent=1))
+    os.replace(tmp, marker)
 
 
 def _resume_state(cfg: TrainConfig, run_id: str) -> tuple[TrainConfig, dict, Path]:
@@ -57,7 +109,13 @@ def train(cfg: TrainConfig, manifest_path: str | Path, *, resume: str | None = N
     a parent run; ``tags`` are set on the run."""
     state = None
     if resume:
-        cfg, state, _ = _resume_state(cfg, resume)
+        done = _finished(cfg, resume)
+        if done is not None:
+            return done
+        cfg, state, ckpt_dir = _resume_state(cfg, resume)
+        done = _finished_before_marker(cfg, resume, state, ckpt_dir)
+        if done is not None:
+            return done
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
@@ -82,6 +140,8 @@ def _train(cfg, manifest_path, device, ctx, *, resume, state, progress, extra_tr
                         f"(SHA-256 differs); start a new run instead")
     model = build_classifier(cfg.model.backbone, len(cfg.data.classes), width=cfg.model.width)
     tracker = Tracker(cfg.tracking.experiment, cfg.tracking.tracking_uri, enabled=main)  # rank 0 logs
+    if state is not None and main:
+        _send_buffered(Path(cfg.train.checkpoint_dir) / resume / BUFFER_NAME, resume)
     run_id = tracker.start(run_id=resume, run_name=cfg.tracking.run_name, parent_run_id=parent_run_id)
     if ctx is not None:  # every rank checkpoints under (and records) rank 0's run id
         run_id = tracker.run_id = ctx.broadcast_object(run_id)
@@ -90,6 +150,7 @@ def _train(cfg, manifest_path, device, ctx, *, resume, state, progress, extra_tr
     ckpt_dir = Path(cfg.train.checkpoint_dir) / (run_id or "local")
     tracker.buffer_path = ckpt_dir / BUFFER_NAME  # where records wait while the server is unreachable
     try:
+        run_tags = tracker.load_logged() if state is not None else {}  # resumed: nothing is logged twice
         trainer = Trainer(cfg, manifest, model, methods, tracker, device, ckpt_dir, progress=progress,
                           extra_transforms=extra_transforms)
         if ctx is not None:
@@ -101,6 +162,7 @@ def _train(cfg, manifest_path, device, ctx, *, resume, state, progress, extra_tr
         elif main:
             tracker.log_run_context(config_to_dict(cfg), manifest.sha256, str(manifest_path))
             _log_splits(tracker, manifest.frame)
+            tracker.log_site_keys(manifest.frame["site"])  # per-site metric names ↔ real site names
             counts = manifest.counts()
             print(f"run {run_id} started; checkpoints in {ckpt_dir}\n"
                   f"images per split and class:\n{counts.to_string()}", flush=True)
@@ -112,11 +174,12 @@ def _train(cfg, manifest_path, device, ctx, *, resume, state, progress, extra_tr
         tracker.log_metrics(result.test_metrics)
         tracker.log_metrics({"best_epoch": result.best_epoch, "epochs_run": result.epochs_run})
         tracker.log_artifact(trainer.best_path, "checkpoints")
-        if cfg.tracking.log_model:
+        if cfg.tracking.log_model and MODEL_TAG not in run_tags:
             size = cfg.data.image_size
             example = np.zeros((2, 1, size, size), dtype=np.float32)  # batch 2: a batch of 1 would be exported as a fixed size
             try:
-                tracker.log_model(trainer.model.cpu().eval(), example)
+                if tracker.log_model(trainer.model.cpu().eval(), example):
+                    tracker.set_tags({MODEL_TAG: "true"})
             except Exception as exc:  # the weights are already logged as checkpoints/best.pt
                 print(f"warning: MLflow could not export the model ({type(exc).__name__}: {exc}); "
                       f"the best checkpoint is logged under checkpoints/best.pt", flush=True)
@@ -130,7 +193,23 @@ def _train(cfg, manifest_path, device, ctx, *, resume, state, progress, extra_tr
         tracker.end("FAILED")
         raise
     tracker.end("FINISHED")
+    _write_finished(result)
     return result
+
+
+def _send_buffered(buffer: Path, run_id: str) -> None:
+    """Records a stopped run could not send go first, so that the resumed run sees (and does not repeat)
+    them."""
+    if not buffer.is_file():
+        return
+    try:
+        sent, _ = flush_buffer(buffer)
+    except Exception as exc:
+        if not is_unreachable(exc):
+            raise
+        raise UserError(f"cannot resume run {run_id}: its buffered tracking records ({buffer}) cannot be sent, "
+                        f"the MLflow server is unreachable ({str(exc)[:160]}); resume once it answers") from None
+    print(f"sent {sent} tracking records run {run_id} had buffered", flush=True)
 
 
 def _log_splits(tracker: Tracker, frame: pd.DataFrame) -> None:

@@ -1,15 +1,17 @@
-"""Seeds derived from (run seed, epoch), so a resumed run replays exactly the epochs it had not finished."""
+"""Seeds derived from (run seed, epoch), so a resumed run replays exactly the epochs it had not finished.
+
+Python's global ``random`` is deliberately left alone: nothing in training draws from it (MONAI transforms
+have their own seeded states, data-loader workers are seeded by torch), and MLflow draws run names from it,
+so seeding it gave every run without ``--run-name`` the same name.
+"""
 
 from __future__ import annotations
-
-import random
 
 import numpy as np
 import torch
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
-    random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if deterministic:

@@ -26,6 +26,7 @@ from isnet.evaluate.relevance import explain_loader
 from isnet.lrp import LRPConfig, supports_model
 from isnet.methods.base import Method, StepOutput
 from isnet.tracking import Tracker
+from isnet.tracking_names import site_keys
 from isnet.train.checkpoint import load_checkpoint, save_checkpoint
 from isnet.train.evaluation import per_site_accuracy, predict, score
 from isnet.train.seeding import epoch_seed
@@ -46,6 +47,7 @@ class FitResult:
     checkpoint_dir: Path
     test_metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
+    already_finished: bool = False  # ``--resume`` of a run that had finished: nothing was run or written
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -338,5 +340,6 @@ class Trainer:
         ds = build_dataset(records, self.cfg.data, train=False, extra=self.extra_transforms.get("test", ()))
         pred = predict(self.model, build_loader(ds, self.cfg.data, shuffle=False), self.device)
         out = {f"test_{k}": v for k, v in score(pred, self.num_classes).items()}
-        out.update({f"test_accuracy_{site}": v for site, v in per_site_accuracy(pred).items()})
+        keys = site_keys(self.manifest.frame["site"])  # site names are data: escaped for MLflow, mapping logged
+        out.update({f"test_accuracy_{keys[site]}": v for site, v in per_site_accuracy(pred).items()})
         return out
