@@ -1,4 +1,4 @@
-"""Configuration of the bias-injection stress test (``isnet stress-test``, DESIGN.md §7).
+"""Configuration of the bias-injection stress test (``isnet stress-test``, docs/design.md, section 6).
 
 ``train`` is an ordinary run configuration (``TrainConfig``) shared by every cell; each cell overrides its
 ``methods`` and ``train.seed``. Unknown keys are errors, as everywhere else.

@@ -1,4 +1,4 @@
-"""Synthetic background biases for the stress test (DESIGN.md §7).
+"""Synthetic background biases for the stress test (docs/design.md, section 6).
 
 A bias is a visual token (geometric shape, text, bright patch, frame, noise texture) stamped into the
 background of a resized image, never closer to the lungs than a margin: the pixels it may touch are those

@@ -1,4 +1,4 @@
-"""The bias-injection stress test (DESIGN.md §7): does a method fall for a background shortcut?
+"""The bias-injection stress test (docs/design.md, section 6): does a method fall for a background shortcut?
 
 For every cell (method spec, correlation strength, seed) a classifier is trained with ``isnet.train.run.train``
 on the training split with the bias injected into target-class images with probability ``strength`` (and

@@ -1,4 +1,4 @@
-"""ISNet heatmap loss: background relevance minimisation (DESIGN §4).
+"""ISNet heatmap loss: background relevance minimisation (docs/design.md, section 4).
 
 Works on heatmap tensors only (the LRP engine lives in ``isnet.lrp``), so it can
 be tested and reused without a model.  Shapes: heatmaps ``[B, K, H, W]`` (one
