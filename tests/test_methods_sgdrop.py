@@ -5,7 +5,7 @@ import torch
 
 from isnet.config import load_config
 from isnet.lrp import lrp_heatmaps
-from isnet.methods import SGDropMethod
+from isnet.methods import LossTerms, SGDropMethod
 from isnet.methods.sgdrop import default_layer, quantile_mask
 from isnet.models import build_classifier
 
@@ -166,7 +166,7 @@ def test_lrp_attribution_zeroes_exactly_the_features_above_the_relevance_quantil
 
     m.before_forward({"image": x, "label": y}, trainer)
     logits = model(x)  # the training forward
-    m.loss(torch.zeros(()), None, None, None, trainer)  # raises if the mask was not applied
+    m.loss(torch.zeros(()), None, None, trainer)  # raises if the mask was not applied
 
     with torch.no_grad():
         feats, fc = _features_and_head(plain, x)  # also moves plain's BN statistics once
@@ -206,7 +206,7 @@ def test_lrp_attribution_is_inactive_in_eval_mode():
         m.on_fit_end(trainer)  # hook removed
         plain = model(x)
     assert torch.equal(masked, plain) and torch.equal(again, plain)
-    assert m.loss(torch.zeros(()), None, None, None, trainer) == (torch.zeros(()), {})
+    assert m.loss(torch.zeros(()), None, None, trainer) == LossTerms()
 
 
 def test_lrp_attribution_on_densenet_takes_the_relevance_at_norm5_output():

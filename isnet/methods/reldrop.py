@@ -24,7 +24,7 @@ import torch
 
 from isnet.lrp import LRPConfig, lrp_heatmaps
 from isnet.lrp.zennit_ref import check_equivalent, zennit_heatmaps
-from isnet.methods.base import Method, register
+from isnet.methods.base import LossTerms, Method, register
 
 if TYPE_CHECKING:  # pragma: no cover
     from isnet.config.schema import RelDropConfig, TrainConfig
@@ -125,8 +125,8 @@ class RelDropMethod(Method):
         self._fraction = float(drop.float().mean())
         return {**batch, "image": occlude(x, drop, self.params.fill, self.generator)}
 
-    def loss(self, total, ce, out, batch, trainer) -> tuple[torch.Tensor, dict[str, float]]:
-        return total, {"reldrop_fraction": self._fraction}
+    def loss(self, ce, out, batch, trainer) -> LossTerms:
+        return LossTerms(metrics={"reldrop_fraction": self._fraction})
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}

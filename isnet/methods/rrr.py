@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from isnet.methods.base import Method, register
+from isnet.methods.base import LossTerms, Method, register
 
 if TYPE_CHECKING:  # pragma: no cover
     from isnet.config.schema import TrainConfig
@@ -48,6 +48,6 @@ class RRRMethod(Method):
             return batch
         return {**batch, "image": x.detach().requires_grad_(True)}
 
-    def loss(self, total, ce, out, batch, trainer) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, ce, out, batch, trainer) -> LossTerms:
         penalty = rrr_penalty(out.logits, batch["image"], batch["mask"], self.span)
-        return total + self.lam * penalty, {"rrr_penalty": float(penalty.detach())}
+        return LossTerms(terms={"rrr": self.lam * penalty}, metrics={"rrr_penalty": float(penalty.detach())})

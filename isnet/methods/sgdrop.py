@@ -32,7 +32,7 @@ from torchvision.models.resnet import ResNet
 from torchvision.models.vgg import VGG
 
 from isnet.lrp import lrp_relevance_at, supports_model
-from isnet.methods.base import Method, register
+from isnet.methods.base import LossTerms, Method, register
 
 if TYPE_CHECKING:  # pragma: no cover
     from isnet.config.schema import TrainConfig
@@ -191,9 +191,9 @@ class SGDropMethod(Method):
             self._applied = 0
         return batch
 
-    def loss(self, total, ce, out, batch, trainer) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, ce, out, batch, trainer) -> LossTerms:
         if self._mask is None:
-            return total, {}
+            return LossTerms()
         if not self._applied:
             raise RuntimeError(f"SGDrop: the mask at {self.layer} was not applied by the forward pass; choose a "
                                f"layer that the model (and, with ISNet, the LRP forward) calls as a module")
@@ -201,7 +201,7 @@ class SGDropMethod(Method):
         metrics = {"sgdrop_drop_fraction": self._dropped}
         if self.threshold is not None:
             metrics["sgdrop_threshold"] = self.threshold
-        return total, metrics
+        return LossTerms(metrics=metrics)
 
     def state_dict(self) -> dict[str, Any]:
         return {"threshold": self.threshold}
