@@ -144,7 +144,8 @@ class ISNetConfig(_Strict):
 
 
 class SGDropConfig(_Strict):
-    """Saliency-guided dropout at a latent feature map (DESIGN.md §5)."""
+    """Saliency-guided dropout at a latent feature map: zero the features whose attribution
+    ReLU(d psi_c/dz * z) is above the per-sample q_rho quantile (docs/methods.md)."""
 
     rho: float = Field(0.9, gt=0, lt=1, description="quantile q_rho: features attributed above it are zeroed "
                                                      "(about 1 - rho of them)")
@@ -152,9 +153,11 @@ class SGDropConfig(_Strict):
                                                    "convolutional block of the backbone")
     at: Literal["input", "output"] = Field("output", description="mask the named module's input or output")
     attribution: Literal["grad_x_act", "lrp"] = Field(
-        "grad_x_act", description="attribution of the true class on the feature map: gradient x activation, or "
-                                  "its LRP relevance (our engine, the rules of method.isnet)")
-    rescale: bool = Field(True, description="scale kept features by 1/keep-fraction, like dropout")
+        "grad_x_act", description="attribution of the true class on the feature map: ReLU(gradient x "
+                                  "activation), or the positive part of its LRP relevance (our engine, the rules "
+                                  "of method.isnet)")
+    rescale: bool = Field(False, description="scale kept features by 1/keep-fraction, like dropout (not in the "
+                                             "paper)")
     ema: bool = Field(False, description="threshold = exponential moving average of the batch's q_rho across steps")
     ema_momentum: float = Field(0.9, ge=0, lt=1)
 
