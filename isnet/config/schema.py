@@ -210,9 +210,15 @@ class RelDropConfig(_Strict):
 
 
 class RRRConfig(_Strict):
-    """Right for the right reasons: lambda * ||(1 - m) * d(sum log p)/dx||^2 (DESIGN.md §5)."""
+    """Right for the right reasons: lam * mean over images of ||(1 - m) * d(sum_c log p_c)/dx||^2."""
 
-    lam: float = Field(10.0, ge=0, description="weight of the input-gradient penalty")
+    lam: float = Field(10.0, ge=0, description="weight of the input-gradient penalty (the same at every batch "
+                                               "size with gradient: sample); measured on 64 px phantoms in "
+                                               "docs/methods.md")
+    gradient: Literal["sample", "batch_mean"] = Field(
+        "sample", description="sample: each image's own input gradient; batch_mean: the gradient of the batch "
+                              "mean of sum_c log p_c, as ISNet's published RRR baseline (1/B of it, so the "
+                              "penalty scales as 1/B^2 and lam depends on the batch size)")
 
 
 class MethodParams(_Strict):
