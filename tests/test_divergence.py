@@ -5,7 +5,7 @@ import torch
 from isnet.config import load_config
 import pytest
 
-from isnet.methods.base import Method, register, unregister
+from isnet.methods.base import LossTerms, Method, register, unregister
 from isnet.train.checkpoint import load_checkpoint
 from isnet.train.run import train
 from isnet.train.trainer import TrainingDiverged
@@ -22,8 +22,8 @@ class _NanAfterFirstEpoch(Method):
     def on_epoch_start(self, epoch, trainer):
         self.epoch = epoch
 
-    def loss(self, total, ce, out, batch, trainer):
-        return (total + float("nan"), {}) if self.epoch >= 2 else (total, {})
+    def loss(self, ce, out, batch, trainer):
+        return LossTerms(terms={"nan": ce * float("nan")}) if self.epoch >= 2 else LossTerms()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import torch
 
 from isnet.config import load_config
 from isnet.methods import RelDropMethod
-from isnet.methods.reldrop import block_drop, normalise, occlude, pixel_drop
+from isnet.methods.reldrop import BOX_TRIES, box_drop as block_drop, box_sizes, dataset_mean, normalise, occlude, pixel_drop
 from isnet.lrp import lrp_heatmaps
 from isnet.models import build_classifier
 
@@ -39,17 +39,21 @@ def test_alpha_zero_drops_exactly_the_most_relevant_pixels():
     assert pixel_drop(rel, alpha=0.0, beta=1.0, gen=_gen()).all()
 
 
-def test_block_centred_on_a_top_k_pixel_with_alpha_zero():
-    p = load_config(None, ["method.reldrop.variant=block", "method.reldrop.alpha=0", "method.reldrop.top_k=1",
-                           "method.reldrop.area=[0.01,0.01]", "method.reldrop.aspect=[1,1]"]).method.reldrop
-    rel = torch.rand(6, 1, 40, 40) * 0.1
-    peaks = [(5, 7), (30, 33), (20, 20), (1, 38), (38, 1), (12, 25)]
+def _peaked(b: int = 6, size: int = 40, seed: int = 0) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Relevance with one clear peak per image (and small noise elsewhere)."""
+    rel = torch.rand(b, 1, size, size, generator=_gen(seed)) * 0.1
+    peaks = [(5, 7), (30, 33), (20, 20), (1, 38), (38, 1), (12, 25)][:b]
     for i, (y, x) in enumerate(peaks):
         rel[i, 0, y, x] = 1.0
-    drop = block_drop(rel, p, _gen())
+    return rel, peaks
+
+
+def test_block_box_holds_the_top_pixel_with_k_one():
+    rel, peaks = _peaked()
+    drop = block_drop(rel, 1, (0.01, 0.01), (1.0, 1.0), _gen())
     for i, (y, x) in enumerate(peaks):
         assert drop[i, 0, y, x]
-        assert 9 <= int(drop[i].sum()) <= 16  # a 4×4 box (area 0.01·1600), clipped at the border
+        assert 4 <= int(drop[i].sum()) <= 16  # a 4×4 box (area 0.01·1600), cut at the border
 
 
 def test_fill_values():
@@ -57,8 +61,12 @@ def test_fill_values():
     drop = torch.zeros(2, 1, 8, 8, dtype=torch.bool)
     drop[:, :, :4] = True
     assert (occlude(x, drop, "zero", _gen())[drop] == 0).all()
-    mean = occlude(x, drop, "mean", _gen())
+    mean = occlude(x, drop, "image_mean", _gen())
     assert torch.allclose(mean[0][drop[0]], x[0].mean().expand(32))
+    assert (occlude(x, drop, "dataset_mean", _gen(), [0.25])[drop] == 0.25).all()
+    assert torch.equal(occlude(x, drop, "dataset_mean", _gen(), [0.25])[~drop], x[~drop])
+    with pytest.raises(ValueError, match="dataset_mean"):
+        occlude(x, drop, "dataset_mean", _gen())
     noisy = occlude(x, drop, "noise", _gen())
     assert torch.equal(noisy[~drop], x[~drop]) and not torch.equal(noisy[drop], x[drop])
 
@@ -67,7 +75,7 @@ def test_before_forward_uses_eval_lrp_and_restores_train_mode():
     class T:  # the parts of the trainer the method uses
         pass
 
-    cfg = load_config(None, ["methods=[reldrop]", "method.reldrop.prob=1"])
+    cfg = load_config(None, ["methods=[reldrop]", "method.reldrop.prob=1", "method.reldrop.fill=zero"])
     t = T()
     t.model = build_classifier("small_cnn", 3, width=4).train()
     from isnet.lrp import LRPConfig
@@ -114,6 +122,7 @@ def test_zennit_engine_occludes_the_same_top_relevance_pixels_as_ours(variant):
         cfg = load_config(None, ["methods=[reldrop]", "model.backbone=resnet18", "data.image_size=64",
                                  f"method.reldrop.engine={engine}", f"method.reldrop.variant={variant}",
                                  "method.reldrop.prob=1", "method.reldrop.alpha=0", "method.reldrop.beta=0.1",
+                                 "method.reldrop.fill=zero",
                                  "method.reldrop.top_k=1", "method.reldrop.area=[0.01,0.01]",
                                  "method.reldrop.aspect=[1,1]"])
         (m,) = build_methods(cfg.methods, cfg)
@@ -154,19 +163,185 @@ def test_zennit_engine_heatmaps_equal_ours_and_refuse_densenet():
         zennit_heatmaps(build_classifier("densenet121", 3), x.float(), y)
 
 
-def test_relevance_pass_uses_reldrops_own_epsilon_and_the_runs_other_rules():
-    """method.reldrop.epsilon (default 0.001, the RelDrop paper's best) replaces only ε of the run's rules."""
+def test_relevance_pass_uses_reldrops_own_rules_and_the_runs_bounds():
+    """method.reldrop.epsilon / first_rule / body_rule (defaults: ε = 0.001, flat, ε, as the reference code)
+    replace the run's rules; null first_rule/body_rule take the run's; the z^B bounds are always the run's."""
     torch.manual_seed(0)
     model = build_classifier("small_cnn", 3, width=4).double().train()
     x = torch.rand(3, 1, 32, 32, dtype=torch.float64)
     y = torch.tensor([0, 1, 2])
-    cfg = load_config(None, ["methods=[reldrop]", "method.reldrop.epsilon=0.5"])
-    t = _Trainer(model, cfg)
-    t.lrp_config = dataclasses.replace(t.lrp_config, low=-1.0, high=2.0)  # bounds of the run must be kept
-    heat = RelDropMethod(cfg).relevance(model, x, y, t)
-    model.eval()
-    _, own = lrp_heatmaps(model, x, y[:, None], config=dataclasses.replace(t.lrp_config, epsilon=0.5))
-    _, run_eps = lrp_heatmaps(model, x, y[:, None], config=t.lrp_config)
-    assert torch.allclose(heat, own, rtol=1e-10, atol=1e-12)
-    assert not torch.allclose(heat, run_eps, rtol=1e-3)
-    assert load_config(None, ["methods=[reldrop]"]).method.reldrop.epsilon == 0.001
+    for overrides, want in (
+        ([], dict(epsilon=0.001, first_rule="flat", body_rule="epsilon")),
+        (["method.reldrop.epsilon=0.5", "method.reldrop.first_rule=null", "method.reldrop.body_rule=null",
+          "method.isnet.first_rule=zb", "method.isnet.body_rule=zplus"],
+         dict(epsilon=0.5, first_rule="zb", body_rule="zplus")),
+    ):
+        cfg = load_config(None, ["methods=[reldrop]", *overrides])
+        t = _Trainer(model, cfg)
+        t.lrp_config = dataclasses.replace(t.lrp_config, low=-1.0, high=2.0)  # bounds of the run must be kept
+        m = RelDropMethod(cfg)
+        assert m.lrp_config(t) == dataclasses.replace(t.lrp_config, **want)
+        heat = m.relevance(model, x, y, t)
+        model.eval()
+        _, own = lrp_heatmaps(model, x, y[:, None], config=dataclasses.replace(t.lrp_config, **want))
+        _, run_rules = lrp_heatmaps(model, x, y[:, None], config=t.lrp_config)
+        model.train()
+        assert torch.allclose(heat, own, rtol=1e-10, atol=1e-12)
+        assert not torch.allclose(heat, run_rules, rtol=1e-3)
+
+
+# -- defaults = the reference code's parameters ------------------------------------------------------------
+
+
+def test_defaults_are_the_reference_codes():
+    p = load_config(None, ["methods=[reldrop]"]).method.reldrop
+    assert (p.variant, p.prob, p.alpha, p.beta) == ("pixel", 0.5, 0.3, 0.5)
+    assert (p.top_k, p.patch_count, p.area, p.random_centre) == (10, 20, (0.02, 0.4), 0.0)
+    assert p.aspect == pytest.approx((0.3, 1 / 0.3))
+    assert (p.epsilon, p.first_rule, p.body_rule, p.fill, p.fill_value) == (0.001, "flat", "epsilon",
+                                                                             "dataset_mean", None)
+    for variant, draw in (("pixel", "image"), ("block", "batch"), ("patch", "batch")):
+        m = RelDropMethod(load_config(None, ["methods=[reldrop]", f"method.reldrop.variant={variant}"]))
+        assert m.draw == draw
+    m = RelDropMethod(load_config(None, ["methods=[reldrop]", "method.reldrop.variant=block",
+                                         "method.reldrop.draw=image"]))
+    assert m.draw == "image"
+    with pytest.raises(Exception, match="fill_value"):
+        load_config(None, ["methods=[reldrop]", "method.reldrop.fill=zero", "method.reldrop.fill_value=0.5"])
+
+
+def test_default_pixel_rule_is_the_formula_with_alpha_0_3():
+    m = RelDropMethod(load_config(None, ["methods=[reldrop]"]))
+    rel = torch.randn(4, 1, 16, 16)
+    drop = m.drop_mask(rel)
+    u = torch.rand(rel.shape, generator=torch.Generator().manual_seed(202))  # the method's generator, seed 0
+    assert torch.equal(drop, 0.3 * u + 0.7 * normalise(rel) >= 0.5)
+
+
+def test_box_sizes_follow_the_area_and_aspect_ranges_and_fit_inside():
+    bh, bw = box_sizes(4000, 40, 50, (0.02, 0.4), (0.3, 1 / 0.3), _gen())
+    assert ((bh > 0) & (bh < 40) & (bw > 0) & (bw < 50)).all()  # redrawn until the box fits
+    area = (bh * bw).double() / 2000
+    assert 0.015 < float(area.min()) and float(area.max()) < 0.45
+    ratio = (bh.double() / bw.double()).log()
+    assert float(ratio.min()) < -0.9 and float(ratio.max()) > 0.9  # log-uniform over [0.3, 3.33]
+    assert abs(float(ratio.mean())) < 0.1
+    # a box that can never fit (taller than the image) is given up after BOX_TRIES draws: no box
+    bh, bw = box_sizes(8, 40, 40, (0.9, 0.9), (3.0, 3.0), _gen())
+    assert (bh == 0).all() and (bw == 0).all() and BOX_TRIES == 100
+    rel, _ = _peaked()
+    assert not block_drop(rel, 1, (0.9, 0.9), (3.0, 3.0), _gen()).any()
+
+
+def test_block_centres_are_drawn_uniformly_among_the_top_k():
+    """Each box's centre is one of the image's k most relevant positions, and each of them is used."""
+    size, k = 32, 10
+    rel = torch.rand(1, 1, size, size, generator=_gen(3)).expand(400, 1, size, size).contiguous()
+    top = set(rel[0].flatten().topk(k).indices.tolist())
+    drop = block_drop(rel, k, (0.01, 0.01), (1.0, 1.0), _gen())  # 3×3 boxes: the centre is the middle pixel
+    centres = []
+    for i in range(400):
+        ys, xs = torch.nonzero(drop[i, 0], as_tuple=True)
+        assert len(ys) == 9
+        cy, cx = int(ys.float().mean().round()), int(xs.float().mean().round())
+        centres.append(cy * size + cx)
+    assert set(centres) == top
+    counts = torch.bincount(torch.tensor(centres), minlength=size * size)[list(top)]
+    assert int(counts.min()) > 15  # ~40 each out of 400
+    anywhere = block_drop(rel, k, (0.01, 0.01), (1.0, 1.0), _gen(), random_centre=1.0)
+    assert anywhere.any((1, 2, 3)).all() and not all(bool(anywhere[i].flatten()[list(top)].any())
+                                                     for i in range(400))
+
+
+def test_patch_variant_is_one_small_box_per_image_on_one_of_the_top_patch_count_positions():
+    """patch: the box area is U(area)·H·W / patch_count and its centre one of the patch_count most relevant
+    positions (the reference code's patch variant)."""
+    size = 40
+    rel = torch.rand(50, 1, size, size, generator=_gen(1))
+    m = RelDropMethod(load_config(None, ["methods=[reldrop]", "method.reldrop.variant=patch",
+                                         "method.reldrop.patch_count=4", "method.reldrop.area=[0.16,0.16]",
+                                         "method.reldrop.aspect=[1,1]"]))
+    drop = m.drop_mask(rel)
+    for i in range(50):
+        n = int(drop[i].sum())
+        assert 16 <= n <= 64  # an 8×8 box (0.16·1600/4 = 64 pixels), cut at the border
+        ys, xs = torch.nonzero(drop[i, 0], as_tuple=True)
+        top = rel[i].flatten().topk(4).indices
+        if n == 64:  # not cut: the centre is known exactly (rows [cy − 4, cy + 4))
+            assert int(ys.min() + 4) * size + int(xs.min() + 4) in top.tolist()
+
+
+class _Counting(RelDropMethod):
+    """Counts the relevance passes."""
+
+    calls = 0
+
+    def relevance(self, model, x, y, trainer):
+        _Counting.calls += 1
+        return torch.rand(x.shape[0], 1, *x.shape[2:], generator=_gen(_Counting.calls))
+
+
+@pytest.mark.parametrize("variant", ["block", "patch"])
+def test_block_and_patch_draw_once_per_batch_and_skip_the_pass_otherwise(variant):
+    class T:
+        model = torch.nn.Identity().train()
+
+    cfg = load_config(None, ["methods=[reldrop]", f"method.reldrop.variant={variant}", "method.reldrop.prob=0.5",
+                             "method.reldrop.fill_value=-1"])
+    m = _Counting(cfg)
+    _Counting.calls = 0
+    x = torch.rand(8, 1, 32, 32)
+    occluded = []
+    for _ in range(60):
+        out = m.before_forward({"image": x, "label": torch.zeros(8, dtype=torch.long)}, T())["image"]
+        per_image = (out == -1).flatten(1).any(1)
+        assert per_image.all() or not per_image.any(), "the whole batch or none of it"
+        occluded.append(bool(per_image.all()))
+    assert 15 < sum(occluded) < 45 and _Counting.calls == sum(occluded)  # no relevance pass when not occluded
+    m.params.draw = "image"  # the option: one draw per image
+    mixed = 0
+    for _ in range(20):
+        out = m.before_forward({"image": x, "label": torch.zeros(8, dtype=torch.long)}, T())["image"]
+        per_image = (out == -1).flatten(1).any(1)
+        mixed += int(bool(per_image.any()) and not bool(per_image.all()))
+    assert mixed > 10
+
+
+def test_pixel_variant_draws_per_image():
+    class T:
+        model = torch.nn.Identity().train()
+
+    m = _Counting(load_config(None, ["methods=[reldrop]", "method.reldrop.fill_value=-1"]))
+    x = torch.rand(16, 1, 16, 16)
+    out = m.before_forward({"image": x, "label": torch.zeros(16, dtype=torch.long)}, T())["image"]
+    per_image = (out == -1).flatten(1).any(1)
+    assert 0 < int(per_image.sum()) < 16
+
+
+def test_dataset_mean_is_the_training_splits_mean(tmp_path):
+    from conftest import make_toy_set
+
+    from isnet.data.dataset import build_dataset, build_loader
+    from isnet.data.manifest import load_manifest
+    from isnet.methods.base import Method
+
+    cfg = load_config(None, ["methods=[reldrop]", "data.image_size=32", "model.backbone=small_cnn"])
+    manifest = load_manifest(make_toy_set(tmp_path / "toy", n_per_class=3, size=32), cfg.data.classes)
+
+    class T:
+        pass
+
+    t = T()
+    t.cfg, t.manifest, t.model, t.tracker = cfg, manifest, build_classifier("small_cnn", 3, width=4), None
+    ds = build_dataset(manifest.records("train"), cfg.data, train=False)
+    want = torch.cat([b["image"] for b in build_loader(ds, cfg.data, shuffle=False)]).double().mean()
+    assert dataset_mean(t) == pytest.approx([float(want)], rel=1e-9)
+    m = RelDropMethod(cfg)
+    m.on_fit_start(t)
+    assert m.fill_value == pytest.approx([float(want)])
+    again = RelDropMethod(cfg)  # resumed: the measured value comes from the checkpoint, not a new pass
+    again.load_state_dict(m.state_dict())
+    t.manifest = None
+    again.on_fit_start(t)
+    assert again.fill_value == m.fill_value
+    assert issubclass(RelDropMethod, Method)

@@ -5,7 +5,7 @@ import torch
 
 from isnet.config import load_config
 from isnet.lrp import lrp_heatmaps
-from isnet.methods import SGDropMethod
+from isnet.methods import LossTerms, SGDropMethod
 from isnet.methods.sgdrop import default_layer, quantile_mask
 from isnet.models import build_classifier
 
@@ -25,19 +25,26 @@ def test_quantile_mask_drops_exactly_the_features_above_the_threshold():
     assert torch.allclose(scaled.flatten(1).max(1).values, 100 / kept)  # 100 features per sample
 
 
-def test_compute_mask_follows_grad_x_activation_and_rho():
+def test_defaults_are_the_papers_formula_without_rescaling():
+    p = load_config(None, ["methods=[sgdrop]"]).method.sgdrop
+    assert (p.attribution, p.rescale, p.rho, p.ema) == ("grad_x_act", False, 0.9, False)
+
+
+def test_compute_mask_follows_relu_of_grad_x_activation_and_rho():
     torch.manual_seed(0)
     model = build_classifier("small_cnn", 3, width=4).train()
     m = _method("method.sgdrop.rho=0.75")
     m.attach(model)
     x, y = torch.rand(4, 1, 32, 32), torch.tensor([0, 1, 2, 1])
     attr = m.attribution(model, x, y)
-    # reference: the feature map at the pooling input, and d(true logit)/d(feature) by hand
+    # reference: the feature map at the pooling input, and ReLU(d(true logit)/d(feature) ⊙ feature) by hand
     feats = model[:15](x).detach().requires_grad_(True)
     score = model[15:](feats).gather(1, y[:, None]).sum()
     (g,) = torch.autograd.grad(score, feats)
-    assert torch.allclose(attr, g * feats, atol=1e-6)
+    assert (g * feats < -1e-4).any(), "the test needs negative grad × activation to check the ReLU"
+    assert torch.allclose(attr, torch.relu(g * feats), atol=1e-6)
     mask = m.compute_mask(model, x, y)
+    assert set(mask.unique().tolist()) <= {0.0, 1.0}  # no rescaling by default
     flat = attr.flatten(1)
     k = int(torch.ceil(torch.tensor(0.75 * flat.shape[1])))
     q = flat.kthvalue(k, dim=1).values
@@ -166,17 +173,17 @@ def test_lrp_attribution_zeroes_exactly_the_features_above_the_relevance_quantil
 
     m.before_forward({"image": x, "label": y}, trainer)
     logits = model(x)  # the training forward
-    m.loss(torch.zeros(()), None, None, None, trainer)  # raises if the mask was not applied
+    m.loss(torch.zeros(()), None, None, trainer)  # raises if the mask was not applied
 
     with torch.no_grad():
         feats, fc = _features_and_head(plain, x)  # also moves plain's BN statistics once
-        ref = _lrp_at_pool_input(feats, fc, y, eps=0.5)
+        ref = _lrp_at_pool_input(feats, fc, y, eps=0.5).clamp_min(0)  # the positive part
     flat = ref.flatten(1)
     q = flat.kthvalue(int(torch.ceil(torch.tensor(0.8 * flat.shape[1]))), dim=1).values
     above = (flat > q[:, None]).reshape(ref.shape)
-    keep = (~above).to(ref) * (flat.shape[1] / (~above).flatten(1).sum(1).to(ref)).reshape(-1, 1, 1, 1)
+    keep = (~above).to(ref)  # rescale is off by default
     assert len(seen) == 2  # the attribution pass, then the training forward
-    torch.testing.assert_close(seen[-1], feats * keep, rtol=1e-12, atol=1e-12)  # zeroed exactly above q, rescaled
+    torch.testing.assert_close(seen[-1], feats * keep, rtol=1e-12, atol=1e-12)  # zeroed exactly above q
     assert 0 < float(above.float().mean()) <= 0.2 + 1e-9
     # the extra pass did not count the batch in the BN statistics: one forward's worth, like the plain model's
     for a, b in zip(model.buffers(), plain.buffers()):
@@ -206,7 +213,7 @@ def test_lrp_attribution_is_inactive_in_eval_mode():
         m.on_fit_end(trainer)  # hook removed
         plain = model(x)
     assert torch.equal(masked, plain) and torch.equal(again, plain)
-    assert m.loss(torch.zeros(()), None, None, None, trainer) == (torch.zeros(()), {})
+    assert m.loss(torch.zeros(()), None, None, trainer) == LossTerms()
 
 
 def test_lrp_attribution_on_densenet_takes_the_relevance_at_norm5_output():
@@ -226,7 +233,9 @@ def test_lrp_attribution_on_densenet_takes_the_relevance_at_norm5_output():
     attr = m.attribution(model, x, y)
     with torch.no_grad():
         feats = F.relu(model.features(x))
-    torch.testing.assert_close(attr, _lrp_at_pool_input(feats, model.classifier, y, eps=0.01), rtol=1e-10, atol=1e-12)
+    want = _lrp_at_pool_input(feats, model.classifier, y, eps=0.01)
+    assert (want < 0).any()
+    torch.testing.assert_close(attr, want.clamp_min(0), rtol=1e-10, atol=1e-12)
 
 
 def test_lrp_attribution_refuses_a_layer_without_relevance():

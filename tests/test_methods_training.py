@@ -16,9 +16,9 @@ from isnet.train.run import train
 CASES = {
     "sgdrop": (["method.sgdrop.ema=true"], ["train_sgdrop_drop_fraction", "train_sgdrop_threshold"]),
     "reldrop": (["method.reldrop.variant=block"], ["train_reldrop_fraction"]),
-    "rrr": ([], ["train_rrr_penalty"]),
+    "rrr": ([], ["train_rrr_penalty", "train_loss_rrr", "train_ce_weight"]),
     "masked_input": ([], ["train_masked_input_kept"]),
-    "isnet,sgdrop": ([], ["train_L_bg", "train_sgdrop_drop_fraction"]),
+    "isnet,sgdrop": ([], ["train_L_bg", "train_sgdrop_drop_fraction", "train_loss_isnet", "train_ce_weight"]),
     "sgdrop/lrp": (["method.sgdrop.attribution=lrp"], ["train_sgdrop_drop_fraction"]),
     "reldrop/zennit": (["method.reldrop.engine=zennit", "method.reldrop.prob=1"], ["train_reldrop_fraction"]),
 }
@@ -39,9 +39,14 @@ def test_one_epoch(case, phantoms, tmp_path, monkeypatch):
         "data.batch_size=16", "optim.epochs=1", "tracking.log_model=false", "train.threads=2",
         "train.heatmap_every=0", "method.isnet.C1=0.05", "method.isnet.C2=5", *extra])
     result = train(cfg, phantoms, progress=False)
-    metrics = MlflowClient(store_uri()).get_run(result.run_id).data.metrics
+    run = MlflowClient(store_uri()).get_run(result.run_id)
+    metrics = run.data.metrics
     for k in keys + ["test_accuracy"]:
         assert k in metrics and metrics[k] == metrics[k], k
+    from isnet.methods import LOSS_RULE
+    assert run.data.tags["loss.composition"] == LOSS_RULE  # the composition rule is logged with every run
+    if methods == "isnet,sgdrop":  # ISNet's (1 − P) weighs the cross-entropy only
+        assert metrics["train_ce_weight"] == pytest.approx(0.3)
     state = load_checkpoint(tmp_path / "checkpoints" / result.run_id / "last.pt")
     if case == "sgdrop":  # the EMA state travels with the checkpoint
         from isnet.methods import SGDropMethod

@@ -159,13 +159,14 @@ def test_zb_bounds_follow_the_intensity_convention():
 
 def test_invalid_combinations_fail_at_config_validation():
     with pytest.raises(ConfigError) as exc:
-        load_config(None, ["data.intensity=xrv", "methods=[reldrop]"])
+        load_config(None, ["data.intensity=xrv", "methods=[reldrop]", "method.reldrop.fill=zero"])
     msg = str(exc.value)
-    assert "method.reldrop.fill='zero'" in msg and "data.intensity='xrv'" in msg and "fill=mean" in msg
+    assert "method.reldrop.fill='zero'" in msg and "data.intensity='xrv'" in msg and "fill=dataset_mean" in msg
     with pytest.raises(ConfigError, match="'noise'"):
         load_config(None, ["data.intensity=xrv", "methods=[isnet,reldrop]", "method.reldrop.fill=noise"])
-    ok = load_config(None, ["data.intensity=xrv", "methods=[reldrop]", "method.reldrop.fill=mean"])
-    assert ok.data.value_range == (-1024.0, 1024.0)
+    for fill in ("dataset_mean", "image_mean"):  # the default fill is a value of the run's own convention
+        ok = load_config(None, ["data.intensity=xrv", "methods=[reldrop]", f"method.reldrop.fill={fill}"])
+        assert ok.data.value_range == (-1024.0, 1024.0)
     assert load_config(None, ["methods=[reldrop]"]).data.intensity == "unit"      # default unchanged
     for override, key in (("data.intensity=hu", "data.intensity"), ("data.crop=middle", "data.crop")):
         with pytest.raises(ConfigError, match=f"'{key}'"):

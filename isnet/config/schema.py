@@ -187,7 +187,8 @@ class ISNetConfig(_Strict):
 
 
 class SGDropConfig(_Strict):
-    """Saliency-guided dropout at a latent feature map (DESIGN.md §5)."""
+    """Saliency-guided dropout at a latent feature map: zero the features whose attribution
+    ReLU(d psi_c/dz * z) is above the per-sample q_rho quantile (docs/methods.md)."""
 
     rho: float = Field(0.9, gt=0, lt=1, description="quantile q_rho: features attributed above it are zeroed "
                                                      "(about 1 - rho of them)")
@@ -195,27 +196,46 @@ class SGDropConfig(_Strict):
                                                    "convolutional block of the backbone")
     at: Literal["input", "output"] = Field("output", description="mask the named module's input or output")
     attribution: Literal["grad_x_act", "lrp"] = Field(
-        "grad_x_act", description="attribution of the true class on the feature map: gradient x activation, or "
-                                  "its LRP relevance (our engine, the rules of method.isnet)")
-    rescale: bool = Field(True, description="scale kept features by 1/keep-fraction, like dropout")
+        "grad_x_act", description="attribution of the true class on the feature map: ReLU(gradient x "
+                                  "activation), or the positive part of its LRP relevance (our engine, the rules "
+                                  "of method.isnet)")
+    rescale: bool = Field(False, description="scale kept features by 1/keep-fraction, like dropout (not in the "
+                                             "paper)")
     ema: bool = Field(False, description="threshold = exponential moving average of the batch's q_rho across steps")
     ema_momentum: float = Field(0.9, ge=0, lt=1)
 
 
 class RelDropConfig(_Strict):
-    """Relevance-driven input dropout (DESIGN.md §5): occlusion guided by one eval-mode LRP pass per batch."""
+    """Relevance-driven input dropout: occlusion guided by an eval-mode LRP pass of the true class. The
+    defaults are those of the authors' reference code (docs/methods.md lists each one and our options)."""
 
-    variant: Literal["pixel", "block"] = "pixel"
-    prob: float = Field(0.5, ge=0, le=1, description="probability that an image is occluded")
-    alpha: float = Field(0.5, ge=0, le=1, description="pixel: weight of uniform noise against relevance; "
-                                                      "block: probability of a random (not top-k) box centre")
+    variant: Literal["pixel", "block", "patch"] = Field(
+        "pixel", description="pixel: drop pixels by alpha*U + (1-alpha)*R >= 1 - beta; block: one box per image "
+                             "on one of the top_k most relevant positions; patch: a box of 1/patch_count of "
+                             "that area on one of the patch_count most relevant positions")
+    prob: float = Field(0.5, ge=0, le=1, description="probability of occlusion, per image or per batch (draw)")
+    draw: Optional[Literal["image", "batch"]] = Field(
+        None, description="what prob applies to: each image, or the whole batch at once; null: the reference's "
+                          "choice (pixel: image; block and patch: batch)")
+    alpha: float = Field(0.3, ge=0, le=1, description="pixel: weight of uniform noise against relevance")
     beta: float = Field(0.5, ge=0, le=1, description="pixel: drop where alpha*U + (1-alpha)*R >= 1 - beta")
-    top_k: int = Field(10, ge=1, description="block: the centre is one of the k most relevant pixels")
-    area: tuple[float, float] = Field((0.02, 0.33), description="block: box area range, fraction of the image")
-    aspect: tuple[float, float] = Field((0.3, 3.3), description="block: box aspect-ratio range")
-    epsilon: float = Field(0.001, gt=0, description="LRP-ε of the relevance pass (the RelDrop paper's best "
-                                                   "setting; the run's ISNet heatmaps keep method.isnet.epsilon)")
-    fill: Literal["zero", "mean", "noise"] = "zero"
+    top_k: int = Field(10, ge=1, description="block: the centre is drawn among the k most relevant positions")
+    patch_count: int = Field(20, ge=1, description="patch: candidate centres (the most relevant positions) and "
+                                                  "divisor of the box area")
+    area: tuple[float, float] = Field((0.02, 0.4), description="block/patch: box area range, fraction of the image")
+    aspect: tuple[float, float] = Field((0.3, 1 / 0.3), description="block/patch: aspect-ratio range (log-uniform)")
+    random_centre: float = Field(0.0, ge=0, le=1, description="block/patch: probability that a box is centred on "
+                                                              "a uniformly random pixel instead (0: never)")
+    epsilon: float = Field(0.001, gt=0, description="LRP-epsilon of the relevance pass")
+    first_rule: Optional[Literal["zb", "epsilon", "flat"]] = Field(
+        "flat", description="LRP rule at the first layer of the relevance pass; null: method.isnet.first_rule")
+    body_rule: Optional[Literal["epsilon", "zplus", "alpha2beta1", "epsilon_zplus"]] = Field(
+        "epsilon", description="LRP rule of the other layers of the relevance pass; null: method.isnet.body_rule")
+    fill: Literal["dataset_mean", "image_mean", "zero", "noise"] = Field(
+        "dataset_mean", description="value of occluded pixels: the training split's mean (measured at the start "
+                                    "of training unless fill_value is set), the image's own mean, 0, or U[0, 1]")
+    fill_value: Optional[float] = Field(None, description="fill: dataset_mean: this value (in the network's input "
+                                                          "convention) instead of measuring the mean")
     engine: Literal["isnet", "zennit"] = Field(
         "isnet", description="LRP engine of the relevance pass: ours, or zennit with an equivalent composite (a "
                              "cross-check; slower, and no DenseNet)")
@@ -227,13 +247,21 @@ class RelDropConfig(_Strict):
             raise ValueError(f"area must be 0 < low <= high <= 1, got {self.area}")
         if not 0 < self.aspect[0] <= self.aspect[1]:
             raise ValueError(f"aspect must be 0 < low <= high, got {self.aspect}")
+        if self.fill_value is not None and self.fill != "dataset_mean":
+            raise ValueError(f"fill_value is the value of fill=dataset_mean; it has no meaning with fill={self.fill!r}")
         return self
 
 
 class RRRConfig(_Strict):
-    """Right for the right reasons: lambda * ||(1 - m) * d(sum log p)/dx||^2 (DESIGN.md §5)."""
+    """Right for the right reasons: lam * mean over images of ||(1 - m) * d(sum_c log p_c)/dx||^2."""
 
-    lam: float = Field(10.0, ge=0, description="weight of the input-gradient penalty")
+    lam: float = Field(10.0, ge=0, description="weight of the input-gradient penalty (the same at every batch "
+                                               "size with gradient: sample); measured on 64 px phantoms in "
+                                               "docs/methods.md")
+    gradient: Literal["sample", "batch_mean"] = Field(
+        "sample", description="sample: each image's own input gradient; batch_mean: the gradient of the batch "
+                              "mean of sum_c log p_c, as ISNet's published RRR baseline (1/B of it, so the "
+                              "penalty scales as 1/B^2 and lam depends on the batch size)")
 
 
 class MethodParams(_Strict):
@@ -320,11 +348,13 @@ class TrainConfig(_Strict):
     def _intensity_compatible(self) -> "TrainConfig":
         """RelDrop's 'zero' and 'noise' fills are values of the [0, 1] convention (black, U[0, 1]); under
         another convention they would occlude with mid-grey, so the combination is refused."""
-        if self.data.intensity != "unit" and "reldrop" in self.methods and self.method.reldrop.fill != "mean":
+        if self.data.intensity != "unit" and "reldrop" in self.methods and \
+                self.method.reldrop.fill in ("zero", "noise"):
             raise ValueError(
                 f"method.reldrop.fill={self.method.reldrop.fill!r} fills occluded pixels with values of the "
                 f"[0, 1] intensity convention and cannot be used with data.intensity={self.data.intensity!r} "
-                f"(range {self.data.value_range}); set method.reldrop.fill=mean or data.intensity=unit")
+                f"(range {self.data.value_range}); set method.reldrop.fill=dataset_mean (or image_mean) or "
+                f"data.intensity=unit")
         return self
 
     @model_validator(mode="after")

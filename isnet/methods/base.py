@@ -8,6 +8,7 @@ writing one class and registering it, not editing the trainer.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
@@ -22,6 +23,53 @@ class StepOutput:
 
     logits: torch.Tensor
     extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LossTerms:
+    """What one method's ``loss`` hook contributes to the step's objective.
+
+    ``ce_weight`` multiplies the cross-entropy (ISNet: 1 − P); ``terms`` are added to the objective as they are
+    (already weighted by the method, e.g. λ·penalty), under names unique across methods; ``metrics`` are
+    per-step numbers the method logs (averaged per epoch as ``train_<name>``).
+    """
+
+    ce_weight: float = 1.0
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+#: the composition rule of :func:`combine_losses`, logged with every run (tag ``loss.composition``)
+LOSS_RULE = "total = (prod over methods of ce_weight) * CE + (sum over methods of their terms)"
+
+
+def combine_losses(ce: torch.Tensor, parts: Mapping[str, LossTerms]) -> tuple[torch.Tensor, dict[str, float]]:
+    """The step's objective from the true cross-entropy and each method's :class:`LossTerms`:
+
+        total = (Π_m ce_weight_m) · CE + Σ_m Σ_k terms_m[k]
+
+    Every hook sees the same true cross-entropy and nothing of the other methods' contributions, so the
+    objective of a set of methods does not depend on the order they are listed in. The weights are multiplied
+    and the terms added in the sorted order of their names, so even the floating-point result is the same for
+    every order. ``parts`` maps a method's name to what its hook returned. Returns the total and the metrics
+    ``ce_weight`` (the product) and ``loss_<term>`` (each term's value)."""
+    weight = 1.0
+    terms: dict[str, torch.Tensor] = {}
+    for name in sorted(parts):
+        part = parts[name]
+        if not isinstance(part, LossTerms):
+            raise TypeError(f"method {name!r}: the loss hook must return LossTerms, got {type(part).__name__}")
+        weight *= float(part.ce_weight)
+        for key, value in part.terms.items():
+            if key in terms:
+                raise ValueError(f"loss term {key!r} is returned by two methods; term names must be unique")
+            terms[key] = value
+    total = ce * weight if weight != 1.0 else ce
+    for key in sorted(terms):
+        total = total + terms[key]
+    metrics = {"ce_weight": weight}
+    metrics.update({f"loss_{k}": float(v.detach()) for k, v in terms.items()})
+    return total, metrics
 
 
 class Method:
@@ -46,10 +94,11 @@ class Method:
     def forward(self, model: torch.nn.Module, batch: dict, trainer: "Trainer") -> StepOutput:
         raise NotImplementedError
 
-    def loss(self, total: torch.Tensor, ce: torch.Tensor, out: StepOutput, batch: dict,
-             trainer: "Trainer") -> tuple[torch.Tensor, dict[str, float]]:
-        """Transform the running loss; return it with this method's per-step metrics."""
-        return total, {}
+    def loss(self, ce: torch.Tensor, out: StepOutput, batch: dict, trainer: "Trainer") -> LossTerms:
+        """This method's part of the objective, from the step's true cross-entropy ``ce`` (never another
+        method's total): a weight on the cross-entropy, added terms, and per-step metrics. The trainer
+        combines the parts of all methods with :func:`combine_losses`."""
+        return LossTerms()
 
     def grad_clip_norm(self) -> float | None:
         """A gradient-norm limit this method asks for (the smallest requested one is used)."""

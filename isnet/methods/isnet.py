@@ -20,13 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from isnet.lrp import lrp_heatmaps, supports_model
-from isnet.methods.base import Method, StepOutput, register
+from isnet.methods.base import LossTerms, Method, StepOutput, register
 from isnet.methods.isnet_loss import (
     ISNetLossConfig,
     explain_targets,
     image_relevance_totals,
     isnet_heatmap_loss,
-    isnet_total_loss,
     lung_relevance_totals,
     tune_foreground_band,
 )
@@ -145,19 +144,21 @@ class ISNetMethod(Method):
         logits, heat = lrp_heatmaps(model, batch["image"], self._targets, config=self.lrp, create_graph=True)
         return StepOutput(logits=logits, extras={"heatmaps": heat})
 
-    def loss(self, total, ce, out, batch, trainer) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, ce, out, batch, trainer) -> LossTerms:
         cfg = self.loss_config()
         terms = isnet_heatmap_loss(out.extras["heatmaps"], batch["mask"], cfg)
         if self._measure_grads:
             self._measure_grads = False
             self._grad_norms = self._term_grad_norms(trainer.model, ce, terms, cfg)
-        new_total = isnet_total_loss(total, terms, cfg)
         logits = out.logits.detach().float()
         fg = float(terms["fg_total"])
-        return new_total, {"L_bg": float(terms["L_bg"].detach()), "L_fg": float(terms["L_fg"].detach()),
-                           "L_hm": float(terms["L_hm"].detach()), "bg_share": float(terms["bg_share"]),
-                           "logit_spread": float((logits.max(1).values - logits.min(1).values).mean()),
-                           "F_over_C1": fg / float(self.C1), "F_over_C2": fg / float(self.C2), "P": self.P}
+        # (1 − P)·CE + P·L_hm, composed with the other methods by combine_losses
+        return LossTerms(ce_weight=1.0 - cfg.P, terms={"isnet": cfg.P * terms["L_hm"]},
+                         metrics={"L_bg": float(terms["L_bg"].detach()), "L_fg": float(terms["L_fg"].detach()),
+                                  "L_hm": float(terms["L_hm"].detach()), "bg_share": float(terms["bg_share"]),
+                                  "logit_spread": float((logits.max(1).values - logits.min(1).values).mean()),
+                                  "F_over_C1": fg / float(self.C1), "F_over_C2": fg / float(self.C2),
+                                  "P": self.P})
 
     @staticmethod
     def _term_grad_norms(model: torch.nn.Module, ce: torch.Tensor, terms: dict, cfg: ISNetLossConfig

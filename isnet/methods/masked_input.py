@@ -13,10 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
-
 from isnet.data.transforms import dilate_mask
-from isnet.methods.base import Method, register
+from isnet.methods.base import LossTerms, Method, register
 
 if TYPE_CHECKING:  # pragma: no cover
     from isnet.config.schema import TrainConfig
@@ -33,6 +31,6 @@ class MaskedInputMethod(Method):
             raise ValueError("masked_input needs data.input_mask; build the config through TrainConfig")
         self.params = cfg.data.input_mask
 
-    def loss(self, total, ce, out, batch, trainer: "Trainer") -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, ce, out, batch, trainer: "Trainer") -> LossTerms:
         kept = dilate_mask(batch["mask"], self.params.dilation_px).mean()
-        return total, {"masked_input_kept": float(kept)}
+        return LossTerms(metrics={"masked_input_kept": float(kept)})

@@ -1,10 +1,14 @@
-"""RRR, right for the right reasons (DESIGN.md §5): penalise input gradients in the background.
+"""RRR, right for the right reasons (Ross et al.): penalise input gradients in the background.
 
-Loss term λ·‖(1 − m)·∂(Σ_c log p_c)/∂x‖², summed over pixels and averaged over the batch, with m the lung
-mask. The input gradient is taken with ``create_graph=True`` on the forward graph of the step, so it composes
-with ISNet (whose LRP forward returns logits whose graph reaches the input) as well as with the plain forward.
-The gradient is taken with respect to the [0, 1] image whatever ``data.intensity`` is (under 'xrv',
-x = (2u - 1)·1024, so ∂/∂u = 2048·∂/∂x), so λ means the same under every convention.
+Loss term λ·mean_i Σ_pixels ((1 − m_i)·∂(Σ_c log p_c)(x_i)/∂x_i)², with m the lung mask: each image's own
+input gradient, squared and summed over its background pixels, then averaged over the batch, so λ means the
+same at every batch size (the gradient of the batch *sum* of Σ_c log p_c is each image's own gradient; the
+gradient of the batch *mean*, as in ISNet's published RRR baseline, is 1/B of it, which makes the penalty
+scale as 1/B²; ``gradient: batch_mean`` reproduces that baseline). The input gradient is taken with
+``create_graph=True`` on the forward graph of the step, so it composes with ISNet (whose LRP forward returns
+logits whose graph reaches the input) as well as with the plain forward. The gradient is taken with respect
+to the [0, 1] image whatever ``data.intensity`` is (under 'xrv', x = (2u - 1)·1024, so ∂/∂u = 2048·∂/∂x),
+so λ means the same under every convention.
 """
 
 from __future__ import annotations
@@ -14,20 +18,24 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from isnet.methods.base import Method, register
+from isnet.methods.base import LossTerms, Method, register
 
 if TYPE_CHECKING:  # pragma: no cover
     from isnet.config.schema import TrainConfig
     from isnet.train.trainer import Trainer
 
 
-def rrr_penalty(logits: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, span: float = 1.0) -> torch.Tensor:
-    """Mean over the batch of Σ_pixels ((1 − m)·∂Σ_c log p_c/∂u)², differentiable w.r.t. the weights, where
-    u = (x − low)/span is the image in [0, 1] (``span`` = high − low of the input range)."""
+def rrr_penalty(logits: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, span: float = 1.0,
+                gradient: str = "sample") -> torch.Tensor:
+    """Mean over the batch of Σ_pixels ((1 − m)·g)², differentiable w.r.t. the weights, where u = (x − low)/span
+    is the image in [0, 1] (``span`` = high − low of the input range) and g = ∂(Σ_c log p_c)/∂u of each image
+    (``gradient: sample``, independent of the batch size B) or of the batch mean of Σ_c log p_c
+    (``batch_mean``: g / B, ISNet's published RRR baseline)."""
     log_p = F.log_softmax(logits.float(), dim=1).sum()
     (grad,) = torch.autograd.grad(log_p, x, create_graph=True)
-    if span != 1.0:
-        grad = grad * span
+    scale = span / (x.shape[0] if gradient == "batch_mean" else 1)
+    if scale != 1.0:
+        grad = grad * scale
     background = 1.0 - (mask > 0.5).to(grad.dtype)
     return ((background * grad) ** 2).flatten(1).sum(1).mean()
 
@@ -39,6 +47,7 @@ class RRRMethod(Method):
 
     def __init__(self, cfg: "TrainConfig"):
         self.lam = cfg.method.rrr.lam
+        self.gradient = cfg.method.rrr.gradient
         low, high = cfg.data.value_range
         self.span = high - low
 
@@ -48,6 +57,6 @@ class RRRMethod(Method):
             return batch
         return {**batch, "image": x.detach().requires_grad_(True)}
 
-    def loss(self, total, ce, out, batch, trainer) -> tuple[torch.Tensor, dict[str, float]]:
-        penalty = rrr_penalty(out.logits, batch["image"], batch["mask"], self.span)
-        return total + self.lam * penalty, {"rrr_penalty": float(penalty.detach())}
+    def loss(self, ce, out, batch, trainer) -> LossTerms:
+        penalty = rrr_penalty(out.logits, batch["image"], batch["mask"], self.span, self.gradient)
+        return LossTerms(terms={"rrr": self.lam * penalty}, metrics={"rrr_penalty": float(penalty.detach())})

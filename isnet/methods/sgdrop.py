@@ -1,9 +1,10 @@
 """SGDrop: saliency-guided dropout of the most attributed latent features (DESIGN.md §5).
 
 Before each training forward, one extra pass on the batch computes the attribution of the true-class score
-on a feature map (``attribution: grad_x_act``: gradient × activation; ``lrp``: the LRP relevance of the feature
-map, :func:`isnet.lrp.lrp_relevance_at`, with the rules of ``method.isnet``); the features above the per-sample
-quantile q_rho are zeroed in the real forward and the kept ones rescaled like dropout. The extra pass runs in
+ψ_c on a feature map z, as in the paper ReLU(∂ψ_c/∂z ⊙ z) (``attribution: grad_x_act``; ``lrp``: the positive
+part of the LRP relevance of the feature map, :func:`isnet.lrp.lrp_relevance_at`, with the rules of
+``method.isnet``); the features above the per-sample quantile q_rho are zeroed in the real forward (with
+``rescale``, not in the paper, the kept ones are scaled like dropout). The extra pass runs in
 the model's training mode on the step's batch and weights (BatchNorm normalises with the batch statistics, as
 in the real forward; the random-number state is restored afterwards, so dropout layers draw the same masks in
 both passes), runs the body of the network without a graph and differentiates only the part after the feature
@@ -32,7 +33,7 @@ from torchvision.models.resnet import ResNet
 from torchvision.models.vgg import VGG
 
 from isnet.lrp import lrp_relevance_at, supports_model
-from isnet.methods.base import Method, register
+from isnet.methods.base import LossTerms, Method, register
 
 if TYPE_CHECKING:  # pragma: no cover
     from isnet.config.schema import TrainConfig
@@ -135,7 +136,8 @@ class SGDropMethod(Method):
     # -- the mask -------------------------------------------------------------------------------------
     def attribution(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Attribution of the true class on the hooked feature map (detached), in the model's current mode:
-        gradient × activation, or the LRP relevance (``attribution: lrp``). Buffers and RNG state are restored."""
+        ReLU(gradient × activation), or the positive part of the LRP relevance (``attribution: lrp``). Buffers
+        and RNG state are restored."""
         if self._module is None:
             raise RuntimeError("SGDrop: attach(model) first")
         mask, self._mask = self._mask, None  # the pass sees the unmasked feature map
@@ -143,8 +145,8 @@ class SGDropMethod(Method):
             with same_step(model, x):
                 if self.params.attribution == "lrp":
                     _, rel = lrp_relevance_at(model, x, y[:, None], self._module, self._at, config=self.lrp)
-                    return rel[:, 0]
-                return self._grad_x_act(model, x, y)
+                    return rel[:, 0].clamp_min(0)
+                return self._grad_x_act(model, x, y).clamp_min(0)
         finally:
             self._mask = mask
 
@@ -191,9 +193,9 @@ class SGDropMethod(Method):
             self._applied = 0
         return batch
 
-    def loss(self, total, ce, out, batch, trainer) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, ce, out, batch, trainer) -> LossTerms:
         if self._mask is None:
-            return total, {}
+            return LossTerms()
         if not self._applied:
             raise RuntimeError(f"SGDrop: the mask at {self.layer} was not applied by the forward pass; choose a "
                                f"layer that the model (and, with ISNet, the LRP forward) calls as a module")
@@ -201,7 +203,7 @@ class SGDropMethod(Method):
         metrics = {"sgdrop_drop_fraction": self._dropped}
         if self.threshold is not None:
             metrics["sgdrop_threshold"] = self.threshold
-        return total, metrics
+        return LossTerms(metrics=metrics)
 
     def state_dict(self) -> dict[str, Any]:
         return {"threshold": self.threshold}

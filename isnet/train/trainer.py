@@ -24,7 +24,7 @@ from isnet.errors import UserError
 from isnet.evaluate.figures import heatmap_grid
 from isnet.evaluate.relevance import explain_loader
 from isnet.lrp import LRPConfig, supports_model
-from isnet.methods.base import Method, StepOutput
+from isnet.methods.base import LOSS_RULE, Method, StepOutput, combine_losses
 from isnet.tracking import Tracker
 from isnet.tracking_names import site_keys
 from isnet.train.checkpoint import load_checkpoint, save_checkpoint
@@ -183,11 +183,13 @@ class Trainer:
         out = self.forward(batch)
         logits = out.logits.float()
         ce = F.cross_entropy(logits, batch["label"])
-        total = ce
         metrics: dict[str, float] = {"ce": float(ce.detach())}
-        for m in self.methods:
-            total, extra = m.loss(total, ce, out, batch, self)
-            metrics.update(extra)
+        parts = {m.name: m.loss(ce, out, batch, self) for m in self.methods}  # each sees the true CE
+        total, combined = combine_losses(ce, parts)
+        if parts:
+            metrics.update(combined)
+        for part in parts.values():
+            metrics.update(part.metrics)
         finite = bool(torch.isfinite(total))
         if self.dist is not None:  # all ranks stop together
             finite = self.dist.all_true(finite)
@@ -283,6 +285,7 @@ class Trainer:
 
     def fit(self) -> FitResult:
         """Train until the configured epochs or early stopping; checkpoint after every epoch."""
+        self.tracker.set_tags({"loss.composition": LOSS_RULE})
         for m in self.methods:
             m.on_fit_start(self)
         if self.dist is not None:  # methods start from rank 0's state (e.g. a tuned ISNet band)
