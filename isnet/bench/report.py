@@ -1,4 +1,4 @@
-"""Table (stdout) and JSON output of the benchmark, with the machine it ran on and the targets of issue 9."""
+"""Table (stdout) and JSON output of the benchmark, with the machine it ran on and the performance targets."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -136,7 +136,7 @@ def render(result: dict) -> str:
                  f"{s['num_workers']} workers; step: {s['backbone']}):")
         parts += ["", title, loader_table(ld["rows"])]
     if result.get("targets"):
-        parts += ["", "Targets (issue 9):", targets_table(result["targets"])]
+        parts += ["", "Targets:", targets_table(result["targets"])]
     return "\n".join(parts)
 
 

@@ -42,7 +42,8 @@ class InputMaskConfig(_Strict):
 
     dilation_px: int = Field(5, ge=0, le=256, description="dilation of the lung mask, in pixels of the network input")
     source: Literal["manifest"] = Field(
-        "manifest", description="where the mask comes from; 'segmenter' (lung segmenter, issue 8) plugs in here")
+        "manifest", description="where the mask comes from: the manifest's mask column (fill missing masks with "
+                    "`isnet segmenter predict` first)")
 
 
 class DataConfig(_Strict):

@@ -142,8 +142,8 @@ class MaskInputd(MapTransform):
     """``image *= dilate(mask)``: the classifier sees only the (slightly enlarged) lungs.
 
     The last step of every pipeline, so the dilation is in pixels of the network input and the mask has
-    moved with the image through augmentation. A record without a mask cannot be masked: this is where a
-    lung segmenter (issue 8, ``source: segmenter``) will supply one; until then it is an error naming the row.
+    moved with the image through augmentation. A record without a mask cannot be masked: an error naming the
+    row (``isnet segmenter predict`` fills missing masks into a new manifest first).
     """
 
     def __init__(self, cfg: InputMaskConfig):

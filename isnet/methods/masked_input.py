@@ -1,12 +1,12 @@
-"""Masked input: the segment-then-classify baseline (DESIGN.md §5).
+"""Masked input: the segment-then-classify baseline (docs/design.md, section 5).
 
 The classifier sees image × dilated lung mask, at training and at test time. The masking itself is a data
 transform (:class:`isnet.data.transforms.MaskInputd`), switched on by ``data.input_mask``, which the config
 sets from ``method.masked_input`` when this method is listed. Because it lives in the run's stored data
 config, every pipeline rebuilt from a run (validation, ``Trainer.test``, ``isnet explain``) masks its images
-the same way. The mask comes from the manifest; the lung segmenter (issue 8) is the other planned source
-(``method.masked_input.source``). This method object only declares that masks are required and logs how
-much of the image the classifier sees.
+the same way. The mask comes from the manifest (rows without one are filled beforehand by ``isnet segmenter
+predict``, which writes a manifest with the predicted masks). This method object only declares that masks are
+required and logs how much of the image the classifier sees.
 """
 
 from __future__ import annotations

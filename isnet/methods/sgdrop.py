@@ -1,4 +1,4 @@
-"""SGDrop: saliency-guided dropout of the most attributed latent features (DESIGN.md §5).
+"""SGDrop: saliency-guided dropout of the most attributed latent features (docs/design.md, section 5).
 
 Before each training forward, one extra pass on the batch computes the attribution of the true-class score
 ψ_c on a feature map z, as in the paper ReLU(∂ψ_c/∂z ⊙ z) (``attribution: grad_x_act``; ``lrp``: the positive
