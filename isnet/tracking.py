@@ -492,8 +492,3 @@ class Tracker:
         reqs = [f"{k}=={v}" for k, v in package_versions().items() if k in ("torch", "torchvision") and v != "not installed"]
         mlflow.pytorch.log_model(model, name=name, pip_requirements=reqs, input_example=input_example)
         return True
-
-
-def run_artifact_dir(run_id: str, tracking_uri: str | None = None) -> str:
-    client = MlflowClient(resolve_tracking_uri(tracking_uri))
-    return client.get_run(run_id).info.artifact_uri

@@ -6,10 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from isnet.config.schema import BACKBONES
 from isnet.errors import UserError
 
 SUITES = ("train-step", "loader", "all")
-BACKBONES = ("small_cnn", "resnet18", "resnet50", "densenet121", "vgg16_bn")
 
 
 def _csv(kind):

@@ -11,7 +11,6 @@ from typing import Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 BACKBONES = ("small_cnn", "resnet18", "resnet50", "densenet121", "vgg16_bn")
-METHODS = ("standard", "isnet", "sgdrop", "reldrop", "rrr", "masked_input")
 #: methods that compute the forward pass themselves; at most one of them can be on
 FORWARD_OWNERS = ("isnet",)
 #: torchxrayvision's pixel range: images are mapped to [-XRV_MAX, XRV_MAX]

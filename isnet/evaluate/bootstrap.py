@@ -20,8 +20,6 @@ from typing import Sequence
 
 import numpy as np
 
-CONFUSION_METRICS = ("accuracy", "balanced_accuracy", "macro_sensitivity", "macro_specificity",
-                     "macro_precision", "macro_f1")
 
 
 def patient_weights(patients: Sequence[str], n_resamples: int, rng: np.random.Generator,

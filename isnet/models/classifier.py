@@ -47,7 +47,3 @@ def build_classifier(backbone: str, num_classes: int, in_channels: int = 1, widt
     return m
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-

@@ -155,9 +155,6 @@ class Trainer:
     def best_path(self) -> Path:
         return self.checkpoint_dir / "best.pt"
 
-    def resume_from(self, path: Path) -> None:
-        self.load_state_dict(load_checkpoint(path, map_location=self.device))
-
     # -- one step ------------------------------------------------------------------------------------
     def _autocast(self):
         if self.amp_dtype is None:
