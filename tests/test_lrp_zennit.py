@@ -54,9 +54,9 @@ def zennit_heatmap(model: nn.Module, x: torch.Tensor, y: torch.Tensor, canonizer
     return rel.sum(1)
 
 
-def assert_matches(model: nn.Module, reference: nn.Module, canonizers: list, size: int = 32) -> None:
+def assert_matches(model: nn.Module, reference: nn.Module, canonizers: list, size: int = 32, channels: int = 1) -> None:
     torch.manual_seed(3)
-    x = torch.rand(2, 1, size, size, dtype=torch.float64)
+    x = torch.rand(2, channels, size, size, dtype=torch.float64)
     y = torch.tensor([0, 2])
     _, ours = lrp_heatmaps(model, x, y[:, None], config=LRPConfig(epsilon=EPS))
     ref = zennit_heatmap(reference, x, y, canonizers)
@@ -71,6 +71,24 @@ def test_resnet18_matches_zennit() -> None:
     model.conv1 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)
     model = randomize_bn(model)
     assert_matches(model, exact_bn_identity(copy.deepcopy(model)), [ResNetCanonizer()])
+
+
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("variant_targets", ["stochastic", "original"])
+def test_three_channel_torchvision_resnet18(train: bool, variant_targets: str) -> None:
+    """torchvision's resnet18 as shipped (3-channel stem): our heatmaps equal zennit's in eval mode, and the
+    original (all classes) and one-class targets both run in train and eval mode."""
+    torch.manual_seed(0)
+    model = randomize_bn(torchvision.models.resnet18(weights=None, num_classes=3))
+    if not train:
+        assert_matches(model, exact_bn_identity(copy.deepcopy(model)), [ResNetCanonizer()], channels=3)
+    model.train(train)
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    targets = torch.tensor([[0, 1, 2], [0, 1, 2]]) if variant_targets == "original" else torch.tensor([[1], [2]])
+    logits, heat = lrp_heatmaps(model, x, targets, create_graph=True)
+    assert heat.shape == (2, targets.shape[1], 32, 32) and torch.isfinite(heat).all()
+    heat.abs().sum().backward()
+    assert model.conv1.weight.grad is not None
 
 
 def test_vgg16_bn_matches_zennit() -> None:

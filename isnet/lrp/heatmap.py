@@ -153,11 +153,12 @@ def lrp_heatmaps(
             warnings.warn(f"LRP: batched relevance pass failed ({type(exc).__name__}: {exc}); explaining the "
                           f"{n_maps} classes one backward pass each", RuntimeWarning, stacklevel=2)
             grads = _relevance_grads(logits, inputs, rel, create_graph, False)
-        heat = torch.zeros((n_maps,) + tuple(x.shape), dtype=logits.dtype, device=x.device)
+        # each term summed over its own channels: the first-layer rules stack bounds beside the C input channels
+        heat = torch.zeros((n_maps, x.shape[0]) + tuple(x.shape[2:]), dtype=logits.dtype, device=x.device)
         for (t, coef), g in zip(tr.heat_terms, grads):
             if g is not None:
-                heat = heat + coef * t * g
-        heat = heat.sum(2).transpose(0, 1)
+                heat = heat + (coef * t * g).sum(2)
+        heat = heat.transpose(0, 1)
     if not create_graph:
         heat = heat.detach()
     if not grad_enabled:
