@@ -8,17 +8,13 @@ those are not installed or PostgreSQL cannot start here."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import FAST_TRAIN, run_isnet
-from test_tracking_faults import Server, _free_port
+from test_tracking_faults import Server, _free_port, _outage_during
 
 import isnet.tracking as tracking
 from isnet.tracking import read_buffer
@@ -58,19 +54,9 @@ def test_postgres_backend_outage_mid_run_loses_nothing(toy_manifest, tmp_path, p
     manifest = toy_manifest.parent / "m.csv"
     df.to_csv(manifest, index=False)
     pg_server.start(timeout=300)  # the first start creates MLflow's tables in PostgreSQL
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env.update({"MLFLOW_TRACKING_URI": pg_server.uri, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
-    proc = subprocess.Popen([sys.executable, "-m", "isnet", "train", "--manifest", str(manifest), "--epochs", "4",
-                             "--run-name", RUN_NAME, *FAST_TRAIN], cwd=tmp_path, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out = []
-    for line in proc.stdout:
-        out.append(line)
-        if line.startswith("epoch 1/4"):
-            pg_server.stop()
-    stderr = proc.stderr.read()
-    assert proc.wait(timeout=300) == 0, stderr[-3000:]
-    assert "epoch 4/4" in "".join(out) and stderr.count("unreachable (") == 1
+    stdout, _ = _outage_during(["train", "--manifest", str(manifest), "--epochs", "4", "--run-name", RUN_NAME,
+                                *FAST_TRAIN], "epoch 1/4", pg_server, tmp_path)  # also: said once
+    assert "epoch 4/4" in stdout
     [ckpt] = list((tmp_path / "checkpoints").iterdir())
     buffer = ckpt / tracking.BUFFER_NAME
     assert [r["op"] for r in read_buffer(buffer)][-1] == "terminate"
