@@ -27,6 +27,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_error_cause(exc: BaseException) -> UserError | None:
+    """The UserError that ``exc`` was raised from, if any (a data transform's error re-raised by a library)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, UserError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     parser = build_parser()
@@ -36,6 +47,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"isnet: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except RuntimeError as exc:  # MONAI wraps what a transform raises ("applying transform ..."): unwrap user errors
+        user = _user_error_cause(exc)
+        if user is None:
+            raise
+        print(f"isnet: error: {user}", file=sys.stderr)
+        return user.exit_code
     except KeyboardInterrupt:
         print("isnet: interrupted", file=sys.stderr)
         return 130

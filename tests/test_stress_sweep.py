@@ -122,3 +122,26 @@ def test_cli_errors(args, msg, tmp_path, phantom, monkeypatch, capsys):
 def test_cli_rejects_unknown_method_before_training(tmp_path, phantom):
     res = run_isnet(["stress-test", "--manifest", str(phantom), "--methods", "isnet+bogus"], cwd=tmp_path, timeout=120)
     assert res.returncode == 2 and "unknown method 'bogus'" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_no_room_for_a_bias_is_one_line_through_the_cli(tmp_path):
+    """Lungs reaching the image edge leave no room for a border: MONAI re-raises the transform's error wrapped in a
+    RuntimeError; the CLI still prints one line naming the image and row, exit 2, no traceback."""
+    import numpy as np
+    from PIL import Image
+
+    from conftest import make_toy_set
+
+    manifest = make_toy_set(tmp_path / "toy", n_per_class=4, size=32)
+    near_edge = np.zeros((32, 32), np.uint8)
+    near_edge[1:-1, 1:-1] = 255  # the dilated mask reaches every edge
+    for mask in (tmp_path / "toy").glob("mask*.png"):
+        Image.fromarray(near_edge).save(mask)
+    res = run_isnet(["stress-test", "--manifest", str(manifest), "--bias", "border", "--target-class", "covid",
+                     "--strength", "1.0", "--seeds", "0", "--methods", "standard", "--out", "out",
+                     "--set", "train.optim.epochs=1", "--set", "train.data.image_size=32", "--no-progress"],
+                    cwd=tmp_path, timeout=300)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr and "no room for a border bias" in res.stderr
+    [line] = [ln for ln in res.stderr.splitlines() if not ln.split(" INFO ")[0].startswith("20")]  # MLflow's log
+    assert line.startswith("isnet: error:") and "manifest row" in line
