@@ -68,7 +68,7 @@ def test_init_errors_name_the_file(tmp_path: Path, monkeypatch):
         _cfg(backbone="small_cnn", init="imagenet")
 
 
-def test_finetune_densenet121_from_imagenet_file_with_isnet_then_from_the_run(tmp_path: Path):
+def test_finetune_densenet121_from_imagenet_file_with_isnet_then_from_the_run(tmp_path: Path, monkeypatch):
     """One ISNet epoch at 64 px from a local ImageNet-shaped DenseNet121 file; then a run started from it."""
     torch.manual_seed(0)
     sd = tvm.densenet121(weights=None).state_dict()
@@ -101,23 +101,10 @@ def test_finetune_densenet121_from_imagenet_file_with_isnet_then_from_the_run(tm
     # fine-tune from that run: every tensor fits (same backbone, same classes)
     from isnet.train.loading import load_best_state
 
+    monkeypatch.chdir(tmp_path)  # the run's checkpoints/ are relative to where it was trained
     model = build_classifier("densenet121", 3)
-    monkey_cwd = Path.cwd()
-    try:
-        import os
-
-        os.chdir(tmp_path)  # the run's checkpoints/ are relative to where it was trained
-        cfg = _cfg(backbone="densenet121", init=f"run:{run_id}")
-        cfg.tracking.tracking_uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
-        report = apply_init(model, cfg)
-        best = load_best_state(run_id)["model"]
-    finally:
-        os.chdir(monkey_cwd)
+    report = apply_init(model, _cfg(backbone="densenet121", init=f"run:{run_id}"))
     assert report["skipped"] == {} and report["missing"] == [] and report["source"] == f"run {run_id}"
-    assert torch.equal(model.classifier.weight, best["classifier.weight"])
+    assert torch.equal(model.classifier.weight, load_best_state(run_id)["model"]["classifier.weight"])
     with pytest.raises(UserError, match="trained a densenet121"):
-        os.chdir(tmp_path)
-        try:
-            apply_init(build_classifier("resnet18", 3), _cfg(backbone="resnet18", init=f"run:{run_id}"))
-        finally:
-            os.chdir(monkey_cwd)
+        apply_init(build_classifier("resnet18", 3), _cfg(backbone="resnet18", init=f"run:{run_id}"))
