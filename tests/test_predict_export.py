@@ -174,3 +174,15 @@ def test_export_register_in_sqlite_registry(trained, tmp_path: Path):
     got = np.asarray(loaded.predict(x.numpy()))
     assert np.abs(got - ref).max() < 1e-4
     assert client.get_run(version.run_id).data.tags["isnet.source_run"] == run_id
+
+
+def test_predict_device_names():
+    from isnet.errors import UserError
+    from isnet.evaluate.predict import _device
+
+    assert _device("cpu").type == "cpu"
+    assert _device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(UserError, match="not a device"):
+        _device("gpu")
+    with pytest.raises(UserError, match="no such CUDA device"):
+        _device(f"cuda:{torch.cuda.device_count() + 1}")

@@ -62,6 +62,20 @@ def _reason(exc: BaseException) -> str:
     return type(chain[-1]).__name__
 
 
+def _device(name: str) -> torch.device:
+    """``auto``: the GPU when there is one; a CUDA device that is not there is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:<index>") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"--device {name}: no such CUDA device here ({torch.cuda.device_count()} visible); "
+                        f"use auto or cpu")
+    return dev
+
+
 def _check_labels(df: pd.DataFrame, manifest: Path, classes: list[str], run_id: str) -> None:
     """Labels are optional, but a label the run does not know means the manifest belongs to another class
     list: one line naming the rows and the run's classes."""
@@ -83,11 +97,9 @@ def predict_run(run_id: str, manifest: str | Path, out: str | Path, *, heatmaps:
     the manifest has labels, ``prob_<class>`` per class of the run, ``predicted``; with ``heatmaps`` also
     ``bg_share`` (NaN without a mask) and ``heatmap``, the PNG written into that folder) and, when rows
     could not be used, ``<out stem>.errors.csv`` (``row``, ``image``, ``error``)."""
-    from isnet.train.run import resolve_device
-
     manifest = Path(manifest)
     out = Path(out)
-    dev = resolve_device(device)
+    dev = _device(device)
     model, cfg = load_run_model(run_id, checkpoint_dir, tracking_uri, device=dev)
     classes = list(cfg.data.classes)
     df = read_manifest(manifest, required=("image",))
