@@ -192,3 +192,40 @@ def test_predict_device_names():
         _device("gpu")
     with pytest.raises(UserError, match="no such CUDA device"):
         _device(f"cuda:{torch.cuda.device_count() + 1}")
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "densenet121"])
+def test_export_real_backbones_any_batch(backbone: str, tmp_path: Path):
+    """The backbones users fine-tune export with a free batch size and the same probabilities."""
+    from isnet.config.schema import TrainConfig
+    from isnet.models import build_classifier
+    from isnet.models.export import export_model
+
+    torch.manual_seed(0)
+    cfg = TrainConfig.model_validate({"model": {"backbone": backbone}, "data": {"image_size": 64}})
+    model = build_classifier(backbone, 3).eval()
+    x = torch.rand(3, 1, 64, 64)
+    with torch.no_grad():
+        ref = torch.softmax(model(x), 1).numpy()
+        export_model(model, cfg, "torchscript", tmp_path / "m.pt")
+        ts = torch.jit.load(str(tmp_path / "m.pt"))
+        assert np.abs(ts(x).numpy() - ref).max() < 1e-4 and np.abs(ts(x[:1]).numpy() - ref[:1]).max() < 1e-4
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    export_model(model, cfg, "onnx", tmp_path / "m.onnx")
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert np.abs(sess.run(None, {"image": x.numpy()})[0] - ref).max() < 1e-4
+
+
+def test_preprocessing_sidecar_under_xrv_convention():
+    from isnet.config.schema import TrainConfig
+    from isnet.models.export import preprocessing_spec
+
+    cfg = TrainConfig.model_validate({"data": {"intensity": "xrv", "crop": "center", "image_size": 224,
+                                               "lower_percentile": 0, "upper_percentile": 100}})
+    spec = preprocessing_spec(cfg, "abc")
+    assert spec["value_range"] == [-1024.0, 1024.0] and spec["intensity"] == "xrv" and spec["crop"] == "center"
+    assert spec["percentile_scaling"] == {"lower": 0, "upper": 100, "clip": True}
+    assert spec["input"]["shape"] == ["batch", 1, 224, 224]
+    assert "centred square" in spec["steps"][2] and "(2*x - 1) * 1024" in spec["steps"][-1]
+    assert json.loads(json.dumps(spec)) == spec
