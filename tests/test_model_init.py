@@ -108,3 +108,22 @@ def test_finetune_densenet121_from_imagenet_file_with_isnet_then_from_the_run(tm
     assert torch.equal(model.classifier.weight, load_best_state(run_id)["model"]["classifier.weight"])
     with pytest.raises(UserError, match="trained a densenet121"):
         apply_init(build_classifier("resnet18", 3), _cfg(backbone="resnet18", init=f"run:{run_id}"))
+
+
+def test_run_with_other_classes_gives_no_head(tmp_path: Path, monkeypatch):
+    """A run of the same backbone with the same number of classes in another order: the body loads, the
+    head stays fresh (it would mean the wrong classes)."""
+    from isnet.train.checkpoint import save_checkpoint
+
+    other = build_classifier("small_cnn", 3, width=4)
+    cfg_other = TrainConfig.model_validate({"model": {"backbone": "small_cnn", "width": 4},
+                                            "data": {"classes": ["tb", "covid", "normal"]}})
+    (tmp_path / "checkpoints" / "r1").mkdir(parents=True)
+    save_checkpoint({"model": other.state_dict(), "classes": ["tb", "covid", "normal"],
+                     "config": cfg_other.model_dump(mode="json")}, tmp_path / "checkpoints" / "r1" / "best.pt")
+    monkeypatch.chdir(tmp_path)
+    model = build_classifier("small_cnn", 3, width=4)
+    head = model[-1].weight.clone()
+    report = apply_init(model, _cfg(backbone="small_cnn", width=4, init="run:r1"))
+    assert torch.equal(model[-1].weight, head) and torch.equal(model[0].weight, other[0].weight)
+    assert "its head is not used" in report["source"] and report["missing"] == ["17.weight", "17.bias"]

@@ -75,8 +75,8 @@ def _normalise_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def resolve_init(cfg: TrainConfig) -> tuple[dict[str, torch.Tensor], str]:
-    """The state dict ``model.init`` names and a description of where it came from."""
+def resolve_init(cfg: TrainConfig, model: nn.Module) -> tuple[dict[str, torch.Tensor], str]:
+    """The state dict ``model.init`` names (for ``model``) and a description of where it came from."""
     init = cfg.model.init
     if init.startswith("run:"):
         from isnet.train.loading import load_best_state
@@ -87,6 +87,12 @@ def resolve_init(cfg: TrainConfig) -> tuple[dict[str, torch.Tensor], str]:
         if other is not None and other != cfg.model.backbone:
             raise UserError(f"model.init=run:{run_id}: that run trained a {other}, this config a "
                             f"{cfg.model.backbone}; set model.backbone={other}")
+        theirs = list(state.get("classes") or state.get("config", {}).get("data", {}).get("classes") or [])
+        if theirs and theirs != list(cfg.data.classes):
+            # same number of classes in another order or meaning: the head would load and mean the wrong thing
+            head = _head_prefix(model)
+            sd = {k: v for k, v in state["model"].items() if not k.startswith(head)}
+            return sd, f"run {run_id} (classes {theirs}: its head is not used)"
         return state["model"], f"run {run_id}"
     if init == "imagenet":
         cached, url = imagenet_file(cfg.model.backbone)
@@ -99,6 +105,12 @@ def resolve_init(cfg: TrainConfig) -> tuple[dict[str, torch.Tensor], str]:
         return _read_state_dict(path, f"model.init=imagenet ({cfg.model.backbone})"), f"imagenet file {path}"
     path = Path(init).expanduser()
     return _read_state_dict(path, f"model.init={init}"), f"state dict {path}"
+
+
+def _head_prefix(model: nn.Module) -> str:
+    """The state-dict prefix of the model's final (class) layer: its last ``nn.Linear``."""
+    name = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+    return name + "."
 
 
 def load_into(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict:
@@ -134,7 +146,7 @@ def apply_init(model: nn.Module, cfg: TrainConfig) -> dict | None:
     """Load ``cfg.model.init`` into ``model`` (in place); None for ``none``, else the report."""
     if cfg.model.init == "none":
         return None
-    sd, source = resolve_init(cfg)
+    sd, source = resolve_init(cfg, model)
     report = load_into(model, sd)
     return {"init": cfg.model.init, "source": source, **report}
 
