@@ -89,6 +89,30 @@ class DataConfig(_Strict):
 class ModelConfig(_Strict):
     backbone: Literal["small_cnn", "resnet18", "resnet50", "densenet121", "vgg16_bn"] = "resnet18"
     width: int = Field(32, ge=4, description="base channel count of small_cnn")
+    init: str = Field(
+        "none", description="initial weights: 'none' (random, nothing downloaded); 'imagenet' (torchvision's "
+                            "ImageNet weights of the backbone, read from torch's hub cache or model.init_path, never "
+                            "downloaded); a state-dict file path; or 'run:<mlflow run id>' (fine-tune an earlier "
+                            "run's best checkpoint). A 3-channel first convolution is summed over its input channels "
+                            "for our 1-channel input; the classifier head is rebuilt for data.classes")
+    init_path: Optional[str] = Field(None, description="the ImageNet weight file for model.init=imagenet, when it "
+                                                       "is not in torch's hub cache")
+
+    _init_text = field_validator("init", mode="before")(lambda v: str(v).strip() if v is not None else "none")
+
+    @model_validator(mode="after")
+    def _init_fits(self) -> "ModelConfig":
+        if not self.init:
+            raise ValueError("model.init is empty; use 'none', 'imagenet', a file path or 'run:<run id>'")
+        if self.init == "imagenet" and self.backbone == "small_cnn":
+            raise ValueError("model.init=imagenet: small_cnn has no ImageNet weights; choose resnet18, resnet50, "
+                             "densenet121 or vgg16_bn")
+        if self.init.startswith("run:") and len(self.init) == 4:
+            raise ValueError("model.init='run:' needs a run id after the colon")
+        if self.init_path is not None and self.init != "imagenet":
+            raise ValueError("model.init_path is the ImageNet weight file and needs model.init=imagenet; give a "
+                             "state-dict path directly as model.init")
+        return self
 
 
 class OptimConfig(_Strict):

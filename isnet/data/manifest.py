@@ -30,8 +30,10 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def read_manifest(path: str | Path) -> pd.DataFrame:
-    """Read a CSV or Parquet manifest; adds ``row`` (spreadsheet row number) and absolute paths."""
+def read_manifest(path: str | Path, required: Iterable[str] = REQUIRED_COLUMNS) -> pd.DataFrame:
+    """Read a CSV or Parquet manifest; adds ``row`` (spreadsheet row number) and absolute paths.
+    ``required``: the columns that must be there (prediction needs only ``image``; a missing ``label``
+    column then reads as empty labels)."""
     p = Path(path)
     if not p.is_file():
         raise ManifestError(f"manifest not found: {p}")
@@ -47,7 +49,7 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
         raise ManifestError(f"manifest {p} cannot be read: it is not UTF-8 text (save it as 'CSV UTF-8')") from None
     except Exception as exc:  # pandas raises many kinds for a malformed file
         raise ManifestError(f"manifest {p} cannot be read: {_short(exc)}") from None
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    missing = [c for c in required if c not in df.columns]
     if missing:
         raise ManifestError(f"manifest {p} lacks required column(s) {missing}; it has {list(df.columns)}")
     if df.empty:

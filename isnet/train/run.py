@@ -18,6 +18,8 @@ from isnet.data.manifest import load_manifest
 from isnet.errors import UserError
 from isnet.methods import build_methods
 from isnet.models import build_classifier
+from isnet.models.init import apply_init
+from isnet.models.init import describe as describe_init
 from isnet.tracking import BUFFER_NAME, Tracker, flush_buffer, is_unreachable, store_uri
 from isnet.train.checkpoint import CheckpointError, load_latest_checkpoint, previous_path
 from isnet.train.distributed import distribute_trainer, init_distributed
@@ -139,6 +141,9 @@ def _train(cfg, manifest_path, device, ctx, *, resume, state, progress, extra_tr
         raise UserError(f"cannot resume run {resume}: manifest {manifest_path} changed since the run started "
                         f"(SHA-256 differs); start a new run instead")
     model = build_classifier(cfg.model.backbone, len(cfg.data.classes), width=cfg.model.width)
+    # model.init: before the run exists, so a missing weight file creates no empty run; a resumed run's
+    # checkpoint holds the weights already; every DDP rank reads the same file
+    init_report = apply_init(model, cfg) if state is None else None
     tracker = Tracker(cfg.tracking.experiment, cfg.tracking.tracking_uri, enabled=main)  # rank 0 logs
     if state is not None and main:
         _send_buffered(Path(cfg.train.checkpoint_dir) / resume / BUFFER_NAME, resume)
@@ -163,6 +168,11 @@ def _train(cfg, manifest_path, device, ctx, *, resume, state, progress, extra_tr
             tracker.log_run_context(config_to_dict(cfg), manifest.sha256, str(manifest_path))
             _log_splits(tracker, manifest.frame)
             tracker.log_site_keys(manifest.frame["site"])  # per-site metric names ↔ real site names
+            if init_report is not None:
+                tracker.log_dict(init_report, "model_init.json")
+                tracker.set_tags({"isnet.init_loaded": len(init_report["loaded"]),
+                                  "isnet.init_skipped": len(init_report["skipped"])})
+                print(describe_init(init_report), flush=True)
             counts = manifest.counts()
             print(f"run {run_id} started; checkpoints in {ckpt_dir}\n"
                   f"images per split and class:\n{counts.to_string()}", flush=True)
