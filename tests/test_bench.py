@@ -17,6 +17,7 @@ def _finite(v) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
+@pytest.mark.slow  # over 25 s on 2 cores; the default suite must stay under 15 minutes
 def test_bench_cli_tiny_every_row_has_numbers(tmp_path) -> None:
     manifest = make_toy_set(tmp_path / "toy", n_per_class=4, size=40)
     out = tmp_path / "bench.json"

@@ -36,6 +36,7 @@ def _run(method: str, manifest: Path, tmp_path: Path, monkeypatch) -> tuple[dict
     return run.data.metrics, run.data.params
 
 
+@pytest.mark.slow  # over 25 s on 2 cores; the default suite must stay under 15 minutes
 def test_isnet_moves_relevance_off_the_background_marker(marker_manifest, tmp_path, monkeypatch):
     std, _ = _run("standard", marker_manifest, tmp_path / "std", monkeypatch)
     isn, params = _run("isnet", marker_manifest, tmp_path / "isnet", monkeypatch)

@@ -78,6 +78,7 @@ def test_html_is_self_contained_and_explains_undefined_metrics(tmp_path):
     assert "no images at this site" in html
 
 
+@pytest.mark.slow  # over 25 s on 2 cores; the default suite must stay under 15 minutes
 def test_report_renders_in_headless_chromium(tmp_path):
     rep, figures = _report()
     page = tmp_path / "report.html"

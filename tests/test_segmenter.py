@@ -62,6 +62,7 @@ def test_config_errors_name_the_key():
     assert load_segmenter_config(["epochs=3"]).epochs == 3 and SegmenterConfig().encoder == "mobilenet_v2"
 
 
+@pytest.mark.slow  # over 25 s on 2 cores; the default suite must stay under 15 minutes
 def test_train_then_predict_on_phantoms(tmp_path: Path):
     """Dice >= 0.9 at 64 px after a short CPU run; predict fills empty cells at the image's own size,
     flags implausible masks instead of using them, and no DICOM patient name reaches the run's files."""

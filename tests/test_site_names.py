@@ -4,6 +4,8 @@ checked before anything is written, or cleaned on the way to MLflow."""
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import re
 from pathlib import Path
@@ -83,6 +85,7 @@ def test_site_keys_are_distinct_and_valid():
             assert is_valid_key(f"test_accuracy_{k}") and is_valid_key(f"site.{k}"), k
 
 
+@pytest.mark.slow  # over 25 s on 2 cores; the default suite must stay under 15 minutes
 def test_run_and_experiment_names_are_checked_or_kept_as_text(toy_manifest: Path, tmp_path: Path):
     bad = run_isnet(["train", "--manifest", str(toy_manifest), "--run-name", "a\x01b"] + FAST_TRAIN, tmp_path)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr

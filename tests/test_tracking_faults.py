@@ -83,6 +83,7 @@ def _runs(uri: str, experiment: str = "isnet"):
     return client, client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
 
 
+@pytest.mark.slow  # over 25 s on 2 cores; the default suite must stay under 15 minutes
 def test_train_against_a_real_mlflow_server(toy_manifest, tmp_path, server):
     server.start()
     r = run_isnet(["train", "--manifest", str(toy_manifest), "--epochs", "2", *FAST_TRAIN], tmp_path,

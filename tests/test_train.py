@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 import time
+
+import pytest
 from pathlib import Path
 
 import mlflow
@@ -52,6 +54,7 @@ def _final_weights(ckpt_dir: Path) -> dict:
     return load_checkpoint(ckpt_dir / "last.pt")["model"]
 
 
+@pytest.mark.slow  # over 25 s on 2 cores; the default suite must stay under 15 minutes
 def test_resume_after_sigkill_reaches_the_last_epoch_with_identical_weights(tmp_path: Path):
     manifest = make_toy_set(tmp_path / "data", n_per_class=60, size=64)
     epochs = "6"
