@@ -15,8 +15,8 @@ import numpy as np  # noqa: E402
 
 from isnet.data.dataset import build_dataset, build_loader  # noqa: E402
 from isnet.data.manifest import load_manifest  # noqa: E402
-from isnet.evaluate.relevance import background_share, predicted_class  # noqa: E402
-from isnet.lrp import lrp_heatmaps  # noqa: E402
+from isnet.measure.relevance import background_share, predicted_class  # noqa: E402
+from isnet.lrp import lrp_heatmaps, run_lrp_config  # noqa: E402
 from isnet.train.loading import load_run_model  # noqa: E402
 
 
@@ -38,7 +38,7 @@ def main(std_run: str, isnet_run: str, manifest: str, out: str, n: int = 6) -> N
         axes[0, j].contour(batch["mask"][j, 0] > 0.5, levels=[0.5], colors="lime", linewidths=0.6)
         axes[0, j].set_title(cfg.data.classes[int(batch["label"][j])], fontsize=8)
     for i, (name, (model, mcfg)) in enumerate(models.items(), start=1):
-        logits, heat = lrp_heatmaps(model, batch["image"], predicted_class, config=mcfg.lrp_config())
+        logits, heat = lrp_heatmaps(model, batch["image"], predicted_class, config=run_lrp_config(mcfg))
         share = background_share(heat, batch["mask"])[:, 0]
         for j in range(len(per_class)):
             h = heat[j, 0].detach().numpy()

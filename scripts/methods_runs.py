@@ -23,10 +23,11 @@ import numpy as np
 import torch
 from mlflow.tracking import MlflowClient
 
+from isnet.lrp import run_lrp_config
 from isnet.config import load_config
 from isnet.data.dataset import build_dataset, build_loader
 from isnet.data.manifest import load_manifest
-from isnet.evaluate.relevance import explain_loader
+from isnet.measure.relevance import explain_loader
 from isnet.tracking import store_uri
 from isnet.train.loading import load_run_model
 from isnet.train.run import train
@@ -66,7 +67,7 @@ def evaluate(run_id: str, manifest: str) -> dict:
                         split_seed=run_cfg.data.split_seed)
     loader = build_loader(build_dataset(man.records("test"), run_cfg.data, train=False), run_cfg.data,
                           shuffle=False)
-    res = explain_loader(model, loader, torch.device("cpu"), run_cfg.lrp_config())
+    res = explain_loader(model, loader, torch.device("cpu"), run_lrp_config(run_cfg))
     metrics = MlflowClient(store_uri()).get_run(run_id).data.metrics
     train_metrics = {k: round(v, 5) for k, v in metrics.items()
                      if k.startswith("train_") and k not in ("train_loss", "train_accuracy")}
@@ -83,7 +84,7 @@ def figure(run_id: str, manifest: str, out: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    from isnet.evaluate.figures import heatmap_grid
+    from isnet.measure.figures import heatmap_grid
 
     model, run_cfg = load_run_model(run_id)
     man = load_manifest(manifest, run_cfg.data.classes, split_fractions=run_cfg.data.split_fractions,
@@ -91,7 +92,7 @@ def figure(run_id: str, manifest: str, out: str) -> None:
     by_class = {k: [r for r in man.records("test") if r["label"] == k] for k in range(len(run_cfg.data.classes))}
     records = [by_class[0][0], by_class[1][0], by_class[2][0], by_class[1][1]]
     loader = build_loader(build_dataset(records, run_cfg.data, train=False), run_cfg.data, shuffle=False)
-    kept = explain_loader(model, loader, torch.device("cpu"), run_cfg.lrp_config(), keep=4)["kept"]
+    kept = explain_loader(model, loader, torch.device("cpu"), run_lrp_config(run_cfg), keep=4)["kept"]
     names = run_cfg.data.classes
     titles = [f"{names[t]} → {names[p]}" for t, p in zip(kept["label"], kept["pred"])]
     fig = heatmap_grid(kept["image"], kept["mask"], kept["heatmap"], titles, value_range=run_cfg.data.value_range)

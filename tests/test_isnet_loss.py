@@ -410,7 +410,7 @@ def test_image_relevance_totals():
 
 
 def test_p_schedule():
-    from isnet.config.schema import ISNetConfig
+    from isnet.methods.isnet import ISNetParams as ISNetConfig
 
     assert ISNetConfig().P_at(1) == 0.7 and ISNetConfig(P=0.4).P_at(9) == 0.4
     ramp = ISNetConfig(P={1: 0.0, 2: 0.35, 4: 0.7})

@@ -8,7 +8,7 @@ import torch
 from isnet.config import load_config
 from isnet.methods import RelDropMethod
 from isnet.methods.reldrop import BOX_TRIES, box_drop as block_drop, box_sizes, dataset_mean, normalise, occlude, pixel_drop
-from isnet.lrp import lrp_heatmaps
+from isnet.lrp import lrp_heatmaps, run_lrp_config
 from isnet.models import build_classifier
 
 from conftest import randomize_bn
@@ -97,7 +97,7 @@ def test_before_forward_uses_eval_lrp_and_restores_train_mode():
 
 class _Trainer:  # the parts of the trainer RelDrop uses
     def __init__(self, model, cfg):
-        self.model, self.lrp_config = model, cfg.method.isnet.lrp_config()
+        self.model, self.lrp_config = model, run_lrp_config(cfg)
 
 
 def _randomized_resnet18() -> torch.nn.Module:
@@ -173,7 +173,7 @@ def test_relevance_pass_uses_reldrops_own_rules_and_the_runs_bounds():
     for overrides, want in (
         ([], dict(epsilon=0.001, first_rule="flat", body_rule="epsilon")),
         (["method.reldrop.epsilon=0.5", "method.reldrop.first_rule=null", "method.reldrop.body_rule=null",
-          "method.isnet.first_rule=zb", "method.isnet.body_rule=zplus"],
+          "lrp.first_rule=zb", "lrp.body_rule=zplus"],
          dict(epsilon=0.5, first_rule="zb", body_rule="zplus")),
     ):
         cfg = load_config(None, ["methods=[reldrop]", *overrides])

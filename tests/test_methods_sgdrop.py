@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from isnet.config import load_config
-from isnet.lrp import lrp_heatmaps
+from isnet.lrp import lrp_heatmaps, run_lrp_config
 from isnet.methods import LossTerms, SGDropMethod
 from isnet.methods.sgdrop import default_layer, quantile_mask
 from isnet.models import build_classifier
@@ -127,7 +127,7 @@ def test_ema_threshold_moves_with_momentum_and_round_trips():
 
 class _Trainer:  # the parts of the trainer SGDrop uses
     def __init__(self, model, cfg):
-        self.model, self.cfg, self.lrp_config = model, cfg, cfg.method.isnet.lrp_config()
+        self.model, self.cfg, self.lrp_config = model, cfg, run_lrp_config(cfg)
 
 
 def _stab(v: torch.Tensor, eps: float) -> torch.Tensor:
@@ -159,7 +159,7 @@ def test_lrp_attribution_zeroes_exactly_the_features_above_the_relevance_quantil
 
     cfg = load_config(None, ["methods=[sgdrop]", f"model.backbone={backbone}", "model.width=4",
                              "data.image_size=64", "method.sgdrop.attribution=lrp", "method.sgdrop.rho=0.8",
-                             "method.isnet.epsilon=0.5"])  # a large ε: LRP ranks features unlike grad × act
+                             "lrp.epsilon=0.5"])  # a large ε: LRP ranks features unlike grad × act
     torch.manual_seed(0)
     model = build_classifier(backbone, 3, width=4).double().train()
     plain = copy.deepcopy(model)

@@ -15,7 +15,7 @@ from conftest import make_toy_set, run_isnet
 from isnet.config.schema import TrainConfig
 from isnet.errors import UserError
 from isnet.models import build_classifier
-from isnet.models.init import apply_init
+from isnet.train.init import apply_init
 
 
 def _cfg(**model) -> TrainConfig:

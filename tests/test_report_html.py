@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from isnet.evaluate.calibration import reliability_figure
+from isnet.measure.calibration import reliability_figure
 from isnet.evaluate.report import OVERALL, Cohort, MethodResult, assemble_report
 from isnet.evaluate.report_html import render_html
 

@@ -10,11 +10,11 @@ import pytest
 from scipy.stats import norm
 from sklearn.metrics import confusion_matrix, f1_score, precision_score, recall_score, roc_auc_score
 
-from isnet.evaluate.bootstrap import (bootstrap_metrics, paired_difference, patient_weights, percentile_ci,
+from isnet.measure.bootstrap import (bootstrap_metrics, paired_difference, patient_weights, percentile_ci,
                                       weighted_auc)
-from isnet.evaluate.calibration import expected_calibration_error, reliability_bins
+from isnet.measure.calibration import expected_calibration_error, reliability_bins
 from isnet.evaluate.report import Cohort, MethodResult, assemble_report
-from isnet.evaluate.site_metrics import point_metrics
+from isnet.measure.metrics import point_metrics
 
 CLASSES = ["normal", "covid", "tb"]
 # Six images, two per class. Predictions: 0,1,1,1,2,0 → confusion [[1,1,0],[0,2,0],[1,0,1]].

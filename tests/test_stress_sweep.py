@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from isnet.tracking import store_uri
 
 import isnet.train.run as run_module
-from isnet.config.stress import load_stress_config
+from isnet.evaluate.stress_config import load_stress_config
 from isnet.data.phantom import generate_dataset
 from isnet.errors import UserError
 from isnet.evaluate.stress import StressTest, parse_method_spec
@@ -91,7 +91,7 @@ def test_changed_settings_need_a_new_out_dir(phantom, tmp_path, monkeypatch):
 
 def test_method_specs():
     assert parse_method_spec("isnet") == ["isnet"]
-    with pytest.raises(UserError, match="unknown method 'nope'.*known methods: standard, isnet"):
+    with pytest.raises(UserError, match="unknown method 'nope'.*registered methods: standard, isnet"):
         parse_method_spec("isnet+nope")
     with pytest.raises(UserError, match="cannot be combined"):
         parse_method_spec("standard+isnet")

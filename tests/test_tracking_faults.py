@@ -160,7 +160,7 @@ def test_tracker_buffers_while_unreachable_and_flushes_in_order(tmp_path, monkey
     t.buffer_path = tmp_path / "ck" / tracking.BUFFER_NAME
     t.log_metrics({"a": 1.0}, step=1)
     real = tracking.send_record
-    monkeypatch.setattr(tracking, "send_record", _down)
+    monkeypatch.setattr(tracking.buffer, "send_record", _down)
     t.log_metrics({"a": 2.0}, step=2)
     t.log_metrics({"a": 3.0}, step=3)
     (tmp_path / "f.txt").write_text("x")
@@ -169,7 +169,7 @@ def test_tracker_buffers_while_unreachable_and_flushes_in_order(tmp_path, monkey
     err = capsys.readouterr().err
     assert err.count("unreachable") == 1
     assert [r["op"] for r in read_buffer(t.buffer_path)] == ["metrics", "metrics", "artifact"]
-    monkeypatch.setattr(tracking, "send_record", real)  # the server is back
+    monkeypatch.setattr(tracking.buffer, "send_record", real)  # the server is back
     t.log_metrics({"a": 4.0}, step=4)  # before the retry time: queued behind the buffer
     assert t._buffered and len(read_buffer(t.buffer_path)) == 4
     t._retry_at = 0.0
@@ -201,7 +201,7 @@ def test_flush_buffer_keeps_what_was_not_sent(tmp_path, monkeypatch):
             _down()
         real(client, rec)
 
-    monkeypatch.setattr(tracking, "send_record", flaky)
+    monkeypatch.setattr(tracking.buffer, "send_record", flaky)
     with pytest.raises(requests.exceptions.ConnectionError):
         flush_buffer(buf)
     assert [r["step"] for r in read_buffer(buf)] == [1, 2]

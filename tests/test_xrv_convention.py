@@ -23,7 +23,7 @@ from isnet.data.dataset import build_dataset
 from isnet.data.phantom import generate_dataset
 from isnet.data.transforms import build_transforms
 from isnet.errors import ConfigError
-from isnet.lrp import LRPConfig, lrp_heatmaps
+from isnet.lrp import LRPConfig, lrp_heatmaps, run_lrp_config
 from isnet.tracking import store_uri
 
 
@@ -136,8 +136,8 @@ def test_masked_input_fills_with_black_under_xrv(phantoms: Path):
 def test_zb_bounds_follow_the_intensity_convention():
     """z^B with bounds [-1024, 1024] on x = (2u - 1)·1024 through a first layer with w/2048 (and the bias
     that makes the forward pass identical) gives the heatmap of z^B with [0, 1] on u; [0, 1] bounds do not."""
-    assert load_config(None, ["data.intensity=xrv"]).lrp_config() == LRPConfig(low=-1024.0, high=1024.0)
-    assert load_config(None, []).lrp_config() == LRPConfig(low=0.0, high=1.0)
+    assert run_lrp_config(load_config(None, ["data.intensity=xrv"])) == LRPConfig(low=-1024.0, high=1024.0)
+    assert run_lrp_config(load_config(None, [])) == LRPConfig(low=0.0, high=1.0)
     torch.manual_seed(0)
     unit = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 3)).double()
@@ -150,7 +150,7 @@ def test_zb_bounds_follow_the_intensity_convention():
     x = (2 * u - 1) * 1024
     target = torch.tensor([[0], [2]])
     logits_u, heat_u = lrp_heatmaps(unit, u, target, config=LRPConfig(low=0.0, high=1.0))
-    logits_x, heat_x = lrp_heatmaps(xrv, x, target, config=load_config(None, ["data.intensity=xrv"]).lrp_config())
+    logits_x, heat_x = lrp_heatmaps(xrv, x, target, config=run_lrp_config(load_config(None, ["data.intensity=xrv"])))
     torch.testing.assert_close(logits_x, logits_u)
     torch.testing.assert_close(heat_x, heat_u)
     _, wrong = lrp_heatmaps(xrv, x, target, config=LRPConfig(low=0.0, high=1.0))
@@ -175,7 +175,7 @@ def test_invalid_combinations_fail_at_config_validation():
 
 def test_isnet_trains_under_xrv_and_explain_reuses_the_convention(phantoms, tmp_path, monkeypatch):
     import isnet.evaluate.explain as explain_mod
-    import isnet.evaluate.relevance as relevance_mod
+    import isnet.measure.relevance as relevance_mod
     import isnet.methods.isnet as isnet_mod
     from isnet.evaluate.explain import explain_run
     from isnet.train.loading import load_run_model
@@ -211,7 +211,7 @@ def test_isnet_trains_under_xrv_and_explain_reuses_the_convention(phantoms, tmp_
 
     _, loaded = load_run_model(result.run_id)               # the checkpoint carries the convention
     assert loaded.data.intensity == "xrv" and loaded.data.crop == "center"
-    assert loaded.lrp_config().low == -1024.0
+    assert run_lrp_config(loaded).low == -1024.0
     seen.clear()
     table = explain_run(result.run_id, phantoms, tmp_path / "explain", max_images=4)
     assert len(table) == 4 and table["bg_share"].between(0, 1).all()
@@ -237,7 +237,7 @@ def test_rrr_penalty_is_on_the_unit_image_under_xrv():
 
 
 def test_heatmap_figures_show_xrv_images_with_their_range():
-    from isnet.evaluate.figures import display_range, heatmap_grid
+    from isnet.measure.figures import display_range, heatmap_grid
 
     img = np.linspace(-1024, 1024, 64, dtype=np.float32).reshape(8, 8)
     heat = np.random.default_rng(0).normal(size=(8, 8))

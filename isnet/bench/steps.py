@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from isnet.config.schema import TrainConfig
-from isnet.lrp import lrp_heatmaps
+from isnet.lrp import lrp_heatmaps, run_lrp_config
 from isnet.lrp.zennit_ref import zennit_composite
 from isnet.methods import build_methods
-from isnet.methods.base import _REGISTRY
+from isnet.config.registry import method_specs
 from isnet.methods.isnet_loss import (
     ISNetLossConfig,
     isnet_heatmap_loss,
@@ -31,8 +31,6 @@ from isnet.models import build_classifier
 
 CLASSES = ["normal", "covid", "tb"]
 ISNET_VARIANTS = ("original", "stochastic", "selective")
-#: methods the benchmark expects; listed as skipped with a note while they are not registered
-EXPECTED_METHODS = ("sgdrop", "reldrop", "rrr")
 #: fixed foreground band, so that no warm-up tuning runs inside the benchmark
 C1, C2 = 1.0, 25.0
 
@@ -52,9 +50,9 @@ class Spec:
 
 
 def extra_methods() -> list[str]:
-    """Registered training methods other than ISNet, in a stable order (expected ones first)."""
-    names = [n for n in _REGISTRY if n != "isnet"]
-    return [n for n in EXPECTED_METHODS if n in names] + sorted(n for n in names if n not in EXPECTED_METHODS)
+    """Registered training methods other than ``standard`` and ISNet (which has its own variant cases), in
+    the registry's order: a plug-in method is benchmarked without being listed anywhere."""
+    return [n for n in method_specs() if n not in ("standard", "isnet")]
 
 
 #: slow cases left out of the default run (``--cases all`` or naming them runs them)
@@ -67,7 +65,7 @@ def case_names() -> tuple[list[str], dict[str, str]]:
     extra = extra_methods()
     cases += extra
     cases += ["zennit-naive-stochastic", "zennit-naive-original"]
-    skipped = {m: "method not registered in isnet.methods" for m in EXPECTED_METHODS if m not in extra}
+    skipped: dict[str, str] = {}
     try:
         import zennit  # noqa: F401
     except ImportError:  # pragma: no cover - zennit is a dependency
@@ -164,11 +162,11 @@ def _inference(spec: Spec) -> Callable[[], None]:
 
 def _explain(spec: Spec) -> Callable[[], None]:
     """What ``isnet explain`` and the validation diagnostics run per batch: eval mode, predicted class, no graph."""
-    from isnet.evaluate.relevance import predicted_class
+    from isnet.measure.relevance import predicted_class
 
     model = _model(spec).eval()
     x = synthetic_batch(spec)["image"].to(spec.torch_device)
-    lrp = TrainConfig().method.isnet.lrp_config()
+    lrp = run_lrp_config(TrainConfig())
     return lambda: lrp_heatmaps(model, x, predicted_class, config=lrp)
 
 
@@ -184,7 +182,7 @@ def _zennit_naive(spec: Spec, variant: str) -> Callable[[], None]:
     loss_cfg = ISNetLossConfig(P=c.P_at(1), d=c.d, E=c.E, A=c.A, B=c.B, C1=C1, C2=C2, variant=variant)
     model = copy.deepcopy(_model(spec)).train()
     opt = build_optimizer(model, cfg)
-    composite = zennit_composite(model, c.lrp_config(), strict=False)  # DenseNet: not equivalent, cost only
+    composite = zennit_composite(model, run_lrp_config(cfg), strict=False)  # DenseNet: not equivalent, cost only
     batch = {k: (v.to(spec.torch_device) if torch.is_tensor(v) else v) for k, v in synthetic_batch(spec).items()}
     gen = torch.Generator().manual_seed(spec.seed)
 
@@ -225,7 +223,7 @@ def build_case(name: str, spec: Spec) -> Callable[[], None]:
         return _train_step(spec, ["isnet"], name.split("-", 1)[1])
     if name.startswith("zennit-naive-"):
         return _zennit_naive(spec, name.rsplit("-", 1)[1])
-    if name in _REGISTRY:
+    if name in method_specs():
         return _train_step(spec, [name])
     raise ValueError(f"unknown bench case {name!r}")
 

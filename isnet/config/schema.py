@@ -6,13 +6,14 @@ resolved config (logged to MLflow) says everything. Unknown keys are errors: a t
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from functools import lru_cache
+from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+
+from isnet.config.registry import MethodParams, check_combination, method_names, method_specs
 
 BACKBONES = ("small_cnn", "resnet18", "resnet50", "densenet121", "vgg16_bn")
-#: methods that compute the forward pass themselves; at most one of them can be on
-FORWARD_OWNERS = ("isnet",)
 #: torchxrayvision's pixel range: images are mapped to [-XRV_MAX, XRV_MAX]
 XRV_MAX = 1024.0
 #: the range of the network input under each ``data.intensity`` convention
@@ -32,7 +33,7 @@ class AugmentConfig(_Strict):
     gamma: tuple[float, float] = (0.8, 1.25)
 
 
-class InputMaskConfig(_Strict):
+class InputMaskConfig(MethodParams):
     """Multiply every image by its dilated lung mask (the segment-then-classify baseline, ``masked_input``).
 
     Part of the data pipeline so that training, validation, the test evaluation, ``isnet explain`` and
@@ -43,6 +44,13 @@ class InputMaskConfig(_Strict):
     source: Literal["manifest"] = Field(
         "manifest", description="where the mask comes from: the manifest's mask column (fill missing masks with "
                     "`isnet segmenter predict` first)")
+
+    def resolve(self, cfg: "TrainConfig", enabled: bool) -> None:
+        """The masked-input method is a property of the data: stored in ``data.input_mask`` so that every
+        pipeline built from this config (val, test, explain) masks the images the way training did."""
+        want = self if enabled else None
+        if cfg.data.input_mask != want:
+            cfg.data.input_mask = want
 
 
 class DataConfig(_Strict):
@@ -128,172 +136,59 @@ class OptimConfig(_Strict):
     grad_clip_norm: Optional[float] = Field(None, gt=0)
 
 
-class ISNetConfig(_Strict):
-    """ISNet loss hyper-parameters; every default is the authors' reference value (docs/methods.md has the table
-    of reference vs ours), our deviations are named options."""
+class LRPRules(_Strict):
+    """The LRP rules of every heatmap of a run: ISNet's training heatmaps, SGDrop's LRP attribution, the
+    validation background share, ``isnet explain``, predict and the reports. The z^B bounds are the input
+    range of ``data.intensity``. The defaults are ISNet's published rules."""
 
-    variant: Literal["original", "stochastic", "selective", "selective_top"] = Field(
-        "original", description="classes explained per image: original = all; stochastic = one (top class with "
-                                "probability stochastic_top_prob, else a random other); selective = the lowest-"
-                                "logit class's softmax quantity (Faster ISNet); selective_top = the top class's "
-                                "log-probability (ours)")
-    P: Union[float, dict[int, float]] = Field(
-        0.7, description="weight of the heatmap loss, L = (1-P)·CE + P·L_hm: a number, or a schedule {epoch: P} "
-                         "(epochs counted from 1; each value holds until the next key), e.g. {1: 0.0, 2: 0.35, 3: 0.7}")
-    d: float = Field(0.9, ge=0, le=1, description="GWRP decay of the background term (0: max pooling)")
-    E: float = Field(1.0, gt=0)
-    A: float = Field(1.0, ge=0)
-    B: float = Field(3.0, ge=0)
-    C1: Optional[float] = Field(None, gt=0)
-    C2: Optional[float] = Field(None, gt=0)
-    fg_upper_scale: Literal["C1", "C2"] = Field(
-        "C1", description="divisor of the upper side of the foreground penalty ((F - C2)/C1)^2 as the reference; "
-                          "C2: our earlier relative error, which makes overshooting up to 625x cheaper")
-    warmup_epochs: Optional[int] = Field(
-        5, ge=1, description="plain epochs of a model copy trained only to tune C1/C2 when they are not set (the "
-                             "reference's example: 5); null: as many as optim.epochs")
-    band_statistic: Literal["image", "lung"] = Field(
-        "image", description="per-image sample of the band: whole-image total |R| averaged over the explained "
-                             "classes (reference), or lung-only total per (image, class) (ours, earlier)")
-    band_mode: Literal["train", "eval"] = Field(
-        "train", description="heatmaps of the band statistic: train mode during the last warm-up epoch "
-                             "(reference), or eval mode after the warm-up")
-    init_from_warmup: bool = Field(False, description="start ISNet training from the warm-up weights instead of "
-                                                      "the initial ones (the reference discards the warm-up)")
-    stochastic_top_prob: float = Field(5 / 11, ge=0, le=1, description="stochastic variant: probability of "
-                                                                       "explaining the top class (reference 5/11)")
-    selective_eps: float = Field(0.01, gt=0, description="selective variant: eps_s in log(p+eps_s) - log(1-p+eps_s)")
-    detach: Literal["none", "biases"] = Field(
-        "none", description="what the relevance graph treats as constants: none (LRP-Flex, Faster ISNet: exact "
-                            "gradient) or biases (original ISNet's LRP block: biases and BatchNorm batch "
-                            "statistics detached)")
-    epsilon: float = Field(0.01, gt=0)
-    body_rule: Literal["epsilon", "zplus", "alpha2beta1", "epsilon_zplus"] = "epsilon"
-    first_rule: Literal["zb", "epsilon", "flat"] = "zb"
-    grad_clip_norm: Optional[float] = Field(1.0, gt=0)
-    collapse_check: bool = Field(True, description="warn once when training CE stays above 0.9·ln K after a "
-                                                   "third of the epochs while L_bg falls")
-
-    @field_validator("P")
-    @classmethod
-    def _p_range(cls, v):
-        values = v.values() if isinstance(v, dict) else [v]
-        if isinstance(v, dict):
-            if not v:
-                raise ValueError("a P schedule needs at least one {epoch: P} entry")
-            if min(v) != 1:
-                raise ValueError(f"a P schedule must start at epoch 1 (epochs count from 1), got keys {sorted(v)}")
-        if any(not 0 <= p <= 1 for p in values):
-            raise ValueError(f"P must lie in [0, 1], got {v}")
-        return v
-
-    def P_at(self, epoch: int) -> float:
-        """P in force during ``epoch`` (counted from 1)."""
-        if not isinstance(self.P, dict):
-            return float(self.P)
-        return float(self.P[max(k for k in self.P if k <= max(epoch, 1))])
-
-    def lrp_config(self, value_range: tuple[float, float] = INTENSITY_RANGES["unit"]):
-        """The LRP rules these settings describe, with the z^B bounds ``value_range`` (the input pixel range,
-        ``DataConfig.value_range``). Runs use :meth:`TrainConfig.lrp_config`, which passes their data
-        convention; every heatmap of a run (training, diagnostics, explain, reports) is made with it."""
-        from isnet.lrp import LRPConfig
-
-        low, high = value_range
-        return LRPConfig(epsilon=self.epsilon, body_rule=self.body_rule, first_rule=self.first_rule,
-                         low=float(low), high=float(high), detach_biases=self.detach == "biases")
-
-    @model_validator(mode="after")
-    def _band_ordered(self) -> "ISNetConfig":
-        if self.C1 is not None and self.C2 is not None and self.C1 > self.C2:
-            raise ValueError(f"C1 ({self.C1}) must not exceed C2 ({self.C2})")
-        return self
+    epsilon: float = Field(0.01, gt=0, description="LRP-epsilon stabiliser of every layer")
+    body_rule: Literal["epsilon", "zplus", "alpha2beta1", "epsilon_zplus"] = Field(
+        "epsilon", description="rule of the layers after the first (epsilon_zplus: epsilon for dense layers, "
+                               "z+ for convolutions)")
+    first_rule: Literal["zb", "epsilon", "flat"] = Field("zb", description="rule of the first layer")
 
 
-class SGDropConfig(_Strict):
-    """Saliency-guided dropout at a latent feature map: zero the features whose attribution
-    ReLU(d psi_c/dz * z) is above the per-sample q_rho quantile (docs/methods.md)."""
+class MethodBlocks(BaseModel):
+    """``method.<name>``: one parameter block per registered method, each validated by the parameter model
+    its method registered (``isnet.config.registry``). Blocks left out take their defaults, so the logged
+    config shows every method's values."""
 
-    rho: float = Field(0.9, gt=0, lt=1, description="quantile q_rho: features attributed above it are zeroed "
-                                                     "(about 1 - rho of them)")
-    layer: Optional[str] = Field(None, description="module name (model.named_modules()); default: the last "
-                                                   "convolutional block of the backbone")
-    at: Literal["input", "output"] = Field("output", description="mask the named module's input or output")
-    attribution: Literal["grad_x_act", "lrp"] = Field(
-        "grad_x_act", description="attribution of the true class on the feature map: ReLU(gradient x "
-                                  "activation), or the positive part of its LRP relevance (our engine, the rules "
-                                  "of method.isnet)")
-    rescale: bool = Field(False, description="scale kept features by 1/keep-fraction, like dropout (not in the "
-                                             "paper)")
-    ema: bool = Field(False, description="threshold = exponential moving average of the batch's q_rho across steps")
-    ema_momentum: float = Field(0.9, ge=0, lt=1)
+    model_config = ConfigDict(extra="allow")
+
+    def __getattr__(self, name: str):  # a block of a method that is not registered
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            raise AttributeError(f"no method block {name!r}; registered methods: "
+                                 f"{', '.join(method_names())}") from None
 
 
-class RelDropConfig(_Strict):
-    """Relevance-driven input dropout: occlusion guided by an eval-mode LRP pass of the true class. The
-    defaults are those of the authors' reference code (docs/methods.md lists each one and our options)."""
-
-    variant: Literal["pixel", "block", "patch"] = Field(
-        "pixel", description="pixel: drop pixels by alpha*U + (1-alpha)*R >= 1 - beta; block: one box per image "
-                             "on one of the top_k most relevant positions; patch: a box of 1/patch_count of "
-                             "that area on one of the patch_count most relevant positions")
-    prob: float = Field(0.5, ge=0, le=1, description="probability of occlusion, per image or per batch (draw)")
-    draw: Optional[Literal["image", "batch"]] = Field(
-        None, description="what prob applies to: each image, or the whole batch at once; null: the reference's "
-                          "choice (pixel: image; block and patch: batch)")
-    alpha: float = Field(0.3, ge=0, le=1, description="pixel: weight of uniform noise against relevance")
-    beta: float = Field(0.5, ge=0, le=1, description="pixel: drop where alpha*U + (1-alpha)*R >= 1 - beta")
-    top_k: int = Field(10, ge=1, description="block: the centre is drawn among the k most relevant positions")
-    patch_count: int = Field(20, ge=1, description="patch: candidate centres (the most relevant positions) and "
-                                                  "divisor of the box area")
-    area: tuple[float, float] = Field((0.02, 0.4), description="block/patch: box area range, fraction of the image")
-    aspect: tuple[float, float] = Field((0.3, 1 / 0.3), description="block/patch: aspect-ratio range (log-uniform)")
-    random_centre: float = Field(0.0, ge=0, le=1, description="block/patch: probability that a box is centred on "
-                                                              "a uniformly random pixel instead (0: never)")
-    epsilon: float = Field(0.001, gt=0, description="LRP-epsilon of the relevance pass")
-    first_rule: Optional[Literal["zb", "epsilon", "flat"]] = Field(
-        "flat", description="LRP rule at the first layer of the relevance pass; null: method.isnet.first_rule")
-    body_rule: Optional[Literal["epsilon", "zplus", "alpha2beta1", "epsilon_zplus"]] = Field(
-        "epsilon", description="LRP rule of the other layers of the relevance pass; null: method.isnet.body_rule")
-    fill: Literal["dataset_mean", "image_mean", "zero", "noise"] = Field(
-        "dataset_mean", description="value of occluded pixels: the training split's mean (measured at the start "
-                                    "of training unless fill_value is set), the image's own mean, 0, or U[0, 1]")
-    fill_value: Optional[float] = Field(None, description="fill: dataset_mean: this value (in the network's input "
-                                                          "convention) instead of measuring the mean")
-    engine: Literal["isnet", "zennit"] = Field(
-        "isnet", description="LRP engine of the relevance pass: ours, or zennit with an equivalent composite (a "
-                             "cross-check; slower, and no DenseNet)")
-
-    @model_validator(mode="after")
-    def _ranges(self) -> "RelDropConfig":
-        lo, hi = self.area
-        if not 0 < lo <= hi <= 1:
-            raise ValueError(f"area must be 0 < low <= high <= 1, got {self.area}")
-        if not 0 < self.aspect[0] <= self.aspect[1]:
-            raise ValueError(f"aspect must be 0 < low <= high, got {self.aspect}")
-        if self.fill_value is not None and self.fill != "dataset_mean":
-            raise ValueError(f"fill_value is the value of fill=dataset_mean; it has no meaning with fill={self.fill!r}")
-        return self
+@lru_cache(maxsize=None)
+def _blocks_model(fields: tuple[tuple[str, type[BaseModel]], ...]) -> type[BaseModel]:
+    return create_model("method", __config__=ConfigDict(extra="forbid"),
+                        **{name: (params, Field(default_factory=params)) for name, params in fields})
 
 
-class RRRConfig(_Strict):
-    """Right for the right reasons: lam * mean over images of ||(1 - m) * d(sum_c log p_c)/dx||^2."""
+def validate_method_blocks(value: Any) -> MethodBlocks:
+    """The ``method`` section validated against the registry: unknown blocks and keys are errors."""
+    if isinstance(value, MethodBlocks):
+        value = value.model_dump()
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise ValueError(f"must be a mapping of method names to their parameters, got {type(value).__name__}")
+    specs = method_specs()
+    unknown = [k for k in value if k not in specs or k == "standard"]
+    if unknown:
+        raise ValueError(f"no method named {unknown[0]!r} takes parameters; registered methods: "
+                         f"{', '.join(n for n in specs if n != 'standard')}")
+    model = _blocks_model(tuple((n, s.params) for n, s in specs.items() if n != "standard"))
+    validated = model.model_validate(value)
+    return MethodBlocks.model_construct(**{n: getattr(validated, n) for n in type(validated).model_fields})
 
-    lam: float = Field(10.0, ge=0, description="weight of the input-gradient penalty (the same at every batch "
-                                               "size with gradient: sample); measured on 64 px phantoms in "
-                                               "docs/methods.md")
-    gradient: Literal["sample", "batch_mean"] = Field(
-        "sample", description="sample: each image's own input gradient; batch_mean: the gradient of the batch "
-                              "mean of sum_c log p_c, as ISNet's published RRR baseline (1/B of it, so the "
-                              "penalty scales as 1/B^2 and lam depends on the batch size)")
 
-
-class MethodParams(_Strict):
-    isnet: ISNetConfig = ISNetConfig()
-    sgdrop: SGDropConfig = SGDropConfig()
-    reldrop: RelDropConfig = RelDropConfig()
-    rrr: RRRConfig = RRRConfig()
-    masked_input: InputMaskConfig = InputMaskConfig()
+#: keys of ``method.isnet`` that moved to the top-level ``lrp`` section (read from configs stored before)
+_MOVED_TO_LRP = ("epsilon", "body_rule", "first_rule")
 
 
 class RunConfig(_Strict):
@@ -348,60 +243,46 @@ class TrainConfig(_Strict):
     optim: OptimConfig = OptimConfig()
     train: RunConfig = RunConfig()
     tracking: TrackingConfig = TrackingConfig()
-    methods: list[Literal["standard", "isnet", "sgdrop", "reldrop", "rrr", "masked_input"]] = ["standard"]
-    method: MethodParams = MethodParams()
+    lrp: LRPRules = LRPRules()
+    methods: list[str] = Field(["standard"], description="training methods, by registered name "
+                                                         "(isnet.config.registry); combined in one objective")
+    method: MethodBlocks = Field(default_factory=dict, validate_default=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rules_moved_to_lrp(cls, raw: Any) -> Any:
+        """Configs stored by earlier versions kept the LRP rules under ``method.isnet``; read them as ``lrp``."""
+        if not isinstance(raw, dict):
+            return raw
+        isnet = (raw.get("method") or {}).get("isnet") if isinstance(raw.get("method"), dict) else None
+        if isinstance(isnet, dict) and any(k in isnet for k in _MOVED_TO_LRP):
+            isnet = dict(isnet)
+            moved = {k: isnet.pop(k) for k in _MOVED_TO_LRP if k in isnet}
+            raw = {**raw, "method": {**raw["method"], "isnet": isnet}}
+            if "lrp" not in raw:
+                raw["lrp"] = moved
+        return raw
 
     @field_validator("methods")
     @classmethod
-    def _methods_compatible(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
-            raise ValueError("lists a method twice")
-        if "standard" in v and len(v) > 1:
-            raise ValueError("'standard' means plain cross-entropy and cannot be combined with other methods")
-        owners = [m for m in v if m in FORWARD_OWNERS]
-        if len(owners) > 1:
-            raise ValueError(f"methods {owners} each compute their own forward pass and cannot be combined")
-        return v or ["standard"]
+    def _methods_registered(cls, v: list[str]) -> list[str]:
+        return check_combination(v) or ["standard"]
 
-    def lrp_config(self):
-        """The LRP rules of this run: ``method.isnet``'s rules with z^B bounds = the range of
-        ``data.intensity`` ([0, 1] or [-1024, 1024])."""
-        return self.method.isnet.lrp_config(self.data.value_range)
+    @field_validator("method", mode="wrap")
+    @classmethod
+    def _method_blocks(cls, v: Any, handler) -> MethodBlocks:
+        return validate_method_blocks(v)
 
     @model_validator(mode="after")
-    def _intensity_compatible(self) -> "TrainConfig":
-        """RelDrop's 'zero' and 'noise' fills are values of the [0, 1] convention (black, U[0, 1]); under
-        another convention they would occlude with mid-grey, so the combination is refused."""
-        if self.data.intensity != "unit" and "reldrop" in self.methods and \
-                self.method.reldrop.fill in ("zero", "noise"):
-            raise ValueError(
-                f"method.reldrop.fill={self.method.reldrop.fill!r} fills occluded pixels with values of the "
-                f"[0, 1] intensity convention and cannot be used with data.intensity={self.data.intensity!r} "
-                f"(range {self.data.value_range}); set method.reldrop.fill=dataset_mean (or image_mean) or "
-                f"data.intensity=unit")
-        return self
-
-    @model_validator(mode="after")
-    def _zennit_backbone(self) -> "TrainConfig":
-        """zennit has no canonizer for the BatchNorms after DenseNet's concatenations: no equivalent composite."""
-        if "reldrop" in self.methods and self.method.reldrop.engine == "zennit" and \
-                self.model.backbone.startswith("densenet"):
-            raise ValueError(f"method.reldrop.engine=zennit cannot explain {self.model.backbone} with our rules "
-                             f"(zennit has no DenseNet canonizer); use method.reldrop.engine=isnet")
-        return self
-
-    @model_validator(mode="after")
-    def _warmup_follows_training(self) -> "TrainConfig":
-        """Resolve ``method.isnet.warmup_epochs: null`` so that the logged config holds the number used."""
-        if self.method.isnet.warmup_epochs is None:
-            self.method.isnet.warmup_epochs = self.optim.epochs
-        return self
-
-    @model_validator(mode="after")
-    def _input_mask_follows_method(self) -> "TrainConfig":
-        """The masked-input method is a property of the data: stored in ``data.input_mask`` so that every
-        pipeline built from this config (val, test, explain) masks the images the way training did."""
-        want = self.method.masked_input if "masked_input" in self.methods else None
-        if self.data.input_mask != want:
-            self.data.input_mask = want
+    def _methods_resolve_and_check(self) -> "TrainConfig":
+        """Each method block fills what depends on the rest of the config (e.g. ISNet's warm-up length) and,
+        when its method is listed, checks its constraints across sections."""
+        for name in method_names():
+            params = getattr(self.method, name, None) if name != "standard" else None
+            if isinstance(params, MethodParams):
+                params.resolve(self, name in self.methods)
+        for name in self.methods:
+            params = getattr(self.method, name, None) if name != "standard" else None
+            if isinstance(params, MethodParams):
+                params.check(self)
         return self

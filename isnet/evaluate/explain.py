@@ -14,9 +14,9 @@ from isnet.config.schema import DataConfig
 from isnet.data.dataset import build_dataset, build_loader
 from isnet.data.manifest import read_manifest, validate_manifest
 from isnet.errors import ManifestError
-from isnet.evaluate.figures import heatmap_grid
-from isnet.evaluate.relevance import background_share, predicted_class
-from isnet.lrp import lrp_heatmaps
+from isnet.measure.figures import heatmap_grid
+from isnet.measure.relevance import background_share, predicted_class
+from isnet.lrp import lrp_heatmaps, run_lrp_config
 from isnet.train.loading import load_run_model
 
 
@@ -48,7 +48,7 @@ def explain_run(run_id: str, manifest: str | Path, out_dir: str | Path, *, split
                 "site": r.site, "patient_id": r.patient_id} for r in df.itertuples(index=False)]
     data_cfg = DataConfig(**{**cfg.data.model_dump(), "cache": "none", "batch_size": batch_size})
     loader = build_loader(build_dataset(records, data_cfg, train=False), data_cfg, shuffle=False)
-    lrp_cfg = cfg.lrp_config()
+    lrp_cfg = run_lrp_config(cfg)
     out = Path(out_dir)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     rows = []

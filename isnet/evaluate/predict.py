@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from isnet.lrp import run_lrp_config
 from isnet.config.schema import DataConfig
 from isnet.data.manifest import read_manifest
 from isnet.data.transforms import build_transforms
@@ -107,7 +108,7 @@ def predict_run(run_id: str, manifest: str | Path, out: str | Path, *, heatmaps:
     has_labels = (df["label"] != "").any()
     data_cfg = DataConfig(**{**cfg.data.model_dump(), "cache": "none"})
     transform = build_transforms(data_cfg, train=False)
-    lrp_cfg = cfg.lrp_config() if heatmaps is not None else None
+    lrp_cfg = run_lrp_config(cfg) if heatmaps is not None else None
     heat_dir = Path(heatmaps) if heatmaps is not None else None
     if heat_dir is not None:
         heat_dir.mkdir(parents=True, exist_ok=True)
@@ -125,7 +126,7 @@ def predict_run(run_id: str, manifest: str | Path, out: str | Path, *, heatmaps:
                 prob = torch.softmax(model(x), 1).cpu()
             heat = None
         else:
-            from isnet.evaluate.relevance import background_share, predicted_class
+            from isnet.measure.relevance import background_share, predicted_class
             from isnet.lrp import lrp_heatmaps
 
             logits, heat = lrp_heatmaps(model, x, predicted_class, config=lrp_cfg)
@@ -198,7 +199,7 @@ def _save_heatmap(folder: Path, r, item: dict, heat: np.ndarray, pred: str, p: f
                   value_range: tuple[float, float]) -> Path:
     import matplotlib.pyplot as plt
 
-    from isnet.evaluate.figures import heatmap_grid
+    from isnet.measure.figures import heatmap_grid
 
     has_mask = bool(item["has_mask"])
     image = torch.as_tensor(item["image"])[0].numpy()

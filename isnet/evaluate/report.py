@@ -16,9 +16,9 @@ from typing import Sequence
 
 import numpy as np
 
-from isnet.evaluate.bootstrap import bootstrap_metrics, paired_difference, patient_weights, percentile_ci
-from isnet.evaluate.calibration import expected_calibration_error, reliability_bins
-from isnet.evaluate.site_metrics import HEADLINE, PER_CLASS, point_metrics
+from isnet.measure.bootstrap import bootstrap_metrics, paired_difference, patient_weights, percentile_ci
+from isnet.measure.calibration import expected_calibration_error, reliability_bins
+from isnet.measure.metrics import HEADLINE, PER_CLASS, point_metrics
 
 OVERALL = "overall"
 PAIRED_METRICS = ("macro_auc", "balanced_accuracy", "macro_f1", "ece", "bg_share_mean")

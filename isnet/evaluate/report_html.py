@@ -9,7 +9,7 @@ import math
 from typing import Mapping
 
 from isnet.evaluate.report import OVERALL, PAIRED_METRICS
-from isnet.evaluate.site_metrics import HEADLINE
+from isnet.measure.metrics import HEADLINE
 
 LABELS = {"macro_auc": "AUC (macro OvR)", "macro_f1": "F1 (macro)", "macro_sensitivity": "Sensitivity (macro)",
           "macro_specificity": "Specificity (macro)", "macro_precision": "Precision (macro)",

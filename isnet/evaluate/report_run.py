@@ -24,13 +24,14 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from isnet.lrp import run_lrp_config
 from isnet.config.schema import DataConfig, TrainConfig  # noqa: E402
 from isnet.data.dataset import build_dataset, build_loader  # noqa: E402
 from isnet.data.manifest import read_manifest, sha256_file, validate_manifest  # noqa: E402
 from isnet.errors import UserError  # noqa: E402
-from isnet.evaluate.calibration import reliability_figure  # noqa: E402
-from isnet.evaluate.figures import heatmap_grid  # noqa: E402
-from isnet.evaluate.relevance import explain_loader  # noqa: E402
+from isnet.measure.calibration import reliability_figure  # noqa: E402
+from isnet.measure.figures import heatmap_grid  # noqa: E402
+from isnet.measure.relevance import explain_loader  # noqa: E402
 from isnet.evaluate.report import OVERALL, Cohort, MethodResult, assemble_report  # noqa: E402
 from isnet.evaluate.report_html import render_html  # noqa: E402
 from isnet.tracking import Tracker, store_uri  # noqa: E402
@@ -151,7 +152,7 @@ def _gallery(records: list[dict], model, cfg: TrainConfig, device, classes: Sequ
              title: str) -> bytes | None:
     if not records:
         return None
-    out = explain_loader(model, _loader(records, cfg, len(records)), device, cfg.lrp_config(), keep=len(records))
+    out = explain_loader(model, _loader(records, cfg, len(records)), device, run_lrp_config(cfg), keep=len(records))
     k = out["kept"]
     titles = []
     for lab, pred, r in zip(k["label"], k["pred"], out["rows"]):
@@ -252,7 +253,7 @@ def _score_and_write(run_ids, loaded, df, classes, sites, manifest, out: Path, j
         pred = predict(model, _loader(records, cfg, batch_size), dev)
         if pred["rows"] != [r["row"] for r in records]:
             raise RuntimeError("loader changed the order of the manifest rows")
-        rel = explain_loader(model, _loader(records, cfg, batch_size), dev, cfg.lrp_config())
+        rel = explain_loader(model, _loader(records, cfg, batch_size), dev, run_lrp_config(cfg))
         share = dict(zip(rel["rows"], rel["bg_share"].tolist()))
         bg = np.array([share[r["row"]] for r in records], dtype=float)
         test_df, logged, note = in_distribution[run_id]

@@ -31,15 +31,16 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from isnet.config.load import config_to_dict, validate_config  # noqa: E402
-from isnet.config.stress import StressConfig  # noqa: E402
+from isnet.config.registry import check_combination, method_names  # noqa: E402
+from isnet.evaluate.stress_config import StressConfig  # noqa: E402
 from isnet.data.bias import BiasSpec, InjectBiasd  # noqa: E402
 from isnet.data.dataset import build_dataset  # noqa: E402
 from isnet.data.manifest import Manifest, load_manifest  # noqa: E402
 from isnet.errors import UserError  # noqa: E402
-from isnet.evaluate.figures import heatmap_grid  # noqa: E402
-from isnet.evaluate.metrics import classification_metrics  # noqa: E402
-from isnet.evaluate.relevance import background_share, predicted_class  # noqa: E402
-from isnet.lrp import LRPConfig, lrp_heatmaps, supports_model  # noqa: E402
+from isnet.measure.figures import heatmap_grid  # noqa: E402
+from isnet.measure.metrics import classification_metrics  # noqa: E402
+from isnet.measure.relevance import background_share, predicted_class  # noqa: E402
+from isnet.lrp import LRPConfig, lrp_heatmaps, run_lrp_config, supports_model  # noqa: E402
 
 TEST_SETS = ("clean", "aligned", "flipped")
 CSV_COLUMNS = ["method", "strength", "seed", "run_id", "test_set", "metric", "value"]
@@ -47,28 +48,17 @@ STATE_FILE = "sweep.json"
 
 
 # -- method specs -----------------------------------------------------------------------------------
-def registered_methods() -> list[str]:
-    """``standard`` plus every method registered in ``isnet.methods``."""
-    import isnet.methods  # noqa: F401  (importing registers the built-in methods)
-    from isnet.methods import base
-
-    return ["standard", *sorted(base._REGISTRY)]
-
-
 def parse_method_spec(spec: str) -> list[str]:
-    """``"isnet+sgdrop"`` → ``["isnet", "sgdrop"]``; unknown names are a ``UserError`` listing the known ones."""
+    """``"isnet+sgdrop"`` → ``["isnet", "sgdrop"]``, checked against the method registry like a config's
+    ``methods:`` list; a bad spec is a ``UserError`` that lists the registered methods."""
     names = [n.strip() for n in spec.split("+")]
-    known = registered_methods()
+    known = method_names()
     if not spec.strip() or any(not n for n in names):
         raise UserError(f"bad method spec {spec!r}: use names joined by '+', e.g. isnet+sgdrop; known: {', '.join(known)}")
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise UserError(f"unknown method {unknown[0]!r} in {spec!r}; known methods: {', '.join(known)}")
-    if len(set(names)) != len(names):
-        raise UserError(f"method spec {spec!r} lists a method twice")
-    if "standard" in names and len(names) > 1:
-        raise UserError(f"method spec {spec!r}: 'standard' is plain cross-entropy and cannot be combined")
-    return names
+    try:
+        return check_combination(names)
+    except ValueError as exc:
+        raise UserError(f"method spec {spec!r}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -200,18 +190,6 @@ def bias_heatmap_figure(kept: dict, classes: list[str], title: str):
     return fig
 
 
-def load_best(checkpoint_dir: Path, device: torch.device) -> torch.nn.Module:
-    from isnet.config.schema import TrainConfig
-    from isnet.models import build_classifier
-    from isnet.train.checkpoint import load_checkpoint
-
-    state = load_checkpoint(Path(checkpoint_dir) / "best.pt", map_location=device)
-    cfg = TrainConfig.model_validate(state["config"])
-    model = build_classifier(cfg.model.backbone, len(cfg.data.classes), width=cfg.model.width)
-    model.load_state_dict(state["model"])
-    return model.to(device).eval()
-
-
 # -- the sweep ----------------------------------------------------------------------------------------
 class StressTest:
     def __init__(self, cfg: StressConfig, manifest_path: str | Path, *, progress: bool | None = False,
@@ -294,6 +272,8 @@ class StressTest:
 
     # one cell -------------------------------------------------------------------------------------------
     def run_cell(self, cell: Cell, manifest: Manifest, names: dict[int, str]) -> list[dict]:
+        from isnet.train.checkpoint import BEST_NAME
+        from isnet.train.loading import load_checkpoint_model
         from isnet.train.run import resolve_device, train
 
         tcfg = self.cell_config(cell)
@@ -304,8 +284,8 @@ class StressTest:
         result = train(tcfg, self.manifest_path, progress=self.progress, parent_run_id=self.parent_id, tags=tags,
                        extra_transforms={"train": bias("train"), "val": bias("train"), "test": bias("clean")})
         device = resolve_device(tcfg.train.device)
-        model = load_best(result.checkpoint_dir, device)
-        lrp = tcfg.lrp_config() if supports_model(model) else None
+        model, _ = load_checkpoint_model(Path(result.checkpoint_dir) / BEST_NAME, device)
+        lrp = run_lrp_config(tcfg) if supports_model(model) else None
         records = manifest.records("test")
         if self.cfg.relevance_images:
             records = records[: self.cfg.relevance_images]

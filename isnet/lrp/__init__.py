@@ -6,8 +6,8 @@ layer by default, BatchNorm folded functionally) that are differentiable with re
 ``lrp_relevance_at(model, x, targets, layer, at)`` returns the relevance at the input or output of one module
 (a latent feature map) instead.
 """
-from .config import LRPConfig
+from .config import LRPConfig, run_lrp_config
 from .heatmap import lrp_heatmaps, supports_model
 from .latent import lrp_relevance_at
 
-__all__ = ["LRPConfig", "lrp_heatmaps", "lrp_relevance_at", "supports_model"]
+__all__ = ["LRPConfig", "run_lrp_config", "lrp_heatmaps", "lrp_relevance_at", "supports_model"]

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from isnet.config.schema import TrainConfig
 
 BODY_RULES = ("epsilon", "zplus", "alpha2beta1", "epsilon_zplus")
 FIRST_RULES = ("zb", "epsilon", "flat")
@@ -17,7 +21,7 @@ class LRPConfig:
         Pooling layers and residual sums always use the ε rule.
     first_rule: rule of the first convolution/dense layer: "zb" (bounded z^B), "epsilon" or "flat".
     low, high: z^B bounds, i.e. the range of the input pixels: [0, 1] by default, [-1024, 1024] under
-        ``data.intensity: xrv`` (``TrainConfig.lrp_config`` sets them from the run's data config).
+        ``data.intensity: xrv`` (:func:`run_lrp_config` sets them from the run's data config).
     detach_biases: in a differentiable heatmap, treat each layer's own bias and BatchNorm batch statistics (and
         BN shift) as constants where the rule uses them (the original ISNet LRP block); False differentiates
         everything (LRP-Flex). Heatmap values are the same either way; only their gradient differs.
@@ -45,3 +49,13 @@ class LRPConfig:
         if self.body_rule == "epsilon_zplus":
             return "epsilon" if dense else "zplus"
         return self.body_rule
+
+
+def run_lrp_config(cfg: "TrainConfig", detach_biases: bool = False) -> LRPConfig:
+    """The LRP rules of a run: its ``lrp`` section, with z^B bounds = the input range of ``data.intensity``
+    ([0, 1] or [-1024, 1024]). Every heatmap of a run (training, diagnostics, explain, reports) uses them;
+    ``detach_biases`` is ISNet's choice for its own training graph (``method.isnet.detach``)."""
+    low, high = cfg.data.value_range
+    r = cfg.lrp
+    return LRPConfig(epsilon=r.epsilon, body_rule=r.body_rule, first_rule=r.first_rule, low=float(low),
+                     high=float(high), detach_biases=detach_biases)

@@ -9,12 +9,35 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 
 import torch
+from pydantic import BaseModel
+
+from isnet.config.registry import (MethodSpec, NoParams, check_combination, method_specs, register_method,
+                                   unregister_method)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from isnet.train.trainer import Trainer
+    from isnet.config.schema import TrainConfig
+    from isnet.lrp import LRPConfig
+    from isnet.tracking import Tracker
+
+
+class TrainContext(Protocol):
+    """What a method's hooks see of the run being trained (the trainer provides it): the model and its
+    optimiser, the run config, the device, the training loader and manifest, the tracker and the run's LRP
+    rules. Nothing else of the training loop is part of the method interface."""
+
+    cfg: "TrainConfig"
+    model: torch.nn.Module
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+    train_loader: Iterable[dict]
+    manifest: Any
+    tracker: "Tracker | None"
+
+    @property
+    def lrp_config(self) -> "LRPConfig": ...
 
 
 @dataclass
@@ -81,20 +104,20 @@ class Method:
     #: the method computes the forward pass itself (at most one enabled method may)
     owns_forward: bool = False
 
-    def on_fit_start(self, trainer: "Trainer") -> None:
+    def on_fit_start(self, trainer: "TrainContext") -> None:
         """Called once before the first epoch (after a resume too)."""
 
-    def on_epoch_start(self, epoch: int, trainer: "Trainer") -> None:
+    def on_epoch_start(self, epoch: int, trainer: "TrainContext") -> None:
         """Called before each training epoch."""
 
-    def before_forward(self, batch: dict, trainer: "Trainer") -> dict:
+    def before_forward(self, batch: dict, trainer: "TrainContext") -> dict:
         """May change the batch (e.g. occlude pixels); must return it."""
         return batch
 
-    def forward(self, model: torch.nn.Module, batch: dict, trainer: "Trainer") -> StepOutput:
+    def forward(self, model: torch.nn.Module, batch: dict, trainer: "TrainContext") -> StepOutput:
         raise NotImplementedError
 
-    def loss(self, ce: torch.Tensor, out: StepOutput, batch: dict, trainer: "Trainer") -> LossTerms:
+    def loss(self, ce: torch.Tensor, out: StepOutput, batch: dict, trainer: "TrainContext") -> LossTerms:
         """This method's part of the objective, from the step's true cross-entropy ``ce`` (never another
         method's total): a weight on the cross-entropy, added terms, and per-step metrics. The trainer
         combines the parts of all methods with :func:`combine_losses`."""
@@ -104,18 +127,18 @@ class Method:
         """A gradient-norm limit this method asks for (the smallest requested one is used)."""
         return None
 
-    def after_step(self, trainer: "Trainer") -> None:
+    def after_step(self, trainer: "TrainContext") -> None:
         """Called after the optimiser step."""
 
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float], trainer: "Trainer") -> dict[str, float]:
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float], trainer: "TrainContext") -> dict[str, float]:
         """Called after each epoch's training and validation with that epoch's metrics; returns extra metrics
         to log for the epoch (e.g. diagnostics gathered during it)."""
         return {}
 
-    def on_fit_end(self, trainer: "Trainer") -> None:
+    def on_fit_end(self, trainer: "TrainContext") -> None:
         """Called once after the last epoch, before testing and model export (e.g. to remove module hooks)."""
 
-    def validation_metrics(self, trainer: "Trainer", epoch: int) -> dict[str, float]:
+    def validation_metrics(self, trainer: "TrainContext", epoch: int) -> dict[str, float]:
         """Extra validation metrics logged per epoch."""
         return {}
 
@@ -126,32 +149,28 @@ class Method:
         pass
 
 
-_REGISTRY: dict[str, Callable[..., Method]] = {}
+def register(name: str, params: type[BaseModel] = NoParams, *, alone: bool = False, excludes: tuple[str, ...] = (),
+             summary: str = "") -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: register a :class:`Method` under ``name`` with its parameter model (the config's
+    ``method.<name>`` block) in the run-config registry (:mod:`isnet.config.registry`). After this the name
+    can be listed in ``methods:`` of any YAML config, a stress-test spec and the benchmark."""
 
-
-def register(name: str) -> Callable[[Callable[..., Method]], Callable[..., Method]]:
-    def deco(factory: Callable[..., Method]) -> Callable[..., Method]:
-        _REGISTRY[name] = factory
-        return factory
+    def deco(cls: type[Method]) -> type[Method]:
+        doc = (summary or (cls.__doc__ or "").strip().split("\n")[0]).strip()
+        register_method(MethodSpec(name=name, params=params, factory=cls, owns_forward=bool(cls.owns_forward),
+                                   alone=alone, excludes=frozenset(excludes), summary=doc))
+        return cls
 
     return deco
 
 
 def unregister(name: str) -> None:
     """Remove a registered method (for plug-ins registered temporarily, e.g. in tests)."""
-    _REGISTRY.pop(name, None)
+    unregister_method(name)
 
 
 def build_methods(names: list[str], config: Any) -> list[Method]:
     """Instantiate the configured methods, in the order listed, from their config blocks."""
-    out = []
-    for name in names:
-        if name == "standard":
-            continue
-        if name not in _REGISTRY:
-            raise ValueError(f"unknown method {name!r}; registered: {sorted(_REGISTRY)}")
-        out.append(_REGISTRY[name](config))
-    owners = [m.name for m in out if m.owns_forward]
-    if len(owners) > 1:
-        raise ValueError(f"methods {owners} each compute their own forward pass and cannot be combined")
-    return out
+    check_combination(names)
+    specs = method_specs()
+    return [specs[name].factory(config) for name in names if specs[name].factory is not None]

@@ -14,12 +14,14 @@ import inspect
 import math
 import sys
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, field_validator, model_validator
 
-from isnet.lrp import lrp_heatmaps, supports_model
+from isnet.lrp import lrp_heatmaps, run_lrp_config, supports_model
+from isnet.config.registry import MethodParams
 from isnet.methods.base import LossTerms, Method, StepOutput, register
 from isnet.methods.isnet_loss import (
     ISNetLossConfig,
@@ -32,7 +34,7 @@ from isnet.methods.isnet_loss import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from isnet.config.schema import TrainConfig
-    from isnet.train.trainer import Trainer
+    from isnet.methods.base import TrainContext
 
 #: training CE above this fraction of ln K after a third of the epochs, while L_bg falls, is a collapse
 COLLAPSE_CE_FRACTION = 0.9
@@ -55,7 +57,81 @@ def _same_optimizer(opt: torch.optim.Optimizer, params) -> torch.optim.Optimizer
     return type(opt)(params, **{k: v for k, v in opt.defaults.items() if k in accepted})
 
 
-@register("isnet")
+class ISNetParams(MethodParams):
+    """ISNet loss hyper-parameters; every default is the authors' reference value (docs/methods.md has the table
+    of reference vs ours), our deviations are named options."""
+
+    variant: Literal["original", "stochastic", "selective", "selective_top"] = Field(
+        "original", description="classes explained per image: original = all; stochastic = one (top class with "
+                                "probability stochastic_top_prob, else a random other); selective = the lowest-"
+                                "logit class's softmax quantity (Faster ISNet); selective_top = the top class's "
+                                "log-probability (ours)")
+    P: Union[float, dict[int, float]] = Field(
+        0.7, description="weight of the heatmap loss, L = (1-P)·CE + P·L_hm: a number, or a schedule {epoch: P} "
+                         "(epochs counted from 1; each value holds until the next key), e.g. {1: 0.0, 2: 0.35, 3: 0.7}")
+    d: float = Field(0.9, ge=0, le=1, description="GWRP decay of the background term (0: max pooling)")
+    E: float = Field(1.0, gt=0)
+    A: float = Field(1.0, ge=0)
+    B: float = Field(3.0, ge=0)
+    C1: Optional[float] = Field(None, gt=0)
+    C2: Optional[float] = Field(None, gt=0)
+    fg_upper_scale: Literal["C1", "C2"] = Field(
+        "C1", description="divisor of the upper side of the foreground penalty ((F - C2)/C1)^2 as the reference; "
+                          "C2: our earlier relative error, which makes overshooting up to 625x cheaper")
+    warmup_epochs: Optional[int] = Field(
+        5, ge=1, description="plain epochs of a model copy trained only to tune C1/C2 when they are not set (the "
+                             "reference's example: 5); null: as many as optim.epochs")
+    band_statistic: Literal["image", "lung"] = Field(
+        "image", description="per-image sample of the band: whole-image total |R| averaged over the explained "
+                             "classes (reference), or lung-only total per (image, class) (ours, earlier)")
+    band_mode: Literal["train", "eval"] = Field(
+        "train", description="heatmaps of the band statistic: train mode during the last warm-up epoch "
+                             "(reference), or eval mode after the warm-up")
+    init_from_warmup: bool = Field(False, description="start ISNet training from the warm-up weights instead of "
+                                                      "the initial ones (the reference discards the warm-up)")
+    stochastic_top_prob: float = Field(5 / 11, ge=0, le=1, description="stochastic variant: probability of "
+                                                                       "explaining the top class (reference 5/11)")
+    selective_eps: float = Field(0.01, gt=0, description="selective variant: eps_s in log(p+eps_s) - log(1-p+eps_s)")
+    detach: Literal["none", "biases"] = Field(
+        "none", description="what the relevance graph treats as constants: none (LRP-Flex, Faster ISNet: exact "
+                            "gradient) or biases (original ISNet's LRP block: biases and BatchNorm batch "
+                            "statistics detached)")
+    grad_clip_norm: Optional[float] = Field(1.0, gt=0)
+    collapse_check: bool = Field(True, description="warn once when training CE stays above 0.9·ln K after a "
+                                                   "third of the epochs while L_bg falls")
+
+    @field_validator("P")
+    @classmethod
+    def _p_range(cls, v):
+        values = v.values() if isinstance(v, dict) else [v]
+        if isinstance(v, dict):
+            if not v:
+                raise ValueError("a P schedule needs at least one {epoch: P} entry")
+            if min(v) != 1:
+                raise ValueError(f"a P schedule must start at epoch 1 (epochs count from 1), got keys {sorted(v)}")
+        if any(not 0 <= p <= 1 for p in values):
+            raise ValueError(f"P must lie in [0, 1], got {v}")
+        return v
+
+    def P_at(self, epoch: int) -> float:
+        """P in force during ``epoch`` (counted from 1)."""
+        if not isinstance(self.P, dict):
+            return float(self.P)
+        return float(self.P[max(k for k in self.P if k <= max(epoch, 1))])
+
+    @model_validator(mode="after")
+    def _band_ordered(self) -> "ISNetParams":
+        if self.C1 is not None and self.C2 is not None and self.C1 > self.C2:
+            raise ValueError(f"C1 ({self.C1}) must not exceed C2 ({self.C2})")
+        return self
+
+    def resolve(self, cfg: "TrainConfig", enabled: bool) -> None:
+        """``warmup_epochs: null`` becomes the run's epoch count, so that the logged config holds the number used."""
+        if self.warmup_epochs is None:
+            self.warmup_epochs = cfg.optim.epochs
+
+
+@register("isnet", params=ISNetParams)
 class ISNetMethod(Method):
     name = "isnet"
     needs_masks = True
@@ -66,7 +142,7 @@ class ISNetMethod(Method):
         self.params = c
         self.C1, self.C2 = c.C1, c.C2
         self.P = c.P_at(1)
-        self.lrp = cfg.lrp_config()  # z^B bounds = the range of data.intensity; detach mode of method.isnet
+        self.lrp = run_lrp_config(cfg, detach_biases=c.detach == "biases")  # the run's lrp rules; our detach mode
         self.n_classes = len(cfg.data.classes)
         self.generator = torch.Generator().manual_seed(cfg.train.seed + 101)
         self._grad_norms: dict[str, float] = {}
@@ -85,7 +161,7 @@ class ISNetMethod(Method):
                                selective_eps=c.selective_eps)
 
     # -- hooks ---------------------------------------------------------------------------------------
-    def on_fit_start(self, trainer: "Trainer") -> None:
+    def on_fit_start(self, trainer: "TrainContext") -> None:
         if not supports_model(trainer.model):
             raise ValueError(f"ISNet needs an LRP-supported backbone; {trainer.cfg.model.backbone} is not")
         if self.C1 is None or self.C2 is None:
@@ -98,7 +174,7 @@ class ISNetMethod(Method):
                   f"C1={self.C1:.4g}, C2={self.C2:.4g}", flush=True)
             trainer.tracker.log_params({"method.isnet.C1_tuned": self.C1, "method.isnet.C2_tuned": self.C2})
 
-    def on_epoch_start(self, epoch: int, trainer: "Trainer") -> None:
+    def on_epoch_start(self, epoch: int, trainer: "TrainContext") -> None:
         self.P = self.params.P_at(epoch)
         self._measure_grads = True  # gradient norms of the loss terms on the epoch's first step
 
@@ -107,7 +183,7 @@ class ISNetMethod(Method):
             return image_relevance_totals(heat)
         return lung_relevance_totals(heat.detach(), mask)
 
-    def _tune_band(self, trainer: "Trainer") -> tuple[float, float, torch.nn.Module]:
+    def _tune_band(self, trainer: "TrainContext") -> tuple[float, float, torch.nn.Module]:
         """Train a copy of the model with plain cross-entropy (the run's optimiser and clipping) and measure the
         band statistic; train mode: on the heatmaps of the last warm-up epoch, as the reference does."""
         model = copy.deepcopy(trainer.model)
@@ -140,7 +216,7 @@ class ISNetMethod(Method):
         c1, c2 = tune_foreground_band(torch.cat(totals))
         return c1, c2, model
 
-    def forward(self, model: torch.nn.Module, batch: dict, trainer: "Trainer") -> StepOutput:
+    def forward(self, model: torch.nn.Module, batch: dict, trainer: "TrainContext") -> StepOutput:
         logits, heat = lrp_heatmaps(model, batch["image"], self._targets, config=self.lrp, create_graph=True)
         return StepOutput(logits=logits, extras={"heatmaps": heat})
 
@@ -176,13 +252,13 @@ class ISNetMethod(Method):
                                                             for g in grads if g is not None)))
         return out
 
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float], trainer: "Trainer") -> dict[str, float]:
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float], trainer: "TrainContext") -> dict[str, float]:
         out = {f"train_{k}": v for k, v in self._grad_norms.items()}
         if self.params.collapse_check:
             self._check_collapse(epoch, metrics, trainer)
         return out
 
-    def _check_collapse(self, epoch: int, metrics: dict[str, float], trainer: "Trainer") -> None:
+    def _check_collapse(self, epoch: int, metrics: dict[str, float], trainer: "TrainContext") -> None:
         """Warn once: CE still near chance after a third of the epochs while the background loss falls."""
         l_bg, ce = metrics.get("train_L_bg"), metrics.get("train_ce")
         if l_bg is None or ce is None:

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from isnet.config.schema import InputMaskConfig
 from isnet.data.transforms import dilate_mask
 from isnet.methods.base import LossTerms, Method, register
 
 if TYPE_CHECKING:  # pragma: no cover
     from isnet.config.schema import TrainConfig
-    from isnet.train.trainer import Trainer
+    from isnet.methods.base import TrainContext
 
 
-@register("masked_input")
+@register("masked_input", params=InputMaskConfig)
 class MaskedInputMethod(Method):
     name = "masked_input"
     needs_masks = True
@@ -31,6 +32,6 @@ class MaskedInputMethod(Method):
             raise ValueError("masked_input needs data.input_mask; build the config through TrainConfig")
         self.params = cfg.data.input_mask
 
-    def loss(self, ce, out, batch, trainer: "Trainer") -> LossTerms:
+    def loss(self, ce, out, batch, trainer: "TrainContext") -> LossTerms:
         kept = dilate_mask(batch["mask"], self.params.dilation_px).mean()
         return LossTerms(metrics={"masked_input_kept": float(kept)})

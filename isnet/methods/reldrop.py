@@ -23,18 +23,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import torch
+from pydantic import Field, model_validator
 
 from isnet.data.dataset import build_dataset, build_loader
 from isnet.lrp import LRPConfig, lrp_heatmaps
 from isnet.lrp.zennit_ref import check_equivalent, zennit_heatmaps
+from isnet.config.registry import MethodParams
 from isnet.methods.base import LossTerms, Method, register
 
 if TYPE_CHECKING:  # pragma: no cover
-    from isnet.config.schema import RelDropConfig, TrainConfig
-    from isnet.train.trainer import Trainer
+    from isnet.config.schema import TrainConfig
+    from isnet.methods.base import TrainContext
 
 #: tries to draw a box that fits inside the image before giving up on that image
 BOX_TRIES = 100
@@ -115,7 +117,7 @@ def occlude(x: torch.Tensor, drop: torch.Tensor, fill: str, gen: torch.Generator
     return torch.where(drop.expand_as(x), fill_value, x)
 
 
-def dataset_mean(trainer: "Trainer") -> list[float]:
+def dataset_mean(trainer: "TrainContext") -> list[float]:
     """Per-channel mean of the training split's images as the network receives them (the run's intensity
     convention and extra transforms, without random augmentation), from the same images on every rank. A
     trainer without a manifest (the benchmark's one-step harness) gives the batches of its ``train_loader``."""
@@ -137,7 +139,67 @@ def dataset_mean(trainer: "Trainer") -> list[float]:
     return (total / count).tolist()
 
 
-@register("reldrop")
+class RelDropParams(MethodParams):
+    """Relevance-driven input dropout: occlusion guided by an eval-mode LRP pass of the true class. The
+    defaults are those of the authors' reference code (docs/methods.md lists each one and our options)."""
+
+    variant: Literal["pixel", "block", "patch"] = Field(
+        "pixel", description="pixel: drop pixels by alpha*U + (1-alpha)*R >= 1 - beta; block: one box per image "
+                             "on one of the top_k most relevant positions; patch: a box of 1/patch_count of "
+                             "that area on one of the patch_count most relevant positions")
+    prob: float = Field(0.5, ge=0, le=1, description="probability of occlusion, per image or per batch (draw)")
+    draw: Optional[Literal["image", "batch"]] = Field(
+        None, description="what prob applies to: each image, or the whole batch at once; null: the reference's "
+                          "choice (pixel: image; block and patch: batch)")
+    alpha: float = Field(0.3, ge=0, le=1, description="pixel: weight of uniform noise against relevance")
+    beta: float = Field(0.5, ge=0, le=1, description="pixel: drop where alpha*U + (1-alpha)*R >= 1 - beta")
+    top_k: int = Field(10, ge=1, description="block: the centre is drawn among the k most relevant positions")
+    patch_count: int = Field(20, ge=1, description="patch: candidate centres (the most relevant positions) and "
+                                                  "divisor of the box area")
+    area: tuple[float, float] = Field((0.02, 0.4), description="block/patch: box area range, fraction of the image")
+    aspect: tuple[float, float] = Field((0.3, 1 / 0.3), description="block/patch: aspect-ratio range (log-uniform)")
+    random_centre: float = Field(0.0, ge=0, le=1, description="block/patch: probability that a box is centred on "
+                                                              "a uniformly random pixel instead (0: never)")
+    epsilon: float = Field(0.001, gt=0, description="LRP-epsilon of the relevance pass")
+    first_rule: Optional[Literal["zb", "epsilon", "flat"]] = Field(
+        "flat", description="LRP rule at the first layer of the relevance pass; null: lrp.first_rule")
+    body_rule: Optional[Literal["epsilon", "zplus", "alpha2beta1", "epsilon_zplus"]] = Field(
+        "epsilon", description="LRP rule of the other layers of the relevance pass; null: lrp.body_rule")
+    fill: Literal["dataset_mean", "image_mean", "zero", "noise"] = Field(
+        "dataset_mean", description="value of occluded pixels: the training split's mean (measured at the start "
+                                    "of training unless fill_value is set), the image's own mean, 0, or U[0, 1]")
+    fill_value: Optional[float] = Field(None, description="fill: dataset_mean: this value (in the network's input "
+                                                          "convention) instead of measuring the mean")
+    engine: Literal["isnet", "zennit"] = Field(
+        "isnet", description="LRP engine of the relevance pass: ours, or zennit with an equivalent composite (a "
+                             "cross-check; slower, and no DenseNet)")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "RelDropParams":
+        lo, hi = self.area
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"area must be 0 < low <= high <= 1, got {self.area}")
+        if not 0 < self.aspect[0] <= self.aspect[1]:
+            raise ValueError(f"aspect must be 0 < low <= high, got {self.aspect}")
+        if self.fill_value is not None and self.fill != "dataset_mean":
+            raise ValueError(f"fill_value is the value of fill=dataset_mean; it has no meaning with fill={self.fill!r}")
+        return self
+
+    def check(self, cfg: "TrainConfig") -> None:
+        # 'zero' and 'noise' are values of the [0, 1] convention (black, U[0, 1]); under another convention
+        # they would occlude with mid-grey
+        if cfg.data.intensity != "unit" and self.fill in ("zero", "noise"):
+            raise ValueError(
+                f"method.reldrop.fill={self.fill!r} fills occluded pixels with values of the [0, 1] intensity "
+                f"convention and cannot be used with data.intensity={cfg.data.intensity!r} (range "
+                f"{cfg.data.value_range}); set method.reldrop.fill=dataset_mean (or image_mean) or data.intensity=unit")
+        # zennit has no canonizer for the BatchNorms after DenseNet's concatenations: no equivalent composite
+        if self.engine == "zennit" and cfg.model.backbone.startswith("densenet"):
+            raise ValueError(f"method.reldrop.engine=zennit cannot explain {cfg.model.backbone} with our rules "
+                             f"(zennit has no DenseNet canonizer); use method.reldrop.engine=isnet")
+
+
+@register("reldrop", params=RelDropParams)
 class RelDropMethod(Method):
     name = "reldrop"
 
@@ -155,7 +217,7 @@ class RelDropMethod(Method):
         per image for the pixel variant and per batch for block and patch)."""
         return self.params.draw or ("image" if self.params.variant == "pixel" else "batch")
 
-    def on_fit_start(self, trainer: "Trainer") -> None:
+    def on_fit_start(self, trainer: "TrainContext") -> None:
         if self.params.engine == "zennit":  # fail before the first step, not inside it
             try:
                 check_equivalent(trainer.model, self.lrp_config(trainer))
@@ -169,7 +231,7 @@ class RelDropMethod(Method):
                 trainer.tracker.log_params({"method.reldrop.fill_value_measured": self.fill_value[0]
                                             if len(self.fill_value) == 1 else str(self.fill_value)})
 
-    def lrp_config(self, trainer: "Trainer") -> LRPConfig:
+    def lrp_config(self, trainer: "TrainContext") -> LRPConfig:
         """The run's z^B bounds with RelDrop's own rules: ε = ``epsilon``, ``first_rule`` and ``body_rule``
         (each null: the run's, i.e. ``method.isnet``'s)."""
         p = self.params
@@ -177,7 +239,7 @@ class RelDropMethod(Method):
         return dataclasses.replace(run, epsilon=p.epsilon, first_rule=p.first_rule or run.first_rule,
                                    body_rule=p.body_rule or run.body_rule)
 
-    def relevance(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, trainer: "Trainer") -> torch.Tensor:
+    def relevance(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, trainer: "TrainContext") -> torch.Tensor:
         """Eval-mode LRP of the true class, [B, 1, H, W]; the model's train/eval mode is restored."""
         if self.params.engine == "zennit":  # works on an eval-mode copy: the model is not touched
             return zennit_heatmaps(model, x, y, self.lrp_config(trainer))
@@ -205,7 +267,7 @@ class RelDropMethod(Method):
         return box_drop(rel, p.patch_count, p.area, p.aspect, self.generator, divisor=p.patch_count,
                         random_centre=p.random_centre)
 
-    def before_forward(self, batch: dict, trainer: "Trainer") -> dict:
+    def before_forward(self, batch: dict, trainer: "TrainContext") -> dict:
         if not trainer.model.training or self.params.prob == 0:
             return batch
         x = batch["image"]

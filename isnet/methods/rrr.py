@@ -13,16 +13,18 @@ so λ means the same under every convention.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
+from isnet.config.registry import MethodParams
 from isnet.methods.base import LossTerms, Method, register
 
 if TYPE_CHECKING:  # pragma: no cover
     from isnet.config.schema import TrainConfig
-    from isnet.train.trainer import Trainer
+    from isnet.methods.base import TrainContext
 
 
 def rrr_penalty(logits: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, span: float = 1.0,
@@ -40,7 +42,19 @@ def rrr_penalty(logits: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, span:
     return ((background * grad) ** 2).flatten(1).sum(1).mean()
 
 
-@register("rrr")
+class RRRParams(MethodParams):
+    """Right for the right reasons: lam * mean over images of ||(1 - m) * d(sum_c log p_c)/dx||^2."""
+
+    lam: float = Field(10.0, ge=0, description="weight of the input-gradient penalty (the same at every batch "
+                                               "size with gradient: sample); measured on 64 px phantoms in "
+                                               "docs/methods.md")
+    gradient: Literal["sample", "batch_mean"] = Field(
+        "sample", description="sample: each image's own input gradient; batch_mean: the gradient of the batch "
+                              "mean of sum_c log p_c, as ISNet's published RRR baseline (1/B of it, so the "
+                              "penalty scales as 1/B^2 and lam depends on the batch size)")
+
+
+@register("rrr", params=RRRParams)
 class RRRMethod(Method):
     name = "rrr"
     needs_masks = True
@@ -51,7 +65,7 @@ class RRRMethod(Method):
         low, high = cfg.data.value_range
         self.span = high - low
 
-    def before_forward(self, batch: dict, trainer: "Trainer") -> dict:
+    def before_forward(self, batch: dict, trainer: "TrainContext") -> dict:
         x = batch["image"]
         if x.requires_grad:  # another method made it part of a graph already
             return batch

@@ -24,20 +24,22 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import torch
 from torch import nn
 from torchvision.models.densenet import DenseNet
 from torchvision.models.resnet import ResNet
 from torchvision.models.vgg import VGG
+from pydantic import Field
 
-from isnet.lrp import lrp_relevance_at, supports_model
+from isnet.lrp import lrp_relevance_at, run_lrp_config, supports_model
+from isnet.config.registry import MethodParams
 from isnet.methods.base import LossTerms, Method, register
 
 if TYPE_CHECKING:  # pragma: no cover
     from isnet.config.schema import TrainConfig
-    from isnet.train.trainer import Trainer
+    from isnet.methods.base import TrainContext
 
 
 def default_layer(model: nn.Module) -> tuple[str, str]:
@@ -77,7 +79,26 @@ def same_step(model: nn.Module, x: torch.Tensor) -> Iterator[None]:
                 b.copy_(saved)
 
 
-@register("sgdrop")
+class SGDropParams(MethodParams):
+    """Saliency-guided dropout at a latent feature map: zero the features whose attribution
+    ReLU(d psi_c/dz * z) is above the per-sample q_rho quantile (docs/methods.md)."""
+
+    rho: float = Field(0.9, gt=0, lt=1, description="quantile q_rho: features attributed above it are zeroed "
+                                                     "(about 1 - rho of them)")
+    layer: Optional[str] = Field(None, description="module name (model.named_modules()); default: the last "
+                                                   "convolutional block of the backbone")
+    at: Literal["input", "output"] = Field("output", description="mask the named module's input or output")
+    attribution: Literal["grad_x_act", "lrp"] = Field(
+        "grad_x_act", description="attribution of the true class on the feature map: ReLU(gradient x "
+                                  "activation), or the positive part of its LRP relevance (our engine, the rules "
+                                  "of method.isnet)")
+    rescale: bool = Field(False, description="scale kept features by 1/keep-fraction, like dropout (not in the "
+                                             "paper)")
+    ema: bool = Field(False, description="threshold = exponential moving average of the batch's q_rho across steps")
+    ema_momentum: float = Field(0.9, ge=0, lt=1)
+
+
+@register("sgdrop", params=SGDropParams)
 class SGDropMethod(Method):
     name = "sgdrop"
 
@@ -87,7 +108,7 @@ class SGDropMethod(Method):
         self.layer = ""
         self._module: nn.Module | None = None
         self._at = "output"
-        self.lrp = cfg.lrp_config()  # the run's rules (method.isnet, z^B bounds of data.intensity)
+        self.lrp = run_lrp_config(cfg)  # the run's lrp rules, z^B bounds of data.intensity
         self._handle: Any = None
         self._mask: torch.Tensor | None = None
         self._capture = False
@@ -180,13 +201,13 @@ class SGDropMethod(Method):
         return mask
 
     # -- hooks ----------------------------------------------------------------------------------------
-    def on_fit_start(self, trainer: "Trainer") -> None:
+    def on_fit_start(self, trainer: "TrainContext") -> None:
         self.attach(trainer.model)
 
-    def on_fit_end(self, trainer: "Trainer") -> None:
+    def on_fit_end(self, trainer: "TrainContext") -> None:
         self.detach()
 
-    def before_forward(self, batch: dict, trainer: "Trainer") -> dict:
+    def before_forward(self, batch: dict, trainer: "TrainContext") -> dict:
         self._mask = None
         if trainer.model.training:
             self._mask = self.compute_mask(trainer.model, batch["image"], batch["label"])

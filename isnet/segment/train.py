@@ -24,7 +24,7 @@ from isnet.models.segmenter import build_segmenter
 from isnet.segment.config import SegmenterConfig
 from isnet.segment.postprocess import clean_mask, dice_iou
 from isnet.tracking import BUFFER_NAME, Tracker
-from isnet.train.checkpoint import save_checkpoint
+from isnet.train.checkpoint import ARTIFACT_DIR, BEST_NAME, save_checkpoint
 from isnet.train.seeding import seed_everything
 
 KIND = "isnet-lung-segmenter"
@@ -119,7 +119,7 @@ def train_segmenter(cfg: SegmenterConfig, manifest: str | Path, *, log=print) ->
                                                 pct_start=0.2)
     tracker = Tracker(cfg.experiment, cfg.tracking_uri)
     run_id = tracker.start(run_name=cfg.run_name)
-    ckpt = Path(cfg.checkpoint_dir) / (run_id or "local") / "best.pt"
+    ckpt = Path(cfg.checkpoint_dir) / (run_id or "local") / BEST_NAME
     tracker.buffer_path = ckpt.parent / BUFFER_NAME  # where records wait while the server is unreachable
     result = SegFitResult(run_id, 0, -1.0, 0.0, checkpoint=ckpt)
     try:
@@ -167,7 +167,7 @@ def train_segmenter(cfg: SegmenterConfig, manifest: str | Path, *, log=print) ->
             tracker.log_metrics({"test_dice": result.test_dice, "test_iou": result.test_iou})
         tracker.log_metrics({"best_val_dice": result.val_dice, "best_val_iou": result.val_iou,
                              "best_epoch": result.best_epoch})
-        tracker.log_artifact(ckpt, "checkpoints")
+        tracker.log_artifact(ckpt, ARTIFACT_DIR)
     except BaseException:
         tracker.end("FAILED")
         raise

@@ -26,6 +26,11 @@ from typing import Any
 import torch
 
 CHECKSUM_RECORD = ".isnet_sha256"
+#: the file names of a run's checkpoints, in ``<checkpoint_dir>/<run id>/`` and under the MLflow artifact
+#: folder ``ARTIFACT_DIR``; nothing else spells them out
+BEST_NAME = "best.pt"
+LAST_NAME = "last.pt"
+ARTIFACT_DIR = "checkpoints"
 
 
 class CheckpointError(RuntimeError):

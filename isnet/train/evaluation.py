@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from isnet.evaluate.metrics import classification_metrics
+from isnet.measure.metrics import classification_metrics
 
 
 @torch.no_grad()

@@ -10,18 +10,18 @@ from isnet.config.schema import TrainConfig
 from isnet.errors import UserError
 from isnet.models import build_classifier
 from isnet.tracking import store_uri
-from isnet.train.checkpoint import CheckpointError, load_checkpoint
+from isnet.train.checkpoint import ARTIFACT_DIR, BEST_NAME, CheckpointError, load_checkpoint
 
 
 def find_best_checkpoint(run_id: str, checkpoint_dir: str | Path = "checkpoints",
                          tracking_uri: str | None = None) -> Path:
-    local = Path(checkpoint_dir) / run_id / "best.pt"
+    local = Path(checkpoint_dir) / run_id / BEST_NAME
     if local.is_file():
         return local
     import mlflow
 
     try:
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/best.pt",
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{ARTIFACT_DIR}/{BEST_NAME}",
                                                    tracking_uri=store_uri(tracking_uri))
     except Exception as exc:
         raise UserError(f"run {run_id}: no checkpoint at {local} and none in the MLflow run "
@@ -42,8 +42,22 @@ def load_best_state(run_id: str, checkpoint_dir: str | Path = "checkpoints", tra
 def load_run_model(run_id: str, checkpoint_dir: str | Path = "checkpoints", tracking_uri: str | None = None,
                    device: str | torch.device = "cpu") -> tuple[torch.nn.Module, TrainConfig]:
     """The best weights of a run, rebuilt from the config stored beside them, in eval mode."""
-    state = load_best_state(run_id, checkpoint_dir, tracking_uri, device)
+    return model_from_state(load_best_state(run_id, checkpoint_dir, tracking_uri, device), device)
+
+
+def model_from_state(state: dict, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, TrainConfig]:
+    """The classifier a checkpoint holds, rebuilt from the config stored in it, in eval mode."""
     cfg = TrainConfig.model_validate(state["config"])
-    model = build_classifier(cfg.model.backbone, len(state["classes"]), width=cfg.model.width)
+    classes = state.get("classes") or cfg.data.classes
+    model = build_classifier(cfg.model.backbone, len(classes), width=cfg.model.width)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), cfg
+
+
+def load_checkpoint_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, TrainConfig]:
+    """The classifier of one checkpoint file (verified; a damaged file is a UserError)."""
+    try:
+        state = load_checkpoint(path, map_location=device)
+    except CheckpointError as exc:
+        raise UserError(str(exc)) from None
+    return model_from_state(state, device)

@@ -18,10 +18,10 @@ from isnet.data.manifest import load_manifest
 from isnet.errors import UserError
 from isnet.methods import build_methods
 from isnet.models import build_classifier
-from isnet.models.init import apply_init
-from isnet.models.init import describe as describe_init
+from isnet.train.init import apply_init
+from isnet.train.init import describe as describe_init
 from isnet.tracking import BUFFER_NAME, Tracker, flush_buffer, is_unreachable, store_uri
-from isnet.train.checkpoint import CheckpointError, load_latest_checkpoint, previous_path
+from isnet.train.checkpoint import ARTIFACT_DIR, BEST_NAME, CheckpointError, LAST_NAME, load_latest_checkpoint, previous_path
 from isnet.train.distributed import distribute_trainer, init_distributed
 from isnet.train.seeding import seed_everything
 from isnet.train.trainer import FitResult, Trainer, TrainingDiverged
@@ -87,7 +87,7 @@ def _write_finished(result: FitResult) -> None:
 
 def _resume_state(cfg: TrainConfig, run_id: str) -> tuple[TrainConfig, dict, Path]:
     ckpt_dir = Path(cfg.train.checkpoint_dir) / run_id
-    last = ckpt_dir / "last.pt"
+    last = ckpt_dir / LAST_NAME
     if not last.is_file() and not previous_path(last).is_file():
         raise UserError(f"cannot resume run {run_id}: no checkpoint at {last} (a run writes one after its "
                         f"first finished epoch; check train.checkpoint_dir)")
@@ -183,7 +183,7 @@ def _train(cfg, manifest_path, device, ctx, *, resume, state, progress, extra_tr
         result.test_metrics = trainer.test()
         tracker.log_metrics(result.test_metrics)
         tracker.log_metrics({"best_epoch": result.best_epoch, "epochs_run": result.epochs_run})
-        tracker.log_artifact(trainer.best_path, "checkpoints")
+        tracker.log_artifact(trainer.best_path, ARTIFACT_DIR)
         if cfg.tracking.log_model and MODEL_TAG not in run_tags:
             size = cfg.data.image_size
             example = np.zeros((2, 1, size, size), dtype=np.float32)  # batch 2: a batch of 1 would be exported as a fixed size
@@ -192,7 +192,7 @@ def _train(cfg, manifest_path, device, ctx, *, resume, state, progress, extra_tr
                     tracker.set_tags({MODEL_TAG: "true"})
             except Exception as exc:  # the weights are already logged as checkpoints/best.pt
                 print(f"warning: MLflow could not export the model ({type(exc).__name__}: {exc}); "
-                      f"the best checkpoint is logged under checkpoints/best.pt", flush=True)
+                      f"the best checkpoint is logged under {ARTIFACT_DIR}/{BEST_NAME}", flush=True)
     except TrainingDiverged:
         tracker.end("FAILED")
         raise

@@ -21,13 +21,13 @@ from isnet.config.schema import TrainConfig
 from isnet.data.dataset import build_dataset, build_loader
 from isnet.data.manifest import Manifest
 from isnet.errors import UserError
-from isnet.evaluate.figures import heatmap_grid
-from isnet.evaluate.relevance import explain_loader
-from isnet.lrp import LRPConfig, supports_model
+from isnet.measure.figures import heatmap_grid
+from isnet.measure.relevance import explain_loader
+from isnet.lrp import LRPConfig, run_lrp_config, supports_model
 from isnet.methods.base import LOSS_RULE, Method, StepOutput, combine_losses
 from isnet.tracking import Tracker
 from isnet.tracking_names import site_keys
-from isnet.train.checkpoint import load_checkpoint, save_checkpoint
+from isnet.train.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint, save_checkpoint
 from isnet.train.evaluation import per_site_accuracy, predict, score
 from isnet.train.seeding import epoch_seed
 
@@ -149,11 +149,11 @@ class Trainer:
 
     @property
     def last_path(self) -> Path:
-        return self.checkpoint_dir / "last.pt"
+        return self.checkpoint_dir / LAST_NAME
 
     @property
     def best_path(self) -> Path:
-        return self.checkpoint_dir / "best.pt"
+        return self.checkpoint_dir / BEST_NAME
 
     # -- one step ------------------------------------------------------------------------------------
     def _autocast(self):
@@ -256,9 +256,9 @@ class Trainer:
 
     @property
     def lrp_config(self) -> LRPConfig:
-        """The LRP rules of ``method.isnet`` (z^B bounds from ``data.intensity``), used for every run's
+        """The run's ``lrp`` rules (z^B bounds from ``data.intensity``), used for every run's
         diagnostics so that runs compare."""
-        return self.cfg.lrp_config()
+        return run_lrp_config(self.cfg)
 
     def relevance_diagnostics(self) -> dict[str, float]:
         """Background relevance share on validation, and every ``heatmap_every`` epochs a heatmap grid."""

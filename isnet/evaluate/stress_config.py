@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from isnet.config.load import apply_overrides, describe_errors, read_yaml
 from isnet.config.schema import TrainConfig
+from isnet.data.bias import BiasSpec
 
 
 class _Strict(BaseModel):
@@ -38,9 +39,7 @@ class BiasConfig(_Strict):
         self.spec()  # BiasSpec checks the ranges
         return self
 
-    def spec(self):
-        from isnet.data.bias import BiasSpec
-
+    def spec(self) -> BiasSpec:
         return BiasSpec(**self.model_dump())
 
 

@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from isnet.evaluate.bootstrap import confidence_bins  # noqa: E402
+from isnet.measure.bootstrap import confidence_bins  # noqa: E402
 
 
 def reliability_bins(y: Sequence[int], probs: np.ndarray, n_bins: int = 10) -> dict[str, list]:

@@ -4,7 +4,7 @@ A resample draws patients with replacement (within each stratum, e.g. site, so t
 size) and gives each image the number of times its patient was drawn as a weight. All metrics of all
 resamples are then computed at once from those weights: confusion counts are one ``einsum``, the AUC is
 the weighted Mann-Whitney statistic over the sorted scores. scikit-learn computes the point estimates
-(:mod:`isnet.evaluate.site_metrics`); it has no vectorised weighted bootstrap, so that part is written here
+(:mod:`isnet.measure.metrics`); it has no vectorised weighted bootstrap, so that part is written here
 and tested against scikit-learn with ``sample_weight``.
 
 Metric definitions (the same as the point estimates):

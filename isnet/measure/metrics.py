@@ -1,10 +1,10 @@
-"""Point estimates of the report's metrics with scikit-learn, and why a metric is undefined when it is.
+"""Classification metrics over predicted probabilities (scikit-learn), with one definition of an undefined metric.
 
 Per class k (one-vs-rest): sensitivity (recall), specificity, precision, F1 and AUC. Macro values average
-the classes for which the metric is defined (a class absent from a site has no sensitivity; a class the
-model never predicts has no precision); balanced accuracy is the macro sensitivity. A metric with no
-defined class is NaN, and ``reasons[metric]`` says why, so that a small or one-class site renders instead
-of crashing.
+the classes for which the metric is defined (a class absent from a group has no sensitivity or AUC; a class
+the model never predicts has no precision); balanced accuracy is the macro sensitivity. A metric with no
+defined class is NaN, and ``reasons[metric]`` says why, so that a small or one-class site renders instead of
+crashing. Training, the stress test and the external-site report all use these definitions.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_
 HEADLINE = ("macro_auc", "macro_f1", "macro_sensitivity", "macro_specificity", "macro_precision",
             "balanced_accuracy", "accuracy")
 PER_CLASS = ("auc", "sensitivity", "specificity", "precision", "f1")
+#: the headline numbers logged per epoch and per stress cell
+SUMMARY = ("accuracy", "balanced_accuracy", "macro_auc", "macro_f1")
 
 
 def _names(idx: Sequence[int], classes: Sequence[str]) -> str:
@@ -103,3 +105,9 @@ def point_metrics(y: Sequence[int], probs: np.ndarray, classes: Sequence[str]) -
         if undefined_f1:
             reasons["macro_f1"] = f"class(es) {_names(undefined_f1, classes)} neither present nor predicted: excluded"
     return vals, reasons
+
+
+def classification_metrics(y_true: Sequence[int], probs: np.ndarray, num_classes: int) -> dict[str, float]:
+    """The summary numbers (:data:`SUMMARY`) of :func:`point_metrics`, for classes named by their index."""
+    vals, _ = point_metrics(y_true, probs, [str(k) for k in range(num_classes)])
+    return {m: float(vals[m]) for m in SUMMARY}

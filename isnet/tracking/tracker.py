@@ -1,213 +1,27 @@
-"""MLflow tracking: where runs go and what every run records.
-
-Default store: ``sqlite:///mlflow/mlflow.db`` with artifacts under ``mlflow/artifacts`` (relative to the
-working directory); ``MLFLOW_TRACKING_URI`` or ``tracking.tracking_uri`` point elsewhere, e.g. a shared
-server. Every run records its resolved config, the manifest's SHA-256, the code version and the versions
-of the packages that shape results.
-
-Faults. A tracking server that becomes unreachable mid-run does not stop training: the Tracker says so once,
-appends every later record (metrics with their step and time, params, tags, artifacts, the final status)
-to a local JSONL buffer (next to the run's checkpoints: ``<checkpoint_dir>/<run_id>/tracking_buffer.jsonl``,
-artifact files copied beside it) and retries the server at most every ``RETRY_SECONDS``; the buffer is sent
-in order when the server answers again (at a later logging call or at the end of the run), or later with
-``isnet tracking sync``. MLflow's HTTP retries are lowered (env defaults below) so an outage costs seconds,
-not minutes. Two processes writing one SQLite store at once wait for each other: the store's creation is
-serialised with a file lock and "database is locked" errors are retried with backoff.
-"""
+"""``Tracker``: one MLflow run, written through MLflow's client API, buffered while the server is away."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import os
-import random
 import shutil
-import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
-# No telemetry leaves a hospital's machine; set before mlflow is imported.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-# An unreachable server costs a few seconds per attempt, not MLflow's default of minutes (7 retries, 120 s).
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
-
-import mlflow  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
+import mlflow
+from mlflow.tracking import MlflowClient
 
 from isnet.config.load import flatten
+from isnet.tracking import buffer
+from isnet.tracking.store import (DEFAULT_ARTIFACTS, DEFAULT_URI, _absolute_sqlite, _prepare_local_store, _StoreLock,
+                                  git_commit, is_unreachable, package_versions, resolve_tracking_uri, with_lock_retry)
 from isnet.tracking_names import (MAX_EXPERIMENT_NAME_LENGTH, MAX_PARAM_LENGTH, MAX_RUN_NAME_LENGTH, clean_name,
                                   clean_value, safe_key, site_keys)
 
-DEFAULT_URI = "sqlite:///mlflow/mlflow.db"
-BUFFER_NAME = "tracking_buffer.jsonl"
 RETRY_SECONDS = 30.0
-DEFAULT_ARTIFACTS = Path("mlflow") / "artifacts"
-VERSIONED_PACKAGES = ("isnet", "torch", "torchvision", "monai", "zennit", "mlflow", "scikit-learn", "numpy",
-                      "pydicom", "segmentation-models-pytorch")
-
-
-def resolve_tracking_uri(configured: str | None = None) -> str:
-    """The tracking URI as the user gave it (config, $MLFLOW_TRACKING_URI, or the default local store)."""
-    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
-
-
-def store_uri(configured: str | None = None) -> str:
-    """The URI to connect with: a relative SQLite path made absolute. MLflow caches one store per URI
-    string, so a relative path would keep pointing at whatever folder was current when it first connected."""
-    return _absolute_sqlite(resolve_tracking_uri(configured))
-
-
-def git_commit() -> str:
-    try:
-        here = Path(__file__).resolve().parent
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        sha = out.stdout.strip()
-        if out.returncode != 0 or not sha:
-            return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def package_versions() -> dict[str, str]:
-    out = {}
-    for name in VERSIONED_PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
-def _prepare_local_store(uri: str) -> None:
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
-        db.parent.mkdir(parents=True, exist_ok=True)
-
-
-def _absolute_sqlite(uri: str) -> str:
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
-    return uri
-
-
-class _StoreLock:
-    """An exclusive file lock next to a SQLite store (no-op for other stores): two runs starting at once
-    must not both create the tables or the experiment."""
-
-    def __init__(self, uri: str):
-        self.path = Path(uri[len("sqlite:///"):] + ".lock") if uri.startswith("sqlite:///") else None
-        self._fh = None
-
-    def __enter__(self):
-        if self.path is not None:
-            self._fh = open(self.path, "a")
-            fcntl.flock(self._fh, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        if self._fh is not None:
-            fcntl.flock(self._fh, fcntl.LOCK_UN)
-            self._fh.close()
-
-
-def is_unreachable(exc: BaseException) -> bool:
-    """Whether ``exc`` means the tracking server could not be reached (or answered 5xx after retries)."""
-    import requests
-
-    if isinstance(exc, (requests.exceptions.RequestException, ConnectionError, TimeoutError)):
-        return True
-    msg = str(exc)
-    return msg.startswith("API request to") and ("failed with exception" in msg or "failed with timeout" in msg
-                                                  or "failed with error code 5" in msg)
-
-
-def is_locked(exc: BaseException) -> bool:
-    """SQLite's writer lock held by another process for longer than its busy timeout."""
-    return "database is locked" in str(exc) or "database table is locked" in str(exc)
-
-
-def with_lock_retry(fn: Callable[[], Any], attempts: int = 10) -> Any:
-    """Call ``fn``; retry "database is locked" errors with exponential backoff and jitter (0.1 s → ~10 s)."""
-    for i in range(attempts):
-        try:
-            return fn()
-        except Exception as exc:
-            if not is_locked(exc) or i == attempts - 1:
-                raise
-            time.sleep(min(10.0, 0.1 * 2 ** i) * (0.5 + random.random()))
-    raise AssertionError("unreachable")
-
-
-# -- records: one JSON object per line, replayable against any store -------------------------------------
-def send_record(client: MlflowClient, rec: Mapping[str, Any]) -> None:
-    """Send one buffered record (see :meth:`Tracker._record`) to ``client``'s store."""
-    from mlflow.entities import Metric, Param, RunTag
-
-    run_id, op = rec["run_id"], rec["op"]
-    if op == "metrics":
-        ms = [Metric(k, float(v), int(rec["timestamp"]), int(rec["step"] or 0)) for k, v in rec["metrics"].items()]
-        with_lock_retry(lambda: client.log_batch(run_id, metrics=ms))
-    elif op == "params":
-        ps = [Param(k, v) for k, v in rec["params"].items()]
-        with_lock_retry(lambda: client.log_batch(run_id, params=ps))
-    elif op == "tags":
-        ts = [RunTag(k, v) for k, v in rec["tags"].items()]
-        with_lock_retry(lambda: client.log_batch(run_id, tags=ts))
-    elif op == "artifact":
-        client.log_artifact(run_id, rec["path"], artifact_path=rec.get("artifact_path"))
-    elif op == "terminate":
-        with_lock_retry(lambda: client.set_terminated(run_id, rec["status"], end_time=int(rec["timestamp"])))
-    else:
-        raise ValueError(f"unknown tracking record {op!r}")
-
-
-def read_buffer(path: Path) -> list[dict]:
-    out = []
-    for i, line in enumerate(Path(path).read_text().splitlines()):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a crash while it was written: the rest is still good
-            print(f"warning: {path}:{i + 1} is not a complete record; skipped", file=sys.stderr)
-    return out
-
-
-def flush_buffer(path: Path, tracking_uri: str | None = None) -> tuple[int, int]:
-    """Send a buffer's records in order; returns (sent, left). What was sent is removed from the file
-    (rewritten atomically), so a second attempt after another outage never sends a record twice."""
-    path = Path(path)
-    records = read_buffer(path)
-    sent = 0
-    try:
-        clients: dict[str, MlflowClient] = {}
-        for rec in records:
-            uri = tracking_uri or rec["uri"]
-            client = clients.setdefault(uri, MlflowClient(uri))
-            send_record(client, rec)
-            sent += 1
-    finally:
-        left = records[sent:]
-        if not left:
-            path.unlink(missing_ok=True)
-            files = path.with_suffix(".files")
-            if files.is_dir():
-                shutil.rmtree(files, ignore_errors=True)
-        elif sent:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in left))
-            os.replace(tmp, path)
-    return sent, len(left)
 
 
 class Tracker:
@@ -357,7 +171,7 @@ class Tracker:
             self.flush()
         if not self._buffered:
             try:
-                send_record(self._client or MlflowClient(self.store_uri), rec)
+                buffer.send_record(self._client or MlflowClient(self.store_uri), rec)
                 return
             except Exception as exc:
                 if not is_unreachable(exc):
@@ -393,7 +207,7 @@ class Tracker:
         if not self._buffered:
             return True
         try:
-            sent, left = flush_buffer(self._buffer())
+            sent, left = buffer.flush_buffer(self._buffer())
         except Exception as exc:
             if not is_unreachable(exc):
                 raise
