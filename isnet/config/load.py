@@ -3,6 +3,7 @@ one line per problem that names the key."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -71,7 +72,7 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
 
 def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """Return a copy of ``raw`` with dotted-key overrides applied (values parsed as YAML scalars/lists)."""
-    out = _deep_copy(raw)
+    out = copy.deepcopy(raw)
     for text in overrides:
         parts, value = _parse_override(text)
         node = out
@@ -84,14 +85,6 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
             node = nxt
         node[parts[-1]] = value
     return out
-
-
-def _deep_copy(d: Any) -> Any:
-    if isinstance(d, dict):
-        return {k: _deep_copy(v) for k, v in d.items()}
-    if isinstance(d, list):
-        return [_deep_copy(v) for v in d]
-    return d
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from typing import Hashable, Literal, Mapping, Sequence
 
 import numpy as np
 from monai.transforms import MapTransform
+from monai.utils import convert_to_dst_type
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
@@ -306,20 +307,7 @@ class InjectBiasd(MapTransform):
             img = img.copy()
             img[0] = new
             region[0] = where
-            d[self.image_key] = _like(d[self.image_key], img)
+            d[self.image_key] = convert_to_dst_type(img, d[self.image_key])[0]  # same container and dtype
         d["bias_present"] = int(present)
         d["bias_region"] = region
         return d
-
-
-def _like(original, array: np.ndarray):
-    """Return ``array`` as the same container type as ``original`` (numpy or torch / MetaTensor)."""
-    if isinstance(original, np.ndarray):
-        return array.astype(original.dtype, copy=False)
-    import torch
-
-    if isinstance(original, torch.Tensor):
-        out = original.clone()
-        out.copy_(torch.as_tensor(array, dtype=original.dtype))
-        return out
-    return array

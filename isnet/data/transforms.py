@@ -22,8 +22,10 @@ from monai.transforms import (
     EnsureTyped,
     MapTransform,
     RandAdjustContrastd,
+    MaskIntensityd,
     RandAffined,
     Resized,
+    ScaleIntensityRanged,
     ScaleIntensityRangePercentilesd,
     SpatialPadd,
 )
@@ -86,17 +88,9 @@ def xrv_normalize(x, maxval: float = 1.0):
     return (2.0 * (x / maxval) - 1.0) * XRV_MAX
 
 
-class XrvIntensityd(MapTransform):
-    """Map the [0, 1] image to torchxrayvision's [-1024, 1024] (``xrv_normalize`` with maxval 1)."""
-
-    def __init__(self, keys: Sequence[str] = ("image",)):
-        super().__init__(keys=list(keys))
-
-    def __call__(self, data: Mapping[Hashable, object]) -> dict:
-        d = dict(data)
-        for k in self.key_iterator(d):
-            d[k] = xrv_normalize(torch.as_tensor(d[k]))
-        return d
+def xrv_intensity(keys: Sequence[str] = ("image",)) -> ScaleIntensityRanged:
+    """Map the [0, 1] image to torchxrayvision's [-1024, 1024] (``xrv_normalize`` with maxval 1), unclipped."""
+    return ScaleIntensityRanged(keys=list(keys), a_min=0.0, a_max=1.0, b_min=-XRV_MAX, b_max=XRV_MAX, clip=False)
 
 
 def base_transforms(cfg: DataConfig) -> list:
@@ -143,12 +137,14 @@ class MaskInputd(MapTransform):
 
     The last step of every pipeline, so the dilation is in pixels of the network input and the mask has
     moved with the image through augmentation. A record without a mask cannot be masked: an error naming the
-    row (``isnet segmenter predict`` fills missing masks into a new manifest first).
+    row (``isnet segmenter predict`` fills missing masks into a new manifest first). The multiply is MONAI's
+    ``MaskIntensityd``; the dilation and the check are ours.
     """
 
     def __init__(self, cfg: InputMaskConfig):
         super().__init__(keys=["image", "mask"])
         self.cfg = cfg
+        self._multiply = MaskIntensityd(keys="image", mask_key="_input_mask")
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
@@ -156,8 +152,9 @@ class MaskInputd(MapTransform):
             where = f"manifest row {d['row']}" if "row" in d else "an image"
             raise RuntimeError(f"{where} has no lung mask, but this model was trained with masked input "
                                f"(method masked_input, mask source {self.cfg.source!r}) and needs one")
-        image = torch.as_tensor(d["image"])
-        d["image"] = image * dilate_mask(torch.as_tensor(d["mask"]), self.cfg.dilation_px).to(image.dtype)
+        d["_input_mask"] = dilate_mask(torch.as_tensor(d["mask"]), self.cfg.dilation_px)
+        d = dict(self._multiply(d))
+        del d["_input_mask"]
         return d
 
 
@@ -171,5 +168,5 @@ def build_transforms(cfg: DataConfig, train: bool, extra: Sequence = ()) -> Comp
     if cfg.input_mask is not None:  # masked-input models: train, val, test and explain alike
         steps.append(MaskInputd(cfg.input_mask))
     if cfg.intensity == "xrv":  # last, so everything above (fills, biases, masking) works in [0, 1]
-        steps.append(XrvIntensityd())
+        steps.append(xrv_intensity())
     return Compose(steps)

@@ -49,17 +49,60 @@ class StepForward(nn.Module):
         return fn(self.model, batch)
 
 
+class SingleProcess:
+    """The distributed interface of a run in one process: every collective is the identity, so the
+    training loop calls the same methods whether or not it runs under torchrun."""
+
+    world_size, rank = 1, 0
+    is_main = True
+
+    def forward(self, fn: Callable[[nn.Module, dict], Any], model: nn.Module, batch: dict) -> Any:
+        return fn(model, batch)
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        return obj
+
+    def sum_dict(self, values: dict[str, float]) -> dict[str, float]:
+        return values
+
+    def all_true(self, flag: bool) -> bool:
+        return flag
+
+    def sync_methods(self, methods) -> None:
+        pass
+
+    def barrier(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 @dataclass
 class DistContext:
+    """One rank of a data-parallel run launched by torchrun (the same interface as :class:`SingleProcess`)."""
+
     world_size: int
     rank: int
     local_rank: int
     device: torch.device
     backend: str
+    #: the DistributedDataParallel wrapper of the trainer's model (set by :func:`distribute_trainer`)
+    ddp: nn.Module | None = None
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def forward(self, fn: Callable[[nn.Module, dict], Any], model: nn.Module, batch: dict) -> Any:
+        """``fn(model, batch)`` through DDP's forward, so that gradients are averaged over ranks."""
+        return self.ddp(fn, batch)
+
+    def sync_methods(self, methods) -> None:
+        """Every rank's methods start from rank 0's state (e.g. a tuned ISNet band)."""
+        states = self.broadcast_object({m.name: m.state_dict() for m in methods})
+        for m in methods:
+            m.load_state_dict(states[m.name])
 
     # -- collectives ---------------------------------------------------------------------------------
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:
@@ -134,6 +177,6 @@ def distribute_trainer(trainer, ctx: DistContext) -> None:
                                       collate_fn=old.collate_fn, drop_last=False,
                                       persistent_workers=old.num_workers > 0)
     device_ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
-    trainer.ddp = nn.parallel.DistributedDataParallel(StepForward(trainer.model), device_ids=device_ids,
-                                                      find_unused_parameters=False)
+    ctx.ddp = nn.parallel.DistributedDataParallel(StepForward(trainer.model), device_ids=device_ids,
+                                                  find_unused_parameters=False)
     trainer.dist = ctx

@@ -27,6 +27,7 @@ from isnet.lrp import LRPConfig, run_lrp_config, supports_model
 from isnet.methods.base import LOSS_RULE, Method, StepOutput, combine_losses
 from isnet.tracking import Tracker
 from isnet.tracking_names import site_keys
+from isnet.train.distributed import DistContext, SingleProcess
 from isnet.train.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint, save_checkpoint
 from isnet.train.evaluation import per_site_accuracy, predict, score
 from isnet.train.seeding import epoch_seed
@@ -69,14 +70,14 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
 class Trainer:
     """Owns one training run; methods see it through their hooks (model, loaders, device, tracker, config)."""
 
-    #: set by isnet.train.distributed.distribute_trainer on torchrun ranks (None: one process)
-    ddp: torch.nn.Module | None = None
-    dist: Any = None
+    #: the distributed interface: one process by default, a DistContext on torchrun ranks
+    #: (isnet.train.distributed.distribute_trainer)
+    dist: "SingleProcess | DistContext" = SingleProcess()
 
     @property
     def is_main(self) -> bool:
         """Rank 0 (or the only process): the one that logs, checkpoints and validates."""
-        return self.dist is None or self.dist.is_main
+        return self.dist.is_main
 
     def __init__(self, cfg: TrainConfig, manifest: Manifest, model: torch.nn.Module, methods: list[Method],
                  tracker: Tracker, device: torch.device, checkpoint_dir: Path, progress: bool | None = None,
@@ -162,9 +163,7 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def forward(self, batch: dict) -> StepOutput:
-        if self.ddp is not None:  # through DDP's forward, with the plain model (isnet/train/distributed.py)
-            return self.ddp(self._forward, batch)
-        return self._forward(self.model, batch)
+        return self.dist.forward(self._forward, self.model, batch)  # DDP's forward on torchrun ranks
 
     def _forward(self, model: torch.nn.Module, batch: dict) -> StepOutput:
         owner = next((m for m in self.methods if m.owns_forward), None)
@@ -188,8 +187,7 @@ class Trainer:
         for part in parts.values():
             metrics.update(part.metrics)
         finite = bool(torch.isfinite(total))
-        if self.dist is not None:  # all ranks stop together
-            finite = self.dist.all_true(finite)
+        finite = self.dist.all_true(finite)  # all ranks stop together
         if not finite:
             raise TrainingDiverged(
                 f"loss became {float(total)} at epoch {self.epoch + 1}, step {self.global_step + 1}; training "
@@ -234,17 +232,15 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + (v if k == "correct" else v * n)
             sums["n"] = sums.get("n", 0.0) + n
             bar.set_postfix(loss=f"{sums['loss'] / sums['n']:.3f}", acc=f"{sums['correct'] / sums['n']:.3f}")
-        if self.dist is not None:  # sums over ranks
-            sums = self.dist.sum_dict(sums)
+        sums = self.dist.sum_dict(sums)  # over ranks
         n = max(sums.pop("n", 1.0), 1.0)
         out = {f"train_{k}": v / n for k, v in sums.items() if k != "correct"}
         out["train_accuracy"] = sums.get("correct", 0.0) / n
         return out
 
     def validate(self) -> dict[str, float]:
-        if self.dist is not None:  # rank 0 validates on the whole split; every rank gets its metrics
-            return self.dist.broadcast_object(self._validate() if self.is_main else None)
-        return self._validate()
+        # rank 0 validates on the whole split; every rank gets its metrics
+        return self.dist.broadcast_object(self._validate() if self.is_main else None)
 
     def _validate(self) -> dict[str, float]:
         pred = predict(self.model, self.val_loader, self.device)
@@ -285,10 +281,7 @@ class Trainer:
         self.tracker.set_tags({"loss.composition": LOSS_RULE})
         for m in self.methods:
             m.on_fit_start(self)
-        if self.dist is not None:  # methods start from rank 0's state (e.g. a tuned ISNet band)
-            states = self.dist.broadcast_object({m.name: m.state_dict() for m in self.methods})
-            for m in self.methods:
-                m.load_state_dict(states[m.name])
+        self.dist.sync_methods(self.methods)  # every rank starts from rank 0's method state
         patience = self.cfg.optim.early_stopping_patience
         while self.epoch < self.cfg.optim.epochs:
             if patience and self.bad_epochs >= patience:
