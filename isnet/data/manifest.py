@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import pandas as pd
 
@@ -280,15 +280,23 @@ class Manifest:
 
     def records(self, split: str) -> list[dict]:
         """Dictionaries for the MONAI pipeline: file paths, the class index and what reports need."""
-        index = {c: i for i, c in enumerate(self.classes)}
-        out = []
-        for r in self.rows(split).itertuples(index=False):
-            out.append({"image": r.image_path, "mask": r.mask_path, "label": index[r.label],
-                        "row": int(r.row), "site": r.site, "patient_id": r.patient_id})
-        return out
+        return records_of(self.rows(split), self.classes)
 
     def counts(self) -> pd.DataFrame:
         return self.frame.groupby(["split", "label"]).size().unstack(fill_value=0)
+
+
+def records_of(df: pd.DataFrame, classes: Sequence[str], *, unlabelled: int | None = None) -> list[dict]:
+    """The records of the MONAI pipeline for validated manifest rows: file paths, the class index, the manifest
+    row, site and patient (a row without a patient id is its own patient). Rows with an empty label get
+    ``unlabelled`` (predict and explain accept them); every other label must be one of ``classes``."""
+    index = {c: i for i, c in enumerate(classes)}
+    out = []
+    for r in df.itertuples(index=False):
+        label = unlabelled if (unlabelled is not None and not r.label) else index[r.label]
+        out.append({"image": r.image_path, "mask": r.mask_path, "label": label, "row": int(r.row),
+                    "site": r.site, "patient_id": r.patient_id or f"row{int(r.row)}"})
+    return out
 
 
 def load_manifest(path: str | Path, classes: Iterable[str], *, require_masks: bool = False,

@@ -10,13 +10,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from isnet.config.schema import DataConfig
-from isnet.data.dataset import build_dataset, build_loader
-from isnet.data.manifest import read_manifest, validate_manifest
+from isnet.data.dataset import eval_loader
+from isnet.data.manifest import read_manifest, records_of, validate_manifest
 from isnet.errors import ManifestError
 from isnet.measure.figures import heatmap_grid
-from isnet.measure.relevance import background_share, predicted_class
-from isnet.lrp import lrp_heatmaps, run_lrp_config
+from isnet.lrp import run_lrp_config
+from isnet.measure.relevance import explained_batches
 from isnet.train.loading import load_run_model
 
 
@@ -43,21 +42,14 @@ def explain_run(run_id: str, manifest: str | Path, out_dir: str | Path, *, split
     report.raise_if_any()
     if max_images:
         df = df.head(max_images)
-    index = {c: i for i, c in enumerate(classes)}
-    records = [{"image": r.image_path, "mask": r.mask_path, "label": index.get(r.label, -1), "row": int(r.row),
-                "site": r.site, "patient_id": r.patient_id} for r in df.itertuples(index=False)]
-    data_cfg = DataConfig(**{**cfg.data.model_dump(), "cache": "none", "batch_size": batch_size})
-    loader = build_loader(build_dataset(records, data_cfg, train=False), data_cfg, shuffle=False)
+    loader = eval_loader(records_of(df, classes, unlabelled=-1), cfg.data, batch_size=batch_size)
     lrp_cfg = run_lrp_config(cfg)
     out = Path(out_dir)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     rows = []
     by_row = df.set_index("row")
-    for batch in loader:
-        logits, heat = lrp_heatmaps(model, batch["image"], predicted_class, config=lrp_cfg)
-        prob = torch.softmax(logits.detach(), 1)
-        heat = heat.detach()
-        share = background_share(heat, batch["mask"])[:, 0]
+    for out_batch in explained_batches(model, loader, torch.device("cpu"), lrp_cfg):
+        batch, prob, heat, share = out_batch["batch"], out_batch["probs"], out_batch["heat"], out_batch["bg_share"]
         for i, row in enumerate(batch["row"].tolist()):
             meta = by_row.loc[row]
             has_mask = bool(batch["has_mask"][i])

@@ -24,11 +24,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from isnet.lrp import run_lrp_config
-from isnet.config.schema import DataConfig, TrainConfig  # noqa: E402
-from isnet.data.dataset import build_dataset, build_loader  # noqa: E402
-from isnet.data.manifest import read_manifest, sha256_file, validate_manifest  # noqa: E402
+from isnet.config.schema import TrainConfig  # noqa: E402
+from isnet.data.dataset import eval_loader  # noqa: E402
+from isnet.data.manifest import read_manifest, records_of, sha256_file, validate_manifest  # noqa: E402
 from isnet.errors import UserError  # noqa: E402
+from isnet.lrp import run_lrp_config  # noqa: E402
 from isnet.measure.calibration import reliability_figure  # noqa: E402
 from isnet.measure.figures import heatmap_grid  # noqa: E402
 from isnet.measure.relevance import explain_loader  # noqa: E402
@@ -37,17 +37,6 @@ from isnet.evaluate.report_html import render_html  # noqa: E402
 from isnet.tracking import Tracker, store_uri  # noqa: E402
 from isnet.train.evaluation import predict  # noqa: E402
 from isnet.train.loading import load_run_model  # noqa: E402
-
-
-def _records(df: pd.DataFrame, classes: Sequence[str]) -> list[dict]:
-    index = {c: i for i, c in enumerate(classes)}
-    return [{"image": r.image_path, "mask": r.mask_path, "label": index[r.label], "row": int(r.row), "site": r.site,
-             "patient_id": r.patient_id or f"row{int(r.row)}"} for r in df.itertuples(index=False)]
-
-
-def _loader(records: list[dict], cfg: TrainConfig, batch_size: int):
-    data_cfg = DataConfig(**{**cfg.data.model_dump(), "cache": "none", "batch_size": batch_size, "num_workers": 0})
-    return build_loader(build_dataset(records, data_cfg, train=False), data_cfg, shuffle=False)
 
 
 def _in_distribution(run_id: str, tracking_uri: str, classes: Sequence[str]) -> tuple[pd.DataFrame | None, dict, str]:
@@ -152,7 +141,7 @@ def _gallery(records: list[dict], model, cfg: TrainConfig, device, classes: Sequ
              title: str) -> bytes | None:
     if not records:
         return None
-    out = explain_loader(model, _loader(records, cfg, len(records)), device, run_lrp_config(cfg), keep=len(records))
+    out = explain_loader(model, eval_loader(records, cfg.data, batch_size=len(records)), device, run_lrp_config(cfg), keep=len(records))
     k = out["kept"]
     titles = []
     for lab, pred, r in zip(k["label"], k["pred"], out["rows"]):
@@ -233,7 +222,7 @@ def _score_and_write(run_ids, loaded, df, classes, sites, manifest, out: Path, j
                      batch_size: int) -> dict:
     # what the runs logged is read first: a server lost during the scoring costs no part of the report
     in_distribution = {r: _in_distribution(r, uri, classes) for r in run_ids}
-    records = _records(df, classes)
+    records = records_of(df, classes)
     labels = np.array([r["label"] for r in records])
     ext_sites = [r["site"] for r in records]
     ext_patients = [r["patient_id"] for r in records]
@@ -250,10 +239,10 @@ def _score_and_write(run_ids, loaded, df, classes, sites, manifest, out: Path, j
         names_seen.add(name)
         print(f"scoring run {run_id} ({'+'.join(cfg.methods)}, {cfg.model.backbone}) on {len(records)} images",
               flush=True)
-        pred = predict(model, _loader(records, cfg, batch_size), dev)
+        pred = predict(model, eval_loader(records, cfg.data, batch_size=batch_size), dev)
         if pred["rows"] != [r["row"] for r in records]:
             raise RuntimeError("loader changed the order of the manifest rows")
-        rel = explain_loader(model, _loader(records, cfg, batch_size), dev, run_lrp_config(cfg))
+        rel = explain_loader(model, eval_loader(records, cfg.data, batch_size=batch_size), dev, run_lrp_config(cfg))
         share = dict(zip(rel["rows"], rel["bg_share"].tolist()))
         bg = np.array([share[r["row"]] for r in records], dtype=float)
         test_df, logged, note = in_distribution[run_id]
@@ -264,8 +253,8 @@ def _score_and_write(run_ids, loaded, df, classes, sites, manifest, out: Path, j
             if overlap:
                 warnings.append(f"{overlap} external image(s) were in the train/val split of run {run_id}: "
                                 f"this is not an external test (filter with --sites)")
-            id_records = _records(test_df, classes)
-            id_pred = predict(model, _loader(id_records, cfg, batch_size), dev)
+            id_records = records_of(test_df, classes)
+            id_pred = predict(model, eval_loader(id_records, cfg.data, batch_size=batch_size), dev)
             id_cohort = Cohort(id_pred["labels"], id_pred["sites"], [r["patient_id"] for r in id_records],
                                id_pred["probs"])
         elif note:

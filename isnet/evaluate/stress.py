@@ -34,13 +34,13 @@ from isnet.config.load import config_to_dict, validate_config  # noqa: E402
 from isnet.config.registry import check_combination, method_names  # noqa: E402
 from isnet.evaluate.stress_config import StressConfig  # noqa: E402
 from isnet.data.bias import BiasSpec, InjectBiasd  # noqa: E402
-from isnet.data.dataset import build_dataset  # noqa: E402
+from isnet.data.dataset import eval_loader  # noqa: E402
 from isnet.data.manifest import Manifest, load_manifest  # noqa: E402
 from isnet.errors import UserError  # noqa: E402
 from isnet.measure.figures import heatmap_grid  # noqa: E402
 from isnet.measure.metrics import classification_metrics  # noqa: E402
-from isnet.measure.relevance import background_share, predicted_class  # noqa: E402
-from isnet.lrp import LRPConfig, lrp_heatmaps, run_lrp_config, supports_model  # noqa: E402
+from isnet.measure.relevance import explained_batches  # noqa: E402
+from isnet.lrp import LRPConfig, run_lrp_config, supports_model  # noqa: E402
 
 TEST_SETS = ("clean", "aligned", "flipped")
 CSV_COLUMNS = ["method", "strength", "seed", "run_id", "test_set", "metric", "value"]
@@ -119,48 +119,28 @@ def bias_transform(specs: list[BiasSpec], target: int, mode: str, strength: floa
     return InjectBiasd(specs, target=target, mode=mode, strength=strength, seed=seed, names=names)
 
 
-def _batches(ds, batch_size: int):
-    for i in range(0, len(ds), batch_size):
-        items = [ds[j] for j in range(i, min(i + batch_size, len(ds)))]
-        yield {
-            "image": torch.stack([torch.as_tensor(it["image"]) for it in items]),
-            "mask": torch.stack([torch.as_tensor(np.asarray(it["mask"])) for it in items]),
-            "bias_region": torch.stack([torch.as_tensor(np.asarray(it["bias_region"])) for it in items]),
-            "label": torch.as_tensor([int(it["label"]) for it in items]),
-            "bias_present": torch.as_tensor([int(it["bias_present"]) for it in items]),
-        }
-
-
-def evaluate_set(model: torch.nn.Module, ds, num_classes: int, device: torch.device, lrp: LRPConfig | None,
-                 batch_size: int, keep: int = 0) -> tuple[dict[str, float], dict]:
+def evaluate_set(model: torch.nn.Module, loader, num_classes: int, device: torch.device, lrp: LRPConfig | None,
+                 keep: int = 0) -> tuple[dict[str, float], dict]:
     """Metrics of one test set, LRP background share (outside the lungs) and bias share (inside the bias
     footprint, images carrying the bias) of the predicted class; the first ``keep`` images for figures."""
-    model.eval()
     probs, labels, bg, on_bias = [], [], [], []
     kept: dict[str, list] = {"image": [], "mask": [], "heatmap": [], "bias": [], "label": [], "pred": []}
-    for b in _batches(ds, batch_size):
-        x = b["image"].to(device)
-        if lrp is not None:
-            logits, heat = lrp_heatmaps(model, x, predicted_class, config=lrp)
-            heat = heat.detach()
-            bg.append(background_share(heat, b["mask"].to(device))[:, 0].cpu().numpy())
-            a = heat[:, 0].abs()
-            region = b["bias_region"][:, 0].to(device).to(a.dtype)
-            share = (a * region).sum((-2, -1)) / a.sum((-2, -1)).clamp_min(1e-12)
-            on_bias.append(share[b["bias_present"].bool().to(device)].cpu().numpy())
-        else:
-            with torch.no_grad():
-                logits = model(x)
-            heat = None
-        p = torch.softmax(logits.detach().float(), 1).cpu().numpy()
+    for out in explained_batches(model, loader, device, lrp):
+        b, p, heat = out["batch"], out["probs"].numpy(), out["heat"]
         probs.append(p)
         labels.append(b["label"].numpy())
-        if heat is not None and len(kept["image"]) < keep:
-            take = min(keep - len(kept["image"]), len(x))
+        if heat is None:
+            continue
+        bg.append(out["bg_share"].numpy())
+        a = heat[:, 0].abs()
+        share = (a * b["bias_region"][:, 0].to(a.dtype)).sum((-2, -1)) / a.sum((-2, -1)).clamp_min(1e-12)
+        on_bias.append(share[b["bias_present"].bool()].numpy())
+        if len(kept["image"]) < keep:
+            take = min(keep - len(kept["image"]), len(p))
             kept["image"].extend(b["image"][:take, 0].numpy())
             kept["mask"].extend(b["mask"][:take, 0].numpy())
             kept["bias"].extend(b["bias_region"][:take, 0].numpy())
-            kept["heatmap"].extend(heat[:take, 0].cpu().numpy())
+            kept["heatmap"].extend(heat[:take, 0].numpy())
             kept["label"].extend(b["label"][:take].tolist())
             kept["pred"].extend(p.argmax(1)[:take].tolist())
     y, pr = np.concatenate(labels), np.concatenate(probs)
@@ -292,8 +272,8 @@ class StressTest:
         rows, metrics = [], {}
         sets = {}
         for mode in (*TEST_SETS, "all"):
-            ds = build_dataset(records, tcfg.data, train=False, extra=bias(mode))
-            sets[mode] = evaluate_set(model, ds, len(self.classes), device, lrp, tcfg.data.batch_size,
+            loader = eval_loader(records, tcfg.data, extra=bias(mode))
+            sets[mode] = evaluate_set(model, loader, len(self.classes), device, lrp,
                                       keep=self.cfg.heatmap_examples if mode == "all" else 0)
         for mode, (m, _) in sets.items():
             name = "biased" if mode == "all" else mode

@@ -6,6 +6,8 @@ that reads text markers or borders has a high share; one that looks at the lungs
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -26,35 +28,51 @@ def predicted_class(logits: torch.Tensor) -> torch.Tensor:
     return logits.argmax(1, keepdim=True)
 
 
+def explained_batches(model: torch.nn.Module, loader: DataLoader, device: torch.device,
+                      config: LRPConfig | None) -> Iterator[dict]:
+    """The one LRP pass over a loader (eval mode, heatmap of the predicted class): per batch the batch itself,
+    ``probs`` [B, K], ``heat`` [B, 1, H, W] and ``bg_share`` [B] (NaN for images without a mask), on the CPU.
+    ``config=None`` (a backbone without LRP support) gives probabilities only (``heat``/``bg_share`` None).
+    Used by validation diagnostics, ``isnet explain``, the report and the stress test."""
+    model.eval()
+    for batch in loader:
+        x = batch["image"].to(device)
+        if config is None:
+            with torch.no_grad():
+                logits = model(x)
+            heat = share = None
+        else:
+            logits, heat = lrp_heatmaps(model, x, predicted_class, config=config)
+            heat = heat.detach()
+            share = background_share(heat, batch["mask"].to(device))[:, 0]
+            share = torch.where(batch["has_mask"].bool().to(device), share, torch.full_like(share, float("nan")))
+            heat, share = heat.cpu(), share.cpu()
+        yield {"batch": batch, "probs": torch.softmax(logits.detach().float(), 1).cpu(), "heat": heat,
+               "bg_share": share}
+
+
 def explain_loader(model: torch.nn.Module, loader: DataLoader, device: torch.device, config: LRPConfig,
                    max_images: int | None = None, keep: int = 0) -> dict:
     """Heatmaps of the predicted class over a loader (eval mode): per-image shares, and the first ``keep``
     images with their masks and heatmaps for figures."""
-    model.eval()
     shares, rows, preds, labels, probs = [], [], [], [], []
     kept: dict[str, list] = {"image": [], "mask": [], "heatmap": [], "label": [], "pred": []}
     seen = 0
-    for batch in loader:
-        x = batch["image"].to(device)
-        logits, heat = lrp_heatmaps(model, x, predicted_class, config=config)
-        mask = batch["mask"].to(device)
-        share = background_share(heat, mask)[:, 0]
-        has = batch["has_mask"].bool().to(device)
-        share = torch.where(has, share, torch.full_like(share, float("nan")))
-        p = torch.softmax(logits.detach(), 1)
-        shares.append(share.cpu().numpy())
+    for out in explained_batches(model, loader, device, config):
+        batch, p, heat = out["batch"], out["probs"], out["heat"]
+        shares.append(out["bg_share"].numpy())
         rows.extend(batch["row"].tolist())
-        preds.append(p.argmax(1).cpu().numpy())
+        preds.append(p.argmax(1).numpy())
         labels.append(batch["label"].numpy())
-        probs.append(p.cpu().numpy())
+        probs.append(p.numpy())
         if len(kept["image"]) < keep:
-            take = min(keep - len(kept["image"]), len(x))
-            kept["image"].extend(x[:take, 0].cpu().numpy())
-            kept["mask"].extend(mask[:take, 0].cpu().numpy())
-            kept["heatmap"].extend(heat[:take, 0].detach().cpu().numpy())
+            take = min(keep - len(kept["image"]), len(p))
+            kept["image"].extend(batch["image"][:take, 0].numpy())
+            kept["mask"].extend(batch["mask"][:take, 0].numpy())
+            kept["heatmap"].extend(heat[:take, 0].numpy())
             kept["label"].extend(batch["label"][:take].tolist())
             kept["pred"].extend(p.argmax(1)[:take].tolist())
-        seen += len(x)
+        seen += len(p)
         if max_images is not None and seen >= max_images:
             break
     cat = lambda v: np.concatenate(v) if v else np.zeros(0)  # noqa: E731
