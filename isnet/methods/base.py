@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 class TrainContext(Protocol):
     """What a method's hooks see of the run being trained (the trainer provides it): the model and its
-    optimiser, the run config, the device, the training loader and manifest, the tracker and the run's LRP
+    optimiser, the run config, the device, the training and validation loaders, the manifest, the tracker and the run's LRP
     rules. Nothing else of the training loop is part of the method interface."""
 
     cfg: "TrainConfig"
@@ -33,6 +33,7 @@ class TrainContext(Protocol):
     device: torch.device
     optimizer: torch.optim.Optimizer
     train_loader: Iterable[dict]
+    val_loader: Iterable[dict]
     manifest: Any
     tracker: "Tracker | None"
 

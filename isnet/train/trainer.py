@@ -10,8 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import matplotlib.pyplot as plt
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -21,12 +19,11 @@ from isnet.config.schema import TrainConfig
 from isnet.data.dataset import build_dataset, build_loader
 from isnet.data.manifest import Manifest
 from isnet.errors import UserError
-from isnet.measure.figures import heatmap_grid
-from isnet.measure.relevance import explain_loader
-from isnet.lrp import LRPConfig, run_lrp_config, supports_model
+from isnet.lrp import LRPConfig, run_lrp_config
 from isnet.methods.base import LOSS_RULE, Method, StepOutput, combine_losses
 from isnet.tracking import Tracker
 from isnet.tracking_names import site_keys
+from isnet.train.diagnostics import RelevanceDiagnostics
 from isnet.train.distributed import DistContext, SingleProcess
 from isnet.train.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint, save_checkpoint
 from isnet.train.evaluation import per_site_accuracy, predict, score
@@ -88,6 +85,8 @@ class Trainer:
         self.manifest = manifest
         self.model = model.to(device)
         self.methods = methods
+        #: hooks every run has (not listed in methods:): the validation relevance diagnostics
+        self.builtin_hooks = [RelevanceDiagnostics()]
         self.tracker = tracker
         self.device = device
         self.checkpoint_dir = Path(checkpoint_dir)
@@ -245,8 +244,7 @@ class Trainer:
     def _validate(self) -> dict[str, float]:
         pred = predict(self.model, self.val_loader, self.device)
         metrics = {f"val_{k}": v for k, v in score(pred, self.num_classes).items()}
-        metrics.update(self.relevance_diagnostics())
-        for m in self.methods:
+        for m in (*self.builtin_hooks, *self.methods):
             metrics.update(m.validation_metrics(self, self.epoch + 1))
         return metrics
 
@@ -255,26 +253,6 @@ class Trainer:
         """The run's ``lrp`` rules (z^B bounds from ``data.intensity``), used for every run's
         diagnostics so that runs compare."""
         return run_lrp_config(self.cfg)
-
-    def relevance_diagnostics(self) -> dict[str, float]:
-        """Background relevance share on validation, and every ``heatmap_every`` epochs a heatmap grid."""
-        every = self.cfg.train.heatmap_every
-        figure_now = every > 0 and (self.epoch + 1) % every == 0
-        if not self.cfg.train.val_bg_share or not supports_model(self.model):
-            return {}
-        res = explain_loader(self.model, self.val_loader, self.device, self.lrp_config, keep=8 if figure_now else 0)
-        shares = res["bg_share"]
-        if not len(shares) or np.isnan(shares).all():
-            return {}
-        kept = res["kept"]
-        if figure_now and kept["image"]:
-            names = self.cfg.data.classes
-            titles = [f"{names[t]} → {names[p]}" for t, p in zip(kept["label"], kept["pred"])]
-            fig = heatmap_grid(kept["image"], kept["mask"], kept["heatmap"], titles,
-                               value_range=self.cfg.data.value_range)
-            self.tracker.log_figure(fig, f"heatmaps/val_epoch_{self.epoch + 1:03d}.png")
-            plt.close(fig)
-        return {"val_bg_share": float(np.nanmean(shares))}
 
     def fit(self) -> FitResult:
         """Train until the configured epochs or early stopping; checkpoint after every epoch."""
