@@ -37,7 +37,7 @@ def test_incompatible_methods_rejected():
 
 def test_every_pipeline_file_validates():
     """Each workflow's YAML validates against its own schema (training configs, the stress-test sweep)."""
-    from isnet.evaluate.stress_config import load_stress_config
+    from isnet.evaluate.stress.config import load_stress_config
 
     files = sorted((REPO / "pipelines").glob("*.yaml"))
     assert files, "pipelines/ holds no YAML configs"

@@ -17,7 +17,7 @@ from isnet.config import load_config
 from isnet.config.registry import MethodParams, method_names
 from isnet.data.phantom import generate_dataset
 from isnet.evaluate.stress import StressTest, parse_method_spec
-from isnet.evaluate.stress_config import load_stress_config
+from isnet.evaluate.stress.config import load_stress_config
 from isnet.methods import LossTerms, Method, build_methods, register, unregister
 
 from conftest import FAST_TRAIN, make_toy_set

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from isnet.tracking import store_uri
 
 import isnet.train.run as run_module
-from isnet.evaluate.stress_config import load_stress_config
+from isnet.evaluate.stress.config import load_stress_config
 from isnet.data.phantom import generate_dataset
 from isnet.errors import UserError
 from isnet.evaluate.stress import StressTest, parse_method_spec

@@ -44,7 +44,7 @@ def _ints(text: str, what: str) -> list[int]:
 
 
 def build_config(args: argparse.Namespace):
-    from isnet.evaluate.stress_config import BiasConfig, load_stress_config
+    from isnet.evaluate.stress.config import BiasConfig, load_stress_config
     from isnet.data.bias import parse_bias
     from isnet.evaluate.stress import parse_method_spec
 
@@ -75,7 +75,7 @@ def build_config(args: argparse.Namespace):
         from pydantic import ValidationError
 
         from isnet.config.load import _describe
-        from isnet.evaluate.stress_config import StressConfig
+        from isnet.evaluate.stress.config import StressConfig
         from isnet.errors import ConfigError
 
         raw = cfg.model_dump()

@@ -1,24 +1,10 @@
-"""The bias-injection stress test (docs/design.md, section 6): does a method fall for a background shortcut?
-
-For every cell (method spec, correlation strength, seed) a classifier is trained with ``isnet.train.run.train``
-on the training split with the bias injected into target-class images with probability ``strength`` (and
-never into the others), as an MLflow run nested under one parent run. It is then scored on the test split
-three ways — clean (no bias), aligned (bias on every target-class image) and flipped (bias on every image of
-the other classes, none on the target) — and explained with LRP on clean and biased images.
-
-Results go to ``<out_dir>/results.csv`` (tidy: one row per cell, test set and metric), the child runs'
-metrics, ``drop_vs_strength.png``, per-cell heatmap figures and ``summary.md``. Cells already in the CSV, or
-evaluated in MLflow under the same parent run, are skipped when the sweep runs again.
-"""
+"""The sweep: one nested MLflow run per cell, resumable, every record through a Tracker."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -26,148 +12,19 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
 
 from isnet.config.load import config_to_dict, validate_config  # noqa: E402
-from isnet.config.registry import check_combination, method_names  # noqa: E402
-from isnet.evaluate.stress_config import StressConfig  # noqa: E402
-from isnet.data.bias import BiasSpec, InjectBiasd  # noqa: E402
+from isnet.evaluate.stress.config import StressConfig  # noqa: E402
 from isnet.data.dataset import eval_loader  # noqa: E402
 from isnet.data.manifest import Manifest, load_manifest  # noqa: E402
 from isnet.errors import UserError  # noqa: E402
-from isnet.measure.figures import heatmap_grid  # noqa: E402
-from isnet.measure.metrics import classification_metrics  # noqa: E402
-from isnet.measure.relevance import explained_batches  # noqa: E402
-from isnet.lrp import LRPConfig, run_lrp_config, supports_model  # noqa: E402
+from isnet.lrp import run_lrp_config, supports_model  # noqa: E402
 
-TEST_SETS = ("clean", "aligned", "flipped")
-CSV_COLUMNS = ["method", "strength", "seed", "run_id", "test_set", "metric", "value"]
-STATE_FILE = "sweep.json"
-
-
-# -- method specs -----------------------------------------------------------------------------------
-def parse_method_spec(spec: str) -> list[str]:
-    """``"isnet+sgdrop"`` → ``["isnet", "sgdrop"]``, checked against the method registry like a config's
-    ``methods:`` list; a bad spec is a ``UserError`` that lists the registered methods."""
-    names = [n.strip() for n in spec.split("+")]
-    known = method_names()
-    if not spec.strip() or any(not n for n in names):
-        raise UserError(f"bad method spec {spec!r}: use names joined by '+', e.g. isnet+sgdrop; known: {', '.join(known)}")
-    try:
-        return check_combination(names)
-    except ValueError as exc:
-        raise UserError(f"method spec {spec!r}: {exc}") from None
-
-
-@dataclass(frozen=True)
-class Cell:
-    method: str
-    strength: float
-    seed: int
-
-    @property
-    def key(self) -> tuple[str, str, int]:
-        return (self.method, f"{self.strength:g}", int(self.seed))
-
-    @property
-    def name(self) -> str:
-        return f"{self.method}_s{self.strength:g}_seed{self.seed}"
-
-
-def cells_of(cfg: StressConfig) -> list[Cell]:
-    return [Cell(m, float(s), int(seed)) for m in cfg.methods for s in cfg.strengths for seed in cfg.seeds]
-
-
-# -- resumable bookkeeping -----------------------------------------------------------------------------
-def fingerprint(cfg: StressConfig, manifest_sha256: str) -> str:
-    """What makes results comparable across invocations: the data, the biases and the shared run config
-    (methods, strengths and seeds may be extended between invocations)."""
-    train = config_to_dict(cfg.train)
-    train.pop("methods", None)
-    train["train"].pop("seed", None)
-    train["tracking"].pop("run_name", None)
-    blob = json.dumps({"manifest": manifest_sha256, "target": cfg.target_class, "train": train,
-                       "biases": [b.model_dump(mode="json") for b in cfg.biases]}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def read_results(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        return pd.DataFrame(columns=CSV_COLUMNS)
-    df = pd.read_csv(path, dtype={"method": str, "run_id": str, "test_set": str, "metric": str})
-    missing = [c for c in CSV_COLUMNS if c not in df.columns]
-    if missing:
-        raise UserError(f"{path} is not a stress-test results file (missing columns {missing}); use another out_dir")
-    return df[CSV_COLUMNS]
-
-
-def done_keys(df: pd.DataFrame) -> set[tuple[str, str, int]]:
-    return {(str(m), f"{float(s):g}", int(seed)) for m, s, seed in df[["method", "strength", "seed"]].drop_duplicates().itertuples(index=False)}
-
-
-def _write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-
-
-# -- evaluation ---------------------------------------------------------------------------------------
-def bias_transform(specs: list[BiasSpec], target: int, mode: str, strength: float, seed: int,
-                   names: dict[int, str]) -> InjectBiasd:
-    return InjectBiasd(specs, target=target, mode=mode, strength=strength, seed=seed, names=names)
-
-
-def evaluate_set(model: torch.nn.Module, loader, num_classes: int, device: torch.device, lrp: LRPConfig | None,
-                 keep: int = 0) -> tuple[dict[str, float], dict]:
-    """Metrics of one test set, LRP background share (outside the lungs) and bias share (inside the bias
-    footprint, images carrying the bias) of the predicted class; the first ``keep`` images for figures."""
-    probs, labels, bg, on_bias = [], [], [], []
-    kept: dict[str, list] = {"image": [], "mask": [], "heatmap": [], "bias": [], "label": [], "pred": []}
-    for out in explained_batches(model, loader, device, lrp):
-        b, p, heat = out["batch"], out["probs"].numpy(), out["heat"]
-        probs.append(p)
-        labels.append(b["label"].numpy())
-        if heat is None:
-            continue
-        bg.append(out["bg_share"].numpy())
-        a = heat[:, 0].abs()
-        share = (a * b["bias_region"][:, 0].to(a.dtype)).sum((-2, -1)) / a.sum((-2, -1)).clamp_min(1e-12)
-        on_bias.append(share[b["bias_present"].bool()].numpy())
-        if len(kept["image"]) < keep:
-            take = min(keep - len(kept["image"]), len(p))
-            kept["image"].extend(b["image"][:take, 0].numpy())
-            kept["mask"].extend(b["mask"][:take, 0].numpy())
-            kept["bias"].extend(b["bias_region"][:take, 0].numpy())
-            kept["heatmap"].extend(heat[:take, 0].numpy())
-            kept["label"].extend(b["label"][:take].tolist())
-            kept["pred"].extend(p.argmax(1)[:take].tolist())
-    y, pr = np.concatenate(labels), np.concatenate(probs)
-    out = classification_metrics(y, pr, num_classes)
-    out.pop("macro_f1", None)
-    if bg:
-        out["bg_share"] = float(np.nanmean(np.concatenate(bg)))
-        ob = np.concatenate(on_bias)
-        if len(ob):
-            out["bias_share"] = float(ob.mean())
-    return out, kept
-
-
-def bias_heatmap_figure(kept: dict, classes: list[str], title: str):
-    """``heatmap_grid`` with the injected bias outlined in cyan on both panels."""
-    titles = [f"{classes[t]} → {classes[p]}" for t, p in zip(kept["label"], kept["pred"])]
-    cols = min(4, max(len(titles), 1))
-    fig = heatmap_grid(kept["image"], kept["mask"], kept["heatmap"], titles, columns=cols)
-    axes = fig.axes
-    for i, region in enumerate(kept["bias"]):
-        if region.any():
-            r, c = divmod(i, cols)
-            for ax in axes[r * 2 * cols + 2 * c: r * 2 * cols + 2 * c + 2]:
-                ax.contour(region > 0.5, levels=[0.5], colors="cyan", linewidths=0.6)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig
+from isnet.evaluate.stress.cells import (STATE_FILE, TEST_SETS, Cell, _write_csv_atomic, cells_of,  # noqa: E402
+                                          done_keys, fingerprint, parse_method_spec, read_results)
+from isnet.evaluate.stress.scoring import bias_heatmap_figure, bias_transform, evaluate_set  # noqa: E402
+from isnet.evaluate.stress.summary import drop_plot, summarise, summary_markdown  # noqa: E402
 
 
 # -- the sweep ----------------------------------------------------------------------------------------
@@ -369,71 +226,3 @@ class StressTest:
             Path(self.cfg.report).write_text(text)
         self.parent.end("FINISHED")
         return summary
-
-
-# -- summaries ----------------------------------------------------------------------------------------
-SUMMARY_METRICS = [("clean", "accuracy"), ("aligned", "accuracy"), ("flipped", "accuracy"), ("drop", "accuracy"),
-                   ("clean", "macro_auc"), ("flipped", "macro_auc"), ("clean", "bg_share"), ("biased", "bg_share"),
-                   ("biased", "bias_share")]
-
-
-def summarise(results: pd.DataFrame) -> pd.DataFrame:
-    """One row per (method, strength): mean and standard deviation over seeds of the headline metrics."""
-    if results.empty:
-        return pd.DataFrame()
-    df = results.copy()
-    df["col"] = df["test_set"] + "." + df["metric"]
-    wide = df.pivot_table(index=["method", "strength", "seed"], columns="col", values="value", aggfunc="first")
-    cols = [f"{s}.{m}" for s, m in SUMMARY_METRICS if f"{s}.{m}" in wide.columns]
-    g = wide[cols].groupby(level=["method", "strength"], sort=False)
-    mean, std = g.mean(), g.std(ddof=1)
-    out = mean.add_suffix(" mean").join(std.add_suffix(" sd"))
-    out["seeds"] = g.size()
-    out["seed list"] = wide.reset_index().groupby(["method", "strength"], sort=False)["seed"].apply(
-        lambda s: ",".join(str(int(v)) for v in sorted(s)))
-    return out.reset_index()
-
-
-def _pm(row: pd.Series, col: str, scale: float = 1.0, fmt: str = "{:.1f}") -> str:
-    m = row.get(f"{col} mean", math.nan)
-    s = row.get(f"{col} sd", math.nan)
-    if m is None or (isinstance(m, float) and math.isnan(m)):
-        return "–"
-    text = fmt.format(m * scale)
-    if s is not None and not (isinstance(s, float) and math.isnan(s)):
-        text += " ± " + fmt.format(s * scale)
-    return text
-
-
-def summary_markdown(summary: pd.DataFrame, cfg: StressConfig) -> str:
-    biases = ", ".join(b.spec().label for b in cfg.biases)
-    lines = [f"Bias: {biases} on class `{cfg.target_class}`; accuracies in %, drop = clean − flipped accuracy in "
-             f"points; mean ± sd over seeds.", "",
-             "| method | strength | seeds | clean acc | aligned acc | flipped acc | drop (points) | clean AUC | "
-             "flipped AUC | bg share clean | bg share biased | share on bias |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for _, r in summary.iterrows():
-        lines.append(
-            f"| {r['method']} | {r['strength']:g} | {r['seed list']} | {_pm(r, 'clean.accuracy', 100)} | "
-            f"{_pm(r, 'aligned.accuracy', 100)} | {_pm(r, 'flipped.accuracy', 100)} | {_pm(r, 'drop.accuracy', 100)} | "
-            f"{_pm(r, 'clean.macro_auc', 1, '{:.3f}')} | {_pm(r, 'flipped.macro_auc', 1, '{:.3f}')} | "
-            f"{_pm(r, 'clean.bg_share', 1, '{:.2f}')} | {_pm(r, 'biased.bg_share', 1, '{:.2f}')} | "
-            f"{_pm(r, 'biased.bias_share', 1, '{:.2f}')} |")
-    return "\n".join(lines) + "\n"
-
-
-def drop_plot(results: pd.DataFrame):
-    """Clean→flipped accuracy drop against correlation strength, one line per method, error bars = sd over seeds."""
-    d = results[(results["test_set"] == "drop") & (results["metric"] == "accuracy")]
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for method, g in d.groupby("method", sort=False):
-        s = g.groupby("strength")["value"]
-        m, sd = s.mean() * 100, s.std(ddof=1).fillna(0) * 100
-        ax.errorbar(m.index, m.values, yerr=sd.values, marker="o", capsize=3, label=method)
-    ax.axhline(0, color="grey", lw=0.6)
-    ax.set_xlabel("bias–class correlation strength")
-    ax.set_ylabel("accuracy drop clean → flipped (points)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig

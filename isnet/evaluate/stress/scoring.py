@@ -1,0 +1,73 @@
+"""Scoring one trained cell: the bias transform of each test set, metrics with LRP background and bias
+shares, and the heatmap figure with the bias outlined."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from isnet.data.bias import BiasSpec, InjectBiasd  # noqa: E402
+from isnet.measure.figures import heatmap_grid  # noqa: E402
+from isnet.measure.metrics import classification_metrics  # noqa: E402
+from isnet.measure.relevance import explained_batches  # noqa: E402
+from isnet.lrp import LRPConfig  # noqa: E402
+
+
+# -- evaluation ---------------------------------------------------------------------------------------
+def bias_transform(specs: list[BiasSpec], target: int, mode: str, strength: float, seed: int,
+                   names: dict[int, str]) -> InjectBiasd:
+    return InjectBiasd(specs, target=target, mode=mode, strength=strength, seed=seed, names=names)
+
+
+def evaluate_set(model: torch.nn.Module, loader, num_classes: int, device: torch.device, lrp: LRPConfig | None,
+                 keep: int = 0) -> tuple[dict[str, float], dict]:
+    """Metrics of one test set, LRP background share (outside the lungs) and bias share (inside the bias
+    footprint, images carrying the bias) of the predicted class; the first ``keep`` images for figures."""
+    probs, labels, bg, on_bias = [], [], [], []
+    kept: dict[str, list] = {"image": [], "mask": [], "heatmap": [], "bias": [], "label": [], "pred": []}
+    for out in explained_batches(model, loader, device, lrp):
+        b, p, heat = out["batch"], out["probs"].numpy(), out["heat"]
+        probs.append(p)
+        labels.append(b["label"].numpy())
+        if heat is None:
+            continue
+        bg.append(out["bg_share"].numpy())
+        a = heat[:, 0].abs()
+        share = (a * b["bias_region"][:, 0].to(a.dtype)).sum((-2, -1)) / a.sum((-2, -1)).clamp_min(1e-12)
+        on_bias.append(share[b["bias_present"].bool()].numpy())
+        if len(kept["image"]) < keep:
+            take = min(keep - len(kept["image"]), len(p))
+            kept["image"].extend(b["image"][:take, 0].numpy())
+            kept["mask"].extend(b["mask"][:take, 0].numpy())
+            kept["bias"].extend(b["bias_region"][:take, 0].numpy())
+            kept["heatmap"].extend(heat[:take, 0].numpy())
+            kept["label"].extend(b["label"][:take].tolist())
+            kept["pred"].extend(p.argmax(1)[:take].tolist())
+    y, pr = np.concatenate(labels), np.concatenate(probs)
+    out = classification_metrics(y, pr, num_classes)
+    out.pop("macro_f1", None)
+    if bg:
+        out["bg_share"] = float(np.nanmean(np.concatenate(bg)))
+        ob = np.concatenate(on_bias)
+        if len(ob):
+            out["bias_share"] = float(ob.mean())
+    return out, kept
+
+
+def bias_heatmap_figure(kept: dict, classes: list[str], title: str):
+    """``heatmap_grid`` with the injected bias outlined in cyan on both panels."""
+    titles = [f"{classes[t]} → {classes[p]}" for t, p in zip(kept["label"], kept["pred"])]
+    cols = min(4, max(len(titles), 1))
+    fig = heatmap_grid(kept["image"], kept["mask"], kept["heatmap"], titles, columns=cols)
+    axes = fig.axes
+    for i, region in enumerate(kept["bias"]):
+        if region.any():
+            r, c = divmod(i, cols)
+            for ax in axes[r * 2 * cols + 2 * c: r * 2 * cols + 2 * c + 2]:
+                ax.contour(region > 0.5, levels=[0.5], colors="cyan", linewidths=0.6)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
