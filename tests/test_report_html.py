@@ -78,6 +78,23 @@ def test_html_is_self_contained_and_explains_undefined_metrics(tmp_path):
     assert "no images at this site" in html
 
 
+def test_html_escapes_names_from_the_report():
+    """Site, method and run names reach the page escaped (autoescaping), never as markup."""
+    y = np.array([0, 1, 2] * 4)
+    site, name = "<script>alert(1)</script> & co", "isnet <b>r1</b> & r2"
+    probs = np.full((len(y), 3), 0.1)
+    probs[np.arange(len(y)), y] = 0.8
+    cohort = Cohort(y, [site] * len(y), [f"p{i}" for i in range(len(y))], probs, np.full(len(y), 0.3))
+    rep = assemble_report([MethodResult(name, "run<&>", cohort)], CLASSES, [site], n_resamples=20)
+    rep["report_run_id"] = "id</code><script>x()</script>"
+    html = render_html(rep, {})
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in html
+    assert "isnet &lt;b&gt;r1&lt;/b&gt; &amp; r2" in html and "run&lt;&amp;&gt;" in html
+    assert "id&lt;/code&gt;&lt;script&gt;x()&lt;/script&gt;" in html
+    # the page's only script element is its own sorting code; no raw name or bare ampersand from a name
+    assert html.count("<script>") == 1 and "<b>" not in html and " & co" not in html
+
+
 @pytest.mark.slow  # over 25 s on 2 cores; the default suite must stay under 15 minutes
 def test_report_renders_in_headless_chromium(tmp_path):
     rep, figures = _report()
