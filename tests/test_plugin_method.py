@@ -50,7 +50,7 @@ def plugin():
     unregister("smooth_labels")
 
 
-def test_plugin_from_yaml_training_run(plugin, tmp_path, monkeypatch):
+def test_plugin_from_yaml_training_run(plugin, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     manifest = make_toy_set(tmp_path / "toy", n_per_class=4, size=32)
     yaml = tmp_path / "smooth.yaml"
@@ -66,6 +66,16 @@ def test_plugin_from_yaml_training_run(plugin, tmp_path, monkeypatch):
         [MlflowClient(f"sqlite:///{tmp_path}/mlflow/mlflow.db").get_experiment_by_name("plugin").experiment_id])[0]
     assert run.data.params["method.smooth_labels.smoothing"] == "0.2"
     assert run.data.metrics["train_loss_smooth"] > 0
+
+    # the trained model explains like any other while the plug-in is installed; without it, a clear error
+    assert main(["explain", "--run", run.info.run_id, "--manifest", str(manifest), "--out", "exp",
+                 "--max-images", "2"]) == 0
+    unregister("smooth_labels")
+    capsys.readouterr()
+    assert main(["explain", "--run", run.info.run_id, "--manifest", str(manifest), "--out", "exp2"]) == 2
+    assert "install the plug-in methods it was trained with" in capsys.readouterr().err
+    assert not Path("exp2").exists()
+    register("smooth_labels", params=SmoothingParams)(LabelSmoothing)
 
     # its parameters are validated like every other block, with the key named
     yaml.write_text("methods: [smooth_labels]\nmethod:\n  smooth_labels:\n    smoothing: 2\n")

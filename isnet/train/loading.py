@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 
+from isnet.config.registry import method_names
 from isnet.config.schema import TrainConfig
 from isnet.errors import UserError
 from isnet.models import build_classifier
@@ -47,7 +49,12 @@ def load_run_model(run_id: str, checkpoint_dir: str | Path = "checkpoints", trac
 
 def model_from_state(state: dict, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, TrainConfig]:
     """The classifier a checkpoint holds, rebuilt from the config stored in it, in eval mode."""
-    cfg = TrainConfig.model_validate(state["config"])
+    try:
+        cfg = TrainConfig.model_validate(state["config"])
+    except ValidationError as exc:  # e.g. trained with a plug-in method that is not installed here
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise UserError(f"the configuration stored with this model is not valid here ({problems}); install the "
+                        f"plug-in methods it was trained with (registered methods: {', '.join(method_names())})") from None
     classes = state.get("classes") or cfg.data.classes
     model = build_classifier(cfg.model.backbone, len(classes), width=cfg.model.width)
     model.load_state_dict(state["model"])
