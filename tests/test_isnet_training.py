@@ -145,3 +145,15 @@ def test_a_stalled_isnet_run_is_flagged_in_mlflow(tmp_path, monkeypatch):
     ce, tags = _toy_isnet(tmp_path, monkeypatch, ["method.isnet.P=1.0", "optim.epochs=4"])
     assert min(ce) > 0.9 * math.log(3)
     assert tags.get("isnet.collapse_warning", "").startswith("epoch ")
+
+
+def test_a_p_schedule_never_selects_a_model_from_before_its_final_p(tmp_path, monkeypatch):
+    """With P = {1: 0, 3: 0.7} the first two epochs train a plain classifier; the best checkpoint (the model
+    that is tested, exported and reported) must be an ISNet, i.e. from epoch 3 on, whatever the val loss was."""
+    _, tags = _toy_isnet(tmp_path, monkeypatch, ["method.isnet.P={1: 0.0, 3: 0.7}", "optim.epochs=4",
+                                                 "method.isnet.warmup_epochs=1"])
+    run = MlflowClient(store_uri()).search_runs(
+        [MlflowClient(store_uri()).get_experiment_by_name("covid_tb").experiment_id])[0]
+    assert run.data.metrics["best_epoch"] >= 3
+    p = sorted(MlflowClient(store_uri()).get_metric_history(run.info.run_id, "train_P"), key=lambda m: m.step)
+    assert [m.value for m in p] == [0.0, 0.0, 0.7, 0.7]

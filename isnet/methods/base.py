@@ -136,6 +136,11 @@ class Method:
         to log for the epoch (e.g. diagnostics gathered during it)."""
         return {}
 
+    def selectable(self, epoch: int) -> bool:
+        """Whether the model after ``epoch`` (counted from 1) may become the run's best checkpoint and count
+        for early stopping (ISNet with a P schedule: only once its final P is in force)."""
+        return True
+
     def on_fit_end(self, trainer: "TrainContext") -> None:
         """Called once after the last epoch, before testing and model export (e.g. to remove module hooks)."""
 

@@ -142,6 +142,8 @@ class ISNetMethod(Method):
         self.params = c
         self.C1, self.C2 = c.C1, c.C2
         self.P = c.P_at(1)
+        # with a P schedule, models from before the final P is reached are not ISNets yet: never the best one
+        self.select_from = min(max(c.P), cfg.optim.epochs) if isinstance(c.P, dict) else 1
         self.lrp = run_lrp_config(cfg, detach_biases=c.detach == "biases")  # the run's lrp rules; our detach mode
         self.n_classes = len(cfg.data.classes)
         self.generator = torch.Generator().manual_seed(cfg.train.seed + 101)
@@ -149,6 +151,9 @@ class ISNetMethod(Method):
         self._measure_grads = False
         self._first_l_bg: float | None = None
         self._warned = False
+
+    def selectable(self, epoch: int) -> bool:
+        return epoch >= self.select_from
 
     def loss_config(self) -> ISNetLossConfig:
         c = self.params

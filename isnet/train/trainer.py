@@ -273,10 +273,13 @@ class Trainer:
             metrics["epoch_seconds"] = time.perf_counter() - t0
             for m in self.methods:
                 metrics.update(m.on_epoch_end(self.epoch, metrics, self))
-            improved = metrics["val_loss"] < self.best_val_loss - 1e-6
+            # an epoch a method rules out (e.g. before ISNet's P schedule reaches its final P) can neither be
+            # the best checkpoint nor count towards early stopping
+            selectable = all(m.selectable(self.epoch) for m in self.methods)
+            improved = selectable and metrics["val_loss"] < self.best_val_loss - 1e-6
             if improved:
                 self.best_val_loss, self.best_epoch, self.bad_epochs = metrics["val_loss"], self.epoch, 0
-            else:
+            elif selectable:
                 self.bad_epochs += 1
             self.history.append({"epoch": float(self.epoch), **metrics})
             self.tracker.log_metrics(metrics, step=self.epoch)
