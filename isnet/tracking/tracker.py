@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-import mlflow
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.context.registry import resolve_tags
 
 from isnet.config.load import flatten
 from isnet.tracking import buffer
@@ -52,9 +52,6 @@ class Tracker:
         _prepare_local_store(self.uri)
         if run_name is not None:
             run_name = clean_name(run_name, MAX_RUN_NAME_LENGTH) or None
-        # the fluent run and the client calls must use one store: the absolute path (a relative SQLite URI
-        # would be resolved against whatever the working directory is when a connection opens)
-        mlflow.set_tracking_uri(self.store_uri)
         with _StoreLock(self.store_uri):
             client = MlflowClient(self.store_uri)
             try:
@@ -66,14 +63,14 @@ class Tracker:
                     raise UserError(f"MLflow tracking server {self.uri} is unreachable; start it (README, "
                                     f"'Scaling out') or unset MLFLOW_TRACKING_URI to use the local store") from None
                 raise
-            if run_id is not None:
-                run = with_lock_retry(lambda: mlflow.start_run(run_id=run_id))
+            if run_id is not None:  # a resumed run is running again
+                with_lock_retry(lambda: client.update_run(run_id, status="RUNNING"))
             else:
-                run = with_lock_retry(lambda: mlflow.start_run(
-                    experiment_id=exp_id, run_name=run_name, nested=parent_run_id is not None,
-                    tags={"mlflow.parentRunId": parent_run_id} if parent_run_id else None))
+                # the tags MLflow's own start_run adds (user, source), and the parent of a nested run
+                tags = resolve_tags({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})
+                run_id = with_lock_retry(lambda: client.create_run(exp_id, run_name=run_name, tags=tags)).info.run_id
         self._client = client
-        self.run_id = run.info.run_id
+        self.run_id = run_id
         return self.run_id
 
     @classmethod
@@ -130,35 +127,11 @@ class Tracker:
     def end(self, status: str = "FINISHED") -> None:
         if not self.enabled or self.run_id is None:
             return
-        active = mlflow.active_run()
-        try:
-            self._record({"op": "terminate", "status": status})
-        finally:  # never leave the fluent run active (the next run in this process would fail to start)
-            if active is not None and active.info.run_id == self.run_id:
-                self._leave_fluent_run(status)
+        self._record({"op": "terminate", "status": status})
         if self._buffered:
             print(f"warning: MLflow server {self.uri} still unreachable; run {self.run_id}'s remaining records "
                   f"are kept in {self._buffer()} — send them with `isnet tracking sync {self._buffer()}` "
                   f"once the server is back", file=sys.stderr, flush=True)
-
-    def _leave_fluent_run(self, status: str) -> None:
-        """Pop the fluent active run; while offline without the server call ``mlflow.end_run`` would make
-        (the status is already sent or buffered)."""
-        if not self._buffered:
-            try:
-                mlflow.end_run(status=status)
-                return
-            except Exception:  # the status record above already said what went wrong; pop the stack anyway
-                pass
-        try:
-            from mlflow.tracking import fluent
-
-            fluent._active_run_stack.get().pop()
-        except Exception:  # MLflow internals changed: end_run pops before it calls the server
-            try:
-                mlflow.end_run(status=status)
-            except Exception:
-                pass
 
     # -- resilient records ----------------------------------------------------------------------------
     def _buffer(self) -> Path:
@@ -304,5 +277,9 @@ class Tracker:
         import mlflow.pytorch
 
         reqs = [f"{k}=={v}" for k, v in package_versions().items() if k in ("torch", "torchvision") and v != "not installed"]
-        mlflow.pytorch.log_model(model, name=name, pip_requirements=reqs, input_example=input_example)
+        # MLflow's model logging works only on its fluent "active run": this run is made active for the call
+        # and nothing else (every other record goes through the client); the run's status is set by end()
+        mlflow.set_tracking_uri(self.store_uri)
+        with mlflow.start_run(run_id=self.run_id, nested=mlflow.active_run() is not None):
+            mlflow.pytorch.log_model(model, name=name, pip_requirements=reqs, input_example=input_example)
         return True
