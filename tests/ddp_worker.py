@@ -2,7 +2,8 @@
 
 ``python tests/ddp_worker.py MANIFEST OUT.pt SPECS`` trains in one process on the global batch; under
 ``torchrun --nproc_per_node=N`` each rank takes its contiguous 1/N of the same batch and trains through
-DDP (gloo). Rank 0 (or the single process) saves the final weights and per-step losses to OUT.pt.
+DDP (gloo). Rank 0 (or the single process) saves the final weights and per-step losses to OUT.pt, and what
+each rank's Trainer built: its training records, how many of them it cached, whether it has validation data.
 One process also trains on the first half of each batch only (a reference that must *not* match).
 SPECS are "+"-separated method lists, e.g. ``isnet+standard+isnet:bn`` (":bn": small_cnn with BatchNorm).
 """
@@ -69,9 +70,11 @@ def run(manifest_path: str, spec: str, ctx, half: bool = False) -> dict | None:
         model = build_classifier("small_cnn", len(cfg.data.classes), width=4)
     else:  # no BatchNorm: DDP on N shards must equal one process on the global batch
         model = bn_free_cnn(len(cfg.data.classes))
-    trainer = Trainer(cfg, manifest, model, ms, Tracker(enabled=False), torch.device("cpu"), "unused")
+    trainer = Trainer(cfg, manifest, model, ms, Tracker(enabled=False), torch.device("cpu"), "unused", dist=ctx)
     if ctx is not None:
         distribute_trainer(trainer, ctx)
+    data = {"train_rows": [r["row"] for r in trainer.train_ds.records], "cached": trainer.train_ds.cached_count(),
+            "all_train_rows": [r["row"] for r in manifest.records("train")], "has_val": trainer.val_ds is not None}
     for m in ms:  # as Trainer.fit does before the first epoch (SGDrop installs its hook here)
         m.on_fit_start(trainer)
     trainer.model.train()
@@ -85,10 +88,12 @@ def run(manifest_path: str, spec: str, ctx, half: bool = False) -> dict | None:
         losses.append(trainer.train_step(batch))
     state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
     if ctx is None:
-        return {"model": state, "losses": losses}
+        return {"model": state, "losses": losses, "data": data}
     states = [None] * ctx.world_size  # every rank's weights: they must agree (DDP averaged the gradients)
     torch.distributed.all_gather_object(states, state)
-    return {"model": state, "losses": losses, "ranks": states}
+    datas = [None] * ctx.world_size  # what each rank built and cached
+    torch.distributed.all_gather_object(datas, data)
+    return {"model": state, "losses": losses, "ranks": states, "data": datas}
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ def test_bench_cli_tiny_every_row_has_numbers(tmp_path) -> None:
                      "--warmup", "0", "--repeats", "1", "--memory", "shared", "--cases", "all", "--manifest", str(manifest),
                      "--threads", "1", "--out", str(out)], cwd=tmp_path, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "isnet-original" in res.stdout and "loader cached epoch" in res.stdout
+    assert "isnet-original" in res.stdout and "memory: later epochs" in res.stdout
     data = json.loads(out.read_text())
     rows = data["train_step"]["rows"]
     cases = {r["case"] for r in rows}
@@ -41,12 +41,40 @@ def test_bench_cli_tiny_every_row_has_numbers(tmp_path) -> None:
     std = next(r for r in rows if r["case"] == "standard")
     assert std["time_ratio"] == 1.0
     loader = data["loader"]["rows"]
-    assert {r["case"] for r in loader} >= {"loader first epoch (cache fill)", "loader cached epoch",
-                                           "loader without cache", "train step: standard"}
+    assert {r["case"] for r in loader} >= {"memory: first epoch (cache fill)", "memory: later epochs",
+                                           "disk: first epoch (cache fill)", "none: every epoch",
+                                           "train step: standard"}
     for r in loader:
         assert _finite(r["images_per_s"]) and r["images_per_s"] > 0 and _finite(r["ratio_to_standard_step"])
     assert data["machine"]["cores"] and data["machine"]["versions"]["torch"]
     assert data["targets"] and all(t["value"] is not None for t in data["targets"])
+
+
+@pytest.mark.slow  # four fresh processes (one per cache mode, and a second disk run): about 2 min on 2 busy cores
+def test_bench_loader_suite_measures_every_cache_mode(tmp_path) -> None:
+    """``--suite loader``: rows for memory and disk (first and later epochs), a new run over the filled disk
+    cache, and none; each with images/s, time to the first batch and peak RSS; the disk cache is removed."""
+    manifest = make_toy_set(tmp_path / "toy", n_per_class=6, size=48)
+    out = tmp_path / "bench.json"
+    res = run_isnet(["bench", "--suite", "loader", "--backbones", "small_cnn", "--sizes", "32", "--batch", "4",
+                     "--warmup", "0", "--repeats", "1", "--manifest", str(manifest), "--threads", "1",
+                     "--cache-dtype", "uint8", "--cache-dir", str(tmp_path / "bench-cache"), "--out", str(out)],
+                    cwd=tmp_path, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    data = json.loads(out.read_text())
+    rows = {r["case"]: r for r in data["loader"]["rows"]}
+    assert set(rows) == {"memory: first epoch (cache fill)", "memory: later epochs", "disk: first epoch (cache fill)",
+                         "disk: later epochs", "disk: new run, filled cache", "none: every epoch",
+                         "train step: standard", "train step: isnet-stochastic"}
+    n = data["loader"]["settings"]["images"]
+    assert n > 0 and data["loader"]["settings"]["cache_dtype"] == "uint8"
+    for name, r in rows.items():
+        assert _finite(r["images_per_s"]) and r["images_per_s"] > 0, name
+        if not name.startswith("train step"):
+            assert r["images"] == n and r["first_batch_s"] > 0 and r["peak_rss_mb"] is not None, name
+    assert rows["memory: later epochs"]["cached"] == n and rows["disk: new run, filled cache"]["cached"] == n
+    assert rows["none: every epoch"]["cached"] == 0
+    assert list((tmp_path / "bench-cache").iterdir()) == []  # the disk cache it wrote is gone
 
 
 def test_bench_cli_rejects_bad_input(tmp_path) -> None:
@@ -54,6 +82,8 @@ def test_bench_cli_rejects_bad_input(tmp_path) -> None:
     assert res.returncode == 2 and "alexnet" in res.stderr and "Traceback" not in res.stderr
     res = run_isnet(["bench", "--suite", "loader", "--manifest", str(tmp_path / "nope.csv")], cwd=tmp_path)
     assert res.returncode == 2 and "nope.csv" in res.stderr
+    res = run_isnet(["bench", "--suite", "loader", "--cache-modes", "memory,ram"], cwd=tmp_path)
+    assert res.returncode == 2 and "ram" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_time_interleaved_repeats_and_drops_failing_case() -> None:

@@ -59,6 +59,25 @@ def test_ddp_matches_single_process_on_the_global_batch(ddp_results, method):
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in ddp[method]["losses"])
 
 
+def test_each_rank_caches_only_its_half_of_the_training_records(ddp_results):
+    """Shards are decided before the data sets are built: each rank's memory cache holds its own half of the
+    training split (ceil(n/2) records: DistributedSampler's padding), the halves cover the split, and only
+    rank 0 builds validation data."""
+    single, ddp = ddp_results
+    one = single["standard"]["data"]
+    assert one["cached"] == len(one["all_train_rows"]) == len(one["train_rows"]) and one["has_val"]
+    ranks = ddp["standard"]["data"]
+    everything = ranks[0]["all_train_rows"]
+    half = -(-len(everything) // 2)
+    assert len(everything) >= 4
+    for r in ranks:
+        assert len(r["train_rows"]) == half and r["cached"] == half, r
+    assert set(ranks[0]["train_rows"]) | set(ranks[1]["train_rows"]) == set(everything)
+    if len(everything) % 2 == 0:
+        assert not set(ranks[0]["train_rows"]) & set(ranks[1]["train_rows"])
+    assert [r["has_val"] for r in ranks] == [True, False]
+
+
 def test_ddp_with_batchnorm_keeps_ranks_identical(ddp_results):
     """small_cnn has BatchNorm: statistics are per rank (SyncBatchNorm is GPU-only), yet the averaged
     gradients (second-order ISNet terms included) keep every rank's weights identical."""

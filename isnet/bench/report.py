@@ -71,8 +71,8 @@ def evaluate_targets(train_rows: list[dict], loader_rows: list[dict] | None = No
             met = None if value is None else (value <= lim if op == "<=" else value >= lim)
             out.append({"where": f"{backbone} {size}px", "target": d, "value": value, "met": met})
     if loader_rows:
-        cached = next((r for r in loader_rows if r["case"] == "loader cached epoch"), None)
-        if cached:
+        cached = next((r for r in loader_rows if r["case"] == "memory: later epochs"), None)
+        if cached and cached.get("ratio_to_standard_step") is not None:
             v = cached["ratio_to_standard_step"]
             out.append({"where": "loader", "target": "cached loader >= 3x the standard step's images/s",
                         "value": v, "met": v >= 3.0})
@@ -97,11 +97,15 @@ def train_table(rows: list[dict]) -> str:
 
 
 def loader_table(rows: list[dict]) -> str:
-    head = f"{'case':<36}{'median s':>10}{'images':>8}{'img/s':>10}{'x std step':>12}"
+    head = (f"{'case':<36}{'median s':>10}{'images':>8}{'img/s':>10}{'x std step':>12}{'1st batch s':>13}"
+            f"{'peak RSS MB':>13}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['case']:<36}{_f(r['median_s'], '.3f'):>10}{r['images']:>8}"
-                     f"{_f(r['images_per_s'], '.1f'):>10}{_f(r.get('ratio_to_standard_step'), '.2f'):>12}")
+        lines.append(f"{r['case']:<36}{_f(r['median_s'], '.3f'):>10}{_f(r['images'], 'd'):>8}"
+                     f"{_f(r['images_per_s'], '.1f'):>10}{_f(r.get('ratio_to_standard_step'), '.2f'):>12}"
+                     f"{_f(r.get('first_batch_s'), '.3f'):>13}{_f(r.get('peak_rss_mb'), '.0f'):>13}")
+        if r.get("error"):
+            lines.append(f"  error: {r['error']}")
     return "\n".join(lines)
 
 
@@ -132,8 +136,9 @@ def render(result: dict) -> str:
     ld = result.get("loader")
     if ld:
         s = ld["settings"]
-        title = (f"Loader ({s['images']} images of {s['manifest']}, {s['size']} px, batch {s['batch']}, "
-                 f"{s['num_workers']} workers; step: {s['backbone']}):")
+        title = (f"Loader ({s['images']} training images of {s['manifest']}, {s['size']} px, batch {s['batch']}, "
+                 f"{s['num_workers']} workers, cache dtype {s.get('cache_dtype', '?')}, one fresh process per "
+                 f"cache mode; peak RSS above the process baseline, main process only; step: {s['backbone']}):")
         parts += ["", title, loader_table(ld["rows"])]
     if result.get("targets"):
         parts += ["", "Targets:", targets_table(result["targets"])]

@@ -1,8 +1,8 @@
-"""The two suites: training-step cost per method, and data-loader throughput against the training step."""
+"""The two suites: training-step cost per method, and data-loader throughput (per data cache) against the
+training step."""
 from __future__ import annotations
 
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -98,52 +98,76 @@ def phantom_manifest(folder: Path, per_class: int = 8, size: int = 256) -> Path:
     return generate_dataset(folder, sites=1, per_class=per_class, seed=0, size=size)
 
 
+#: the cache modes of the loader suite, in the order they run
+CACHE_MODES = ("memory", "disk", "none")
+
+
+def _loader_process(request: dict, threads: int, timeout: float, log: Log) -> list[dict]:
+    """One cache mode measured in a fresh process (:mod:`isnet.bench.loader`)."""
+    import json
+    import subprocess
+    import sys
+
+    from isnet.bench.memory import _env
+
+    proc = subprocess.run([sys.executable, "-m", "isnet.bench.loader", json.dumps(request)], capture_output=True,
+                          text=True, timeout=timeout, env=_env(threads), check=False)
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not rows:
+        tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1][:300]
+        log(f"[bench] loader, data.cache={request['cache']}: failed ({tail})")
+        return [{"case": f"{request['cache']}: {request.get('label') or 'failed'}", "error": tail, "seconds": [],
+                 "images": None}]
+    return rows
+
+
 def loader_suite(manifest: Path | None, *, size: int, batch: int, backbone: str, device: str = "cpu",
                  epochs: int = 3, warmup: int = 1, repeats: int = 3, threads: int | None = None,
-                 classes: list[str] | None = None, log: Log = _quiet) -> dict:
-    """Images/s of the training loader: first epoch (decode + normalise + resize into the cache, then
-    augmentation), cached epochs, and without cache; against the images/s of the standard and ISNet steps."""
-    from isnet.bench.steps import train_config
-    from isnet.data.dataset import build_dataset, build_loader
-    from isnet.data.manifest import load_manifest
+                 classes: list[str] | None = None, cache_dtype: str = "auto", modes: list[str] | None = None,
+                 num_workers: int = 0, cache_dir: Path | None = None, timeout: float = 7200,
+                 log: Log = _quiet) -> dict:
+    """Images/s of the training loader under each data cache (``data.cache`` memory, disk, none), each in a
+    fresh process: memory and disk, the first epoch (decode + normalise + resize into the cache, then
+    augmentation) and the later epochs; disk also a new run over the filled folder (what a second training run
+    sees); none, one epoch. Per row: median seconds, images/s, time to the first batch and the peak resident
+    memory above the process baseline. Against the images/s of the standard and ISNet steps.
 
+    The disk cache is written to a fresh folder inside ``cache_dir`` (default: a temporary folder in the working
+    directory, so on the same disk as a run's ``cache/`` would be), removed afterwards."""
     threads = threads or torch.get_num_threads()
+    modes = list(modes or CACHE_MODES)
+    unknown = [m for m in modes if m not in CACHE_MODES]
+    if unknown:
+        raise ValueError(f"unknown cache mode(s) {unknown}; choose from {', '.join(CACHE_MODES)}")
     tmp = None
     if manifest is None:
         tmp = tempfile.TemporaryDirectory(prefix="isnet-bench-")
         log("[bench] no --manifest: generating a small phantom set (1 site x 3 classes x 8 images, 256 px)")
         manifest = phantom_manifest(Path(tmp.name) / "phantom")
+    if cache_dir is not None:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    disk_tmp = tempfile.TemporaryDirectory(prefix=".isnet-bench-cache-", dir=str(cache_dir or Path.cwd()))
     try:
-        cfg = train_config(Spec(backbone, size, batch, device), ["standard"])
-        cfg.data.classes = list(classes or CLASSES)
-        man = load_manifest(manifest, cfg.data.classes)
-        records = man.records("train")
-        n = len(records)
-        rows = []
-
-        def epoch(loader) -> float:
-            t0 = time.perf_counter()
-            seen = 0
-            for b in loader:
-                seen += len(b["label"])
-            assert seen == n
-            return time.perf_counter() - t0
-
-        log(f"[bench] loader: {n} training images of {manifest}, {size} px, batch {batch}")
-        t0 = time.perf_counter()
-        ds = build_dataset(records, cfg.data, train=True)  # CacheDataset fills its cache here
-        loader = build_loader(ds, cfg.data, shuffle=True, generator=torch.Generator().manual_seed(0))
-        first = time.perf_counter() - t0 + epoch(loader)
-        rows.append({"case": "loader first epoch (cache fill)", "seconds": [first], "images": n})
-        cached = [epoch(loader) for _ in range(max(1, epochs - 1))]
-        rows.append({"case": "loader cached epoch", "seconds": cached, "images": n})
-        cfg.data.cache = "none"
-        plain = build_loader(build_dataset(records, cfg.data, train=True), cfg.data, shuffle=True,
-                             generator=torch.Generator().manual_seed(0))
-        rows.append({"case": "loader without cache", "seconds": [epoch(plain)], "images": n})
+        classes = list(classes or CLASSES)
+        request = {"manifest": str(manifest), "classes": classes, "size": size, "batch": batch, "epochs": epochs,
+                   "cache_dtype": cache_dtype, "num_workers": num_workers, "threads": threads,
+                   "cache_dir": disk_tmp.name, "label": None}
+        rows: list[dict] = []
+        for mode in modes:
+            log(f"[bench] loader, data.cache={mode} (cache dtype {cache_dtype}): a fresh process, "
+                f"{epochs if mode != 'none' else 1} epoch(s) of {manifest}, {size} px, batch {batch}")
+            rows += _loader_process({**request, "cache": mode}, threads, timeout, log)
+            if mode == "disk":
+                log("[bench] loader, data.cache=disk: a new process over the filled cache folder")
+                rows += _loader_process({**request, "cache": mode, "label": "new run, filled cache"}, threads,
+                                        timeout, log)
         for r in rows:
-            s = sorted(r["seconds"])[len(r["seconds"]) // 2]
-            r.update(median_s=s, images_per_s=n / s)
+            if r["seconds"]:
+                s = sorted(r["seconds"])[len(r["seconds"]) // 2]
+                r.update(median_s=s, images_per_s=r["images"] / s)
+            else:
+                r.update(median_s=None, images_per_s=None)
+        n = next((r["images"] for r in rows if r.get("images")), 0)
         log(f"[bench] loader: training steps at {backbone} {size}px batch {batch} for comparison")
         spec = Spec(backbone=backbone, size=size, batch=batch, device=device)
         steps = {name: build_case(name, spec) for name in ("standard", "isnet-stochastic")}
@@ -153,10 +177,13 @@ def loader_suite(manifest: Path | None, *, size: int, batch: int, backbone: str,
                          "median_s": t.median, "images_per_s": batch / t.median})
         step_ips = batch / timings["standard"].median
         for r in rows:
-            r["ratio_to_standard_step"] = r["images_per_s"] / step_ips
+            r["ratio_to_standard_step"] = None if r["images_per_s"] is None else r["images_per_s"] / step_ips
         return {"rows": rows, "settings": {"manifest": str(manifest) if tmp is None else "generated phantom set",
                                            "images": n, "size": size, "batch": batch, "backbone": backbone,
-                                           "num_workers": cfg.data.num_workers, "threads": threads}}
+                                           "num_workers": num_workers, "threads": threads,
+                                           "cache_dtype": cache_dtype, "modes": modes, "epochs": epochs,
+                                           "cache_dir": str(Path(disk_tmp.name).parent)}}
     finally:
+        disk_tmp.cleanup()
         if tmp is not None:
             tmp.cleanup()

@@ -10,6 +10,8 @@ from isnet.config.schema import BACKBONES
 from isnet.errors import UserError
 
 SUITES = ("train-step", "loader", "all")
+#: data.cache modes the loader suite measures (isnet.bench.suites.CACHE_MODES)
+CACHE_MODES = ("memory", "disk", "none")
 
 
 def _csv(kind):
@@ -39,6 +41,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--manifest", type=Path, default=None,
                    help="loader suite: manifest to load (default: a small generated phantom set)")
     p.add_argument("--classes", type=_csv(str), default=None, help="loader suite: class names of the manifest")
+    p.add_argument("--cache-dtype", choices=("auto", "uint8", "uint16", "float16", "float32"), default="auto",
+                   help="loader suite: data.cache_dtype of the memory and disk caches (default auto)")
+    p.add_argument("--cache-modes", type=_csv(str), default=None,
+                   help="loader suite: comma-separated data.cache modes to measure (default memory,disk,none)")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="loader suite: where the disk cache is written (a fresh subfolder, removed afterwards; "
+                        "default: the working directory)")
+    p.add_argument("--loader-epochs", type=int, default=3,
+                   help="loader suite: epochs per cached mode, the first one filling the cache (default 3)")
+    p.add_argument("--num-workers", type=int, default=0, help="loader suite: DataLoader workers (default 0)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
@@ -46,11 +58,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    import torch
-
-    from isnet.bench.report import evaluate_targets, machine_info, render, write_json
-    from isnet.bench.suites import loader_suite, train_step_suite
-
     for b in args.backbones:
         if b not in BACKBONES:
             raise UserError(f"--backbones: unknown backbone {b!r}; choose from {', '.join(BACKBONES)}")
@@ -60,6 +67,16 @@ def _run_bench(args: argparse.Namespace) -> int:
         raise UserError("--batch and --repeats must be >= 1 and --warmup >= 0")
     if args.manifest is not None and not args.manifest.is_file():
         raise UserError(f"--manifest: no such file {args.manifest}")
+    bad_modes = [m for m in (args.cache_modes or []) if m not in CACHE_MODES]
+    if bad_modes or args.cache_modes == []:
+        raise UserError(f"--cache-modes: unknown data.cache mode(s) {bad_modes}; choose from {', '.join(CACHE_MODES)}")
+    if args.loader_epochs < 1 or args.num_workers < 0:
+        raise UserError("--loader-epochs must be >= 1 and --num-workers >= 0")
+    import torch  # after the checks: importing the suites (MONAI, torchvision) takes seconds
+
+    from isnet.bench.report import evaluate_targets, machine_info, render, write_json
+    from isnet.bench.suites import loader_suite, train_step_suite
+
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -80,9 +97,15 @@ def _run_bench(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UserError(str(exc)) from None
     if args.suite in ("loader", "all"):
-        result["loader"] = loader_suite(args.manifest, size=args.sizes[0], batch=args.batch,
-                                        backbone=args.backbones[0], device=device, warmup=args.warmup,
-                                        repeats=args.repeats, threads=args.threads, classes=args.classes, log=log)
+        try:
+            result["loader"] = loader_suite(args.manifest, size=args.sizes[0], batch=args.batch,
+                                            backbone=args.backbones[0], device=device, warmup=args.warmup,
+                                            repeats=args.repeats, threads=args.threads, classes=args.classes,
+                                            cache_dtype=args.cache_dtype, modes=args.cache_modes,
+                                            num_workers=args.num_workers, cache_dir=args.cache_dir,
+                                            epochs=args.loader_epochs, log=log)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
     result["machine_after"] = {"load_avg": machine_info()["load_avg"]}
     result["targets"] = evaluate_targets(result.get("train_step", {}).get("rows", []),
                                          result.get("loader", {}).get("rows"))

@@ -58,7 +58,29 @@ class DataConfig(_Strict):
     image_size: int = Field(128, ge=16, le=2048)
     batch_size: int = Field(32, ge=1)
     num_workers: int = Field(0, ge=0)
-    cache: Literal["memory", "none"] = "memory"
+    cache: Literal["memory", "disk", "none"] = Field(
+        "memory", description="where the deterministic part of the pipeline (load, percentile scaling, crop, "
+                              "resize/pad) is kept after the first decode. 'memory': MONAI CacheDataset, filled "
+                              "before training (data.cache_rate / data.cache_max_gb cache a part); 'disk': MONAI "
+                              "PersistentDataset under data.cache_dir/<key of the settings>, filled during the "
+                              "first epoch and reused by later runs; 'none': decode every image every epoch")
+    cache_dir: str = Field(
+        "cache", description="data.cache=disk: the folder of the disk caches (relative to the working directory); "
+                             "each combination of the settings that change the cached images gets its own "
+                             "subfolder, logged as the run's data.cache_folder param")
+    cache_dtype: Literal["auto", "uint8", "uint16", "float16", "float32"] = Field(
+        "auto", description="dtype of the cached [0, 1] image (memory and disk caches), converted back to float32 "
+                            "right after the cache, before augmentation. uint8/uint16: 256/65536 levels (error at "
+                            "most half a level: 1/510, 1/131070); float16: relative error 2^-11; float32: as "
+                            "computed. 'auto': uint8 for 8-bit sources, uint16 for 9-16-bit sources, float16 when "
+                            "the file does not say. Masks are cached as uint8 (exact) unless float32")
+    cache_rate: float = Field(1.0, gt=0, le=1, description="data.cache=memory: fraction of each split's images "
+                                                           "kept in memory (MONAI CacheDataset's cache_rate); the "
+                                                           "others are decoded every epoch")
+    cache_max_gb: Optional[float] = Field(
+        None, gt=0, description="data.cache=memory: at most this many GiB of cached images per process (training "
+                                "and validation together), turned into a cache rate from the measured size of one "
+                                "cached image; the smaller of this and data.cache_rate applies")
     split_seed: int = 0
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     lower_percentile: float = Field(0.5, ge=0, lt=50)
@@ -85,6 +107,13 @@ class DataConfig(_Strict):
         if len(v) < 2 or len(set(v)) != len(v):
             raise ValueError("needs at least two distinct class names")
         return v
+
+    @model_validator(mode="after")
+    def _cache_options_fit(self) -> "DataConfig":
+        if self.cache != "memory" and (self.cache_rate != 1.0 or self.cache_max_gb is not None):
+            raise ValueError(f"data.cache_rate and data.cache_max_gb apply to data.cache=memory, not "
+                             f"data.cache={self.cache}")
+        return self
 
     @field_validator("split_fractions")
     @classmethod

@@ -97,18 +97,38 @@ def _pil_to_gray(img: Image.Image) -> np.ndarray:
 
 def read_image(path: str | Path) -> np.ndarray:
     """A 2-D float32 array (H, W), larger values = more attenuation (as displayed in MONOCHROME2)."""
+    return read_image_bits(path)[0]
+
+
+#: PIL modes whose samples are 8 bits (colour modes are read as 8-bit grey) and 16 bits
+_PIL_8BIT = {"1", "L", "P", "LA", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+_PIL_16BIT = {"I;16", "I;16B", "I;16L", "I;16N"}
+
+
+def _bits_class(bits: int | None) -> int | None:
+    """8 or 16 when the source's samples fit 8 or 16 bits, None when unknown or wider."""
+    if bits is None or bits <= 0:
+        return None
+    return 8 if bits <= 8 else 16 if bits <= 16 else None
+
+
+def read_image_bits(path: str | Path) -> tuple[np.ndarray, int | None]:
+    """:func:`read_image` and the bit depth of the source's samples: 8 (8-bit PNG/JPEG/BMP/GIF, DICOM with
+    BitsStored <= 8), 16 (16-bit PNG/TIFF, DICOM with BitsStored 9-16) or None when the file does not say
+    (32-bit integer or float TIFF). ``data.cache_dtype: auto`` stores the cached image with that depth."""
     p = Path(path)
     if is_dicom(p):
         from isnet.data.dicom import read_dicom
 
-        pixels, _ = read_dicom(p)
-        return pixels.astype(np.float32, copy=False)
+        pixels, info = read_dicom(p)
+        return pixels.astype(np.float32, copy=False), _bits_class(int(info.get("bits_stored") or 0))
     with Image.open(p) as img:
         img.load()  # decode now: a truncated file raises here ("image file is truncated")
+        mode = img.mode
         arr = _pil_to_gray(img)
     if arr.ndim != 2:
         raise ValueError(f"{p}: expected a single 2-D image, got shape {arr.shape}")
-    return arr
+    return arr, 8 if mode in _PIL_8BIT else 16 if mode in _PIL_16BIT else None
 
 
 def read_mask(path: str | Path) -> np.ndarray:

@@ -2,7 +2,9 @@
 
 Geometry (centre crop, resize, pad, affine augmentation) is applied to image and mask together so the lung
 mask stays aligned with the pixels it describes; intensity changes touch the image only. The deterministic
-prefix (load → normalise → crop → resize) is what ``CacheDataset`` keeps in memory.
+prefix (load → normalise → crop → resize, :func:`cache_transforms`) is what the memory or disk cache keeps,
+stored in ``data.cache_dtype`` by :class:`ToCacheDtyped` and turned back into float32 by
+:class:`FromCacheDtyped` at the start of :func:`after_cache_transforms` (augmentation, masking, intensity).
 
 Every step works on the [0, 1] image (percentile scaling, padding and affine fill with black, bias
 injection, gamma, masked input); ``data.intensity: xrv`` maps the result to torchxrayvision's [-1024, 1024]
@@ -48,7 +50,7 @@ class LoadXrayd(MapTransform):
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         try:
-            img = io.read_image(str(d[self.image_key]))
+            img, bits = io.read_image_bits(str(d[self.image_key]))
         except Exception as exc:
             where = f" (manifest row {d['row']})" if "row" in d else ""
             raise RuntimeError(f"cannot read image {d[self.image_key]}{where}: {exc}") from exc
@@ -61,6 +63,83 @@ class LoadXrayd(MapTransform):
             d["has_mask"] = 0
         d[self.image_key] = img[None]
         d[self.mask_key] = mask[None]
+        d[SOURCE_BITS] = bits or 0  # 8, 16 or 0 (unknown): what data.cache_dtype=auto stores the image in
+        return d
+
+
+#: key LoadXrayd adds: the bit depth of the source image (8, 16, or 0 when the file does not say)
+SOURCE_BITS = "source_bits"
+#: levels of the integer cache dtypes: the [0, 1] image is stored as round(x * top)
+_INT_TOP = {torch.uint8: 255.0, torch.uint16: 65535.0}
+_TORCH_DTYPES = {"uint8": torch.uint8, "uint16": torch.uint16, "float16": torch.float16, "float32": torch.float32}
+
+
+def _plain_tensor(x) -> torch.Tensor:
+    t = torch.as_tensor(x)
+    return t.as_tensor() if hasattr(t, "as_tensor") else t  # MetaTensor → its plain tensor (no meta in the cache)
+
+
+class ToCacheDtyped(MapTransform):
+    """Store the [0, 1] image in ``dtype`` and the 0/1 masks as uint8, as plain tensors, for the cache.
+
+    ``uint8``/``uint16`` quantise to 256/65536 levels (``round(x * 255)``: at most half a level off, 1/510 or
+    1/131070); ``float16`` rounds to half precision; ``float32`` keeps the values. ``auto`` takes the source's
+    bit depth (``source_bits`` from :class:`LoadXrayd`): uint8 for 8-bit sources, uint16 up to 16 bits,
+    float16 when unknown. An image outside [0, 1] (a transform inserted before the cache that leaves the
+    range) is kept in float32 rather than clipped. Inverse: :class:`FromCacheDtyped`.
+    """
+
+    def __init__(self, dtype: str = "auto", image_keys: Sequence[str] = ("image",), mask_keys: Sequence[str] = ("mask",)):
+        super().__init__(keys=[*image_keys, *mask_keys], allow_missing_keys=True)
+        if dtype != "auto" and dtype not in _TORCH_DTYPES:
+            raise ValueError(f"unknown cache dtype {dtype!r}; one of auto, {', '.join(_TORCH_DTYPES)}")
+        self.dtype, self.image_keys, self.mask_keys = dtype, tuple(image_keys), tuple(mask_keys)
+
+    def image_dtype(self, bits: int) -> torch.dtype:
+        if self.dtype != "auto":
+            return _TORCH_DTYPES[self.dtype]
+        return torch.uint8 if bits == 8 else torch.uint16 if bits == 16 else torch.float16
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        want = self.image_dtype(int(d.pop(SOURCE_BITS, 0) or 0))
+        for k in self.image_keys:
+            if k not in d:
+                continue
+            x = _plain_tensor(d[k]).to(torch.float32)
+            if want in _INT_TOP:
+                lo, hi = (float(x.min()), float(x.max())) if x.numel() else (0.0, 0.0)
+                if lo < -1e-6 or hi > 1 + 1e-6:
+                    d[k] = x  # not a [0, 1] image: quantising would clip it
+                    continue
+                top = _INT_TOP[want]
+                d[k] = torch.round(x.clamp(0.0, 1.0) * top).to(want)
+            else:
+                d[k] = x.to(want)
+        for k in self.mask_keys:
+            if k in d:
+                m = _plain_tensor(d[k])
+                d[k] = m.to(torch.float32) if self.dtype == "float32" else (m > 0.5).to(torch.uint8)
+        return d
+
+
+class FromCacheDtyped(MapTransform):
+    """The inverse of :class:`ToCacheDtyped`: float32 image (uint8/uint16 divided by 255/65535) and masks."""
+
+    def __init__(self, image_keys: Sequence[str] = ("image",), mask_keys: Sequence[str] = ("mask",)):
+        super().__init__(keys=[*image_keys, *mask_keys], allow_missing_keys=True)
+        self.image_keys, self.mask_keys = tuple(image_keys), tuple(mask_keys)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for k in self.image_keys:
+            if k in d:
+                x = torch.as_tensor(d[k])
+                top = _INT_TOP.get(x.dtype)
+                d[k] = x.to(torch.float32) / top if top else x.to(torch.float32)
+        for k in self.mask_keys:
+            if k in d:
+                d[k] = torch.as_tensor(d[k]).to(torch.float32)
         return d
 
 
@@ -158,15 +237,38 @@ class MaskInputd(MapTransform):
         return d
 
 
-def build_transforms(cfg: DataConfig, train: bool, extra: Sequence = ()) -> Compose:
-    """``extra`` transforms run right after resize/pad, before augmentation (e.g. the stress test's bias
-    injection); deterministic ones are cached with the prefix by ``CacheDataset``."""
-    steps = base_transforms(cfg) + list(extra)
-    if train:
-        steps += augment_transforms(cfg)
+def _final_transforms(cfg: DataConfig, train: bool) -> list:
+    """Augmentation (training), float32 tensors, masked input, the intensity convention."""
+    steps = augment_transforms(cfg) if train else []
     steps.append(EnsureTyped(keys=["image", "mask"], dtype=torch.float32, track_meta=False))
     if cfg.input_mask is not None:  # masked-input models: train, val, test and explain alike
         steps.append(MaskInputd(cfg.input_mask))
     if cfg.intensity == "xrv":  # last, so everything above (fills, biases, masking) works in [0, 1]
         steps.append(xrv_intensity())
-    return Compose(steps)
+    return steps
+
+
+def build_transforms(cfg: DataConfig, train: bool, extra: Sequence = ()) -> Compose:
+    """The whole pipeline without a cache (``data.cache: none``), in float32 throughout. ``extra``
+    transforms run right after resize/pad, before augmentation (e.g. the stress test's bias injection)."""
+    return Compose(base_transforms(cfg) + list(extra) + _final_transforms(cfg, train))
+
+
+def cache_transforms(cfg: DataConfig, extra: Sequence = ()) -> Compose:
+    """What a cache keeps: the deterministic prefix (and ``extra``, when given), stored in ``data.cache_dtype``.
+    Every step is deterministic, so MONAI's caches keep the result of the whole chain."""
+    return Compose(base_transforms(cfg) + list(extra) + [ToCacheDtyped(cfg.cache_dtype)])
+
+
+def after_cache_transforms(cfg: DataConfig, train: bool, extra: Sequence = ()) -> Compose:
+    """What runs on every access of a cached item: back to float32, ``extra`` (when the cache could not keep
+    it), then augmentation, masking and the intensity convention as in :func:`build_transforms`. The image
+    the augmentation sees differs from the uncached pipeline's by the cache dtype's rounding only."""
+    return Compose([FromCacheDtyped(), *extra, *_final_transforms(cfg, train)])
+
+
+#: the settings the cached arrays depend on (everything :func:`cache_transforms` reads from the config);
+#: the disk cache's folder name is a hash of these, so that changing one starts a new cache
+CACHE_KEY_FIELDS = ("image_size", "lower_percentile", "upper_percentile", "crop", "cache_dtype")
+#: bump when the cached prefix changes in a way the settings above do not show
+CACHE_FORMAT = 1

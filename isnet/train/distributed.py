@@ -2,8 +2,12 @@
 
 ``isnet train`` started by ``torchrun --nproc_per_node=N -m isnet train ...`` (or ``isnet train --nproc N``)
 finds WORLD_SIZE/RANK/LOCAL_RANK in its environment and joins the process group (NCCL on GPUs, gloo on CPU).
-Every rank trains on its own shard of the training split (``DistributedSampler``, reshuffled per epoch from
-the run seed and the epoch number, so a resumed run sees the same order); gradients are averaged by DDP.
+Every rank trains on its own fixed shard of the training split (:func:`shard_records`: the partition
+``DistributedSampler`` gives in epoch 0, seeded by ``train.seed``), decided before any data set is built, so
+that each rank decodes and caches only its own images; the rank's loader reshuffles its shard every epoch
+from the run seed and the epoch number (a resumed run sees the same order). Unlike a ``DistributedSampler``
+the shards do not change between epochs: a cached image stays with the rank that cached it. Gradients are
+averaged by DDP.
 
 Forward through DDP when a method owns the forward. ISNet's forward is ``lrp_heatmaps(model, ...)``, which
 walks the module structure of the plain model and calls its submodules itself; it cannot take the DDP
@@ -16,7 +20,7 @@ inside the LRP forward is an ``autograd.grad`` with respect to activations only 
 accumulator fires), so the reducer sees each parameter's gradient exactly once, in the final backward of
 the total loss, second-order terms included (tests/test_distributed.py checks DDP against one process).
 
-Only rank 0 logs to MLflow, writes checkpoints, validates and tests; validation metrics are broadcast so
+Only rank 0 logs to MLflow, writes checkpoints, validates and tests (and builds validation data); validation metrics are broadcast so
 early stopping agrees on every rank. Training metrics are summed over ranks (loss × n and correct counts).
 With ``train.sync_bn`` BatchNorm layers become SyncBatchNorm (batch statistics over the global batch, also
 inside the LRP forward: see :mod:`isnet.lrp.batchnorm`).
@@ -31,11 +35,23 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DistributedSampler
 
 
 def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def shard_records(records: list, world_size: int, rank: int, seed: int) -> list:
+    """Rank ``rank``'s fixed share of ``records``: the indices ``DistributedSampler(shuffle=True, seed=seed,
+    drop_last=False)`` gives that rank in epoch 0 (a seeded permutation, padded by repeating its first
+    records so that every rank gets ceil(n / world_size) and runs the same number of steps)."""
+    if world_size <= 1:
+        return list(records)
+    sampler = DistributedSampler(range(len(records)), num_replicas=world_size, rank=rank, shuffle=True,
+                                 seed=seed, drop_last=False)
+    sampler.set_epoch(0)
+    return [records[i] for i in sampler]
 
 
 class StepForward(nn.Module):
@@ -58,6 +74,9 @@ class SingleProcess:
 
     def forward(self, fn: Callable[[nn.Module, dict], Any], model: nn.Module, batch: dict) -> Any:
         return fn(model, batch)
+
+    def shard(self, records: list, seed: int) -> list:
+        return list(records)
 
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:
         return obj
@@ -97,6 +116,10 @@ class DistContext:
     def forward(self, fn: Callable[[nn.Module, dict], Any], model: nn.Module, batch: dict) -> Any:
         """``fn(model, batch)`` through DDP's forward, so that gradients are averaged over ranks."""
         return self.ddp(fn, batch)
+
+    def shard(self, records: list, seed: int) -> list:
+        """This rank's training records (:func:`shard_records`)."""
+        return shard_records(records, self.world_size, self.rank, seed)
 
     def sync_methods(self, methods) -> None:
         """Every rank's methods start from rank 0's state (e.g. a tuned ISNet band)."""
@@ -157,7 +180,11 @@ def init_distributed(device_name: str) -> DistContext | None:
 
 
 def distribute_trainer(trainer, ctx: DistContext) -> None:
-    """Turn a constructed single-process Trainer into one rank of a data-parallel run (in place)."""
+    """Turn a Trainer built with ``dist=ctx`` (its data already this rank's shard) into one rank of a
+    data-parallel run (in place): SyncBatchNorm when asked, and DDP around the model."""
+    if trainer.dist is not ctx:
+        raise ValueError("build the Trainer with dist=ctx, so that this rank builds (and caches) only its own "
+                         "shard of the training data, then call distribute_trainer")
     cfg = trainer.cfg
     if cfg.train.sync_bn and ctx.device.type != "cuda":
         from isnet.errors import UserError
@@ -169,14 +196,6 @@ def distribute_trainer(trainer, ctx: DistContext) -> None:
         converted = nn.SyncBatchNorm.convert_sync_batchnorm(trainer.model)
         if converted is not trainer.model:
             raise ValueError("train.sync_bn: the model's root module is a BatchNorm layer")
-    sampler = DistributedSampler(trainer.train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
-                                 seed=cfg.train.seed, drop_last=False)
-    old = trainer.train_loader
-    trainer.train_loader = DataLoader(trainer.train_ds, batch_size=old.batch_size, sampler=sampler,
-                                      generator=old.generator, num_workers=old.num_workers,
-                                      collate_fn=old.collate_fn, drop_last=False,
-                                      persistent_workers=old.num_workers > 0)
     device_ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
     ctx.ddp = nn.parallel.DistributedDataParallel(StepForward(trainer.model), device_ids=device_ids,
                                                   find_unused_parameters=False)
-    trainer.dist = ctx

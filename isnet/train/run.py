@@ -157,7 +157,7 @@ def _train(cfg, manifest_path, device, ctx, *, resume, state, progress, extra_tr
     try:
         run_tags = tracker.load_logged() if state is not None else {}  # resumed: nothing is logged twice
         trainer = Trainer(cfg, manifest, model, methods, tracker, device, ckpt_dir, progress=progress,
-                          extra_transforms=extra_transforms)
+                          extra_transforms=extra_transforms, dist=ctx)
         if ctx is not None:
             distribute_trainer(trainer, ctx)
         if state is not None:
@@ -166,6 +166,7 @@ def _train(cfg, manifest_path, device, ctx, *, resume, state, progress, extra_tr
                 print(f"resuming run {run_id} after epoch {trainer.epoch}", flush=True)
         elif main:
             tracker.log_run_context(config_to_dict(cfg), manifest.sha256, str(manifest_path))
+            tracker.log_params(_cache_params(trainer.cache_info))
             _log_splits(tracker, manifest.frame)
             tracker.log_site_keys(manifest.frame["site"])  # per-site metric names ↔ real site names
             if init_report is not None:
@@ -174,6 +175,7 @@ def _train(cfg, manifest_path, device, ctx, *, resume, state, progress, extra_tr
                                   "isnet.init_skipped": len(init_report["skipped"])})
                 print(describe_init(init_report), flush=True)
             counts = manifest.counts()
+            print(_describe_cache(trainer), flush=True)
             print(f"run {run_id} started; checkpoints in {ckpt_dir}\n"
                   f"images per split and class:\n{counts.to_string()}", flush=True)
         result = trainer.fit()
@@ -205,6 +207,30 @@ def _train(cfg, manifest_path, device, ctx, *, resume, state, progress, extra_tr
     tracker.end("FINISHED")
     _write_finished(result)
     return result
+
+
+def _cache_params(info: dict) -> dict:
+    """The resolved data cache as run params: the disk cache's folder, the memory cache's rate."""
+    out = {}
+    if "folder" in info:
+        out["data.cache_folder"] = info["folder"]
+    if "rate" in info:
+        out["data.cache_rate_resolved"] = round(float(info["rate"]), 6)
+    return out
+
+
+def _describe_cache(trainer: Trainer) -> str:
+    info, data = trainer.cache_info, trainer.cfg.data
+    shard = f" (this rank's shard of {trainer.dist.world_size})" if trainer.dist.world_size > 1 else ""
+    if info["mode"] == "disk":
+        hits = trainer.train_ds.cached_count()
+        return (f"data cache: disk, {info['folder']} ({data.cache_dtype}); {hits} of {info['train_images']} "
+                f"training images{shard} already there, the others are decoded and written in the first epoch")
+    if info["mode"] == "memory":
+        n = trainer.train_ds.cached_count()
+        return (f"data cache: memory ({data.cache_dtype}), {n} of {info['train_images']} training images{shard} "
+                f"cached, rate {info.get('rate', data.cache_rate):.3g}")
+    return "data cache: none (every image is decoded every epoch)"
 
 
 def _send_buffered(buffer: Path, run_id: str) -> None:

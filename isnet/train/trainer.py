@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from isnet.config.load import config_to_dict
 from isnet.config.schema import TrainConfig
-from isnet.data.dataset import build_dataset, build_loader
+from isnet.data.dataset import build_dataset, build_loader, eval_loader, memory_cache_rate
 from isnet.data.manifest import Manifest
 from isnet.errors import UserError
 from isnet.lrp import LRPConfig, run_lrp_config
@@ -78,8 +78,13 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, manifest: Manifest, model: torch.nn.Module, methods: list[Method],
                  tracker: Tracker, device: torch.device, checkpoint_dir: Path, progress: bool | None = None,
-                 extra_transforms: Mapping[str, Sequence] | None = None):
+                 extra_transforms: Mapping[str, Sequence] | None = None,
+                 dist: "SingleProcess | DistContext | None" = None):
+        """``dist``: a torchrun rank's :class:`DistContext` (then :func:`distribute_trainer` follows), so that
+        this rank builds and caches only its own shard of the training split, and validation data on rank 0."""
         self.cfg = cfg
+        if dist is not None:
+            self.dist = dist
         # per split ("train", "val", "test"): transforms inserted after resize, e.g. a stress-test bias
         self.extra_transforms = {k: list(v) for k, v in (extra_transforms or {}).items()}
         self.manifest = manifest
@@ -100,16 +105,42 @@ class Trainer:
         self.best_epoch = 0
         self.bad_epochs = 0
         self.history: list[dict[str, float]] = []
-        self.train_ds = build_dataset(manifest.records("train"), cfg.data, train=True,
-                                      extra=self.extra_transforms.get("train", ()))
-        self.val_ds = build_dataset(manifest.records("val"), cfg.data, train=False,
-                                    extra=self.extra_transforms.get("val", ()))
-        self.train_loader = build_loader(self.train_ds, cfg.data, shuffle=True, generator=torch.Generator())
-        self.val_loader = build_loader(self.val_ds, cfg.data, shuffle=False)
+        self._build_data()
         use_amp = device.type == "cuda" and cfg.train.amp != "off"
         self.amp_dtype = (torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported()
                           else torch.float16) if use_amp else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+
+    # -- data --------------------------------------------------------------------------------------------
+    def _show_progress(self) -> bool:
+        return self.is_main and self.progress is not False and (self.progress is True or sys.stderr.isatty())
+
+    def _build_data(self) -> None:
+        """Training data of this rank's shard (all of it in one process), reshuffled per epoch by the loader's
+        generator; validation data on rank 0 only (the only rank that validates). One ``data.cache_max_gb``
+        budget covers both splits."""
+        data = self.cfg.data
+        train_records = self.dist.shard(self.manifest.records("train"), self.cfg.train.seed)
+        val_records = self.manifest.records("val") if self.is_main else []
+        rate = None
+        if data.cache == "memory" and train_records:
+            rate = memory_cache_rate(data, train_records[0], len(train_records) + len(val_records),
+                                     self.extra_transforms.get("train", ()))
+        #: what the data cache holds on this rank, for the run's log
+        self.cache_info = {"mode": data.cache, "train_images": len(train_records), "val_images": len(val_records)}
+        if rate is not None:
+            self.cache_info["rate"] = rate
+        progress = self._show_progress()
+        self.train_ds = build_dataset(train_records, data, train=True, progress=progress, cache_rate=rate,
+                                      extra=self.extra_transforms.get("train", ()))
+        if self.train_ds.folder is not None:
+            self.cache_info["folder"] = str(self.train_ds.folder)
+        self.train_loader = build_loader(self.train_ds, data, shuffle=True, generator=torch.Generator())
+        self.val_ds = self.val_loader = None
+        if self.is_main:
+            self.val_ds = build_dataset(val_records, data, train=False, progress=progress, cache_rate=rate,
+                                        extra=self.extra_transforms.get("val", ()))
+            self.val_loader = build_loader(self.val_ds, data, shuffle=False)
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -214,8 +245,6 @@ class Trainer:
         seed = epoch_seed(self.cfg.train.seed, e)
         torch.manual_seed(seed)
         self.train_loader.generator.manual_seed(seed)
-        if hasattr(self.train_loader.sampler, "set_epoch"):  # DistributedSampler: per-epoch reshuffle
-            self.train_loader.sampler.set_epoch(e)
         if hasattr(self.train_ds.transform, "set_random_state"):
             self.train_ds.transform.set_random_state(seed=seed)
         for m in self.methods:
@@ -311,8 +340,9 @@ class Trainer:
             return {}
         best = load_checkpoint(self.best_path, map_location=self.device)
         self.model.load_state_dict(best["model"])
-        ds = build_dataset(records, self.cfg.data, train=False, extra=self.extra_transforms.get("test", ()))
-        pred = predict(self.model, build_loader(ds, self.cfg.data, shuffle=False), self.device)
+        # one pass: nothing to cache; the same float32 images explain/predict/report see (eval_loader)
+        loader = eval_loader(records, self.cfg.data, extra=self.extra_transforms.get("test", ()))
+        pred = predict(self.model, loader, self.device)
         out = {f"test_{k}": v for k, v in score(pred, self.num_classes).items()}
         keys = site_keys(self.manifest.frame["site"])  # site names are data: escaped for MLflow, mapping logged
         out.update({f"test_accuracy_{keys[site]}": v for site, v in per_site_accuracy(pred).items()})
