@@ -174,8 +174,7 @@ def test_invalid_combinations_fail_at_config_validation():
 
 
 def test_isnet_trains_under_xrv_and_explain_reuses_the_convention(phantoms, tmp_path, monkeypatch):
-    import isnet.evaluate.explain as explain_mod
-    import isnet.measure.relevance as relevance_mod
+    import isnet.measure.relevance as relevance_mod  # the one LRP pass of diagnostics and explain
     import isnet.methods.isnet as isnet_mod
     from isnet.evaluate.explain import explain_run
     from isnet.train.loading import load_run_model
@@ -190,7 +189,7 @@ def test_isnet_trains_under_xrv_and_explain_reuses_the_convention(phantoms, tmp_
             return original(model, x, *args, **kw)
         return wrapped
 
-    for mod, name in ((isnet_mod, "isnet"), (relevance_mod, "diagnostics"), (explain_mod, "explain")):
+    for mod, name in ((isnet_mod, "isnet"), (relevance_mod, "relevance")):
         monkeypatch.setattr(mod, "lrp_heatmaps", spy(name, mod.lrp_heatmaps))
     monkeypatch.chdir(tmp_path)
     cfg = load_config(None, [
@@ -204,7 +203,7 @@ def test_isnet_trains_under_xrv_and_explain_reuses_the_convention(phantoms, tmp_
     m = run.data.metrics
     for key in ("train_ce", "train_L_bg", "train_L_fg", "val_bg_share", "test_accuracy"):
         assert key in m and np.isfinite(m[key]), key
-    assert {"isnet", "diagnostics"} <= {s[0] for s in seen}
+    assert {"isnet", "relevance"} <= {s[0] for s in seen}
     for where, low, high, xmin, xmax in seen:
         assert (low, high) == (-1024.0, 1024.0), where
         assert -1024.0 <= xmin < -1.0 and 1.0 < xmax <= 1024.0, (where, xmin, xmax)   # xrv inputs
@@ -215,7 +214,7 @@ def test_isnet_trains_under_xrv_and_explain_reuses_the_convention(phantoms, tmp_
     seen.clear()
     table = explain_run(result.run_id, phantoms, tmp_path / "explain", max_images=4)
     assert len(table) == 4 and table["bg_share"].between(0, 1).all()
-    assert seen and all(s[0] == "explain" and (s[1], s[2]) == (-1024.0, 1024.0) and s[3] < -1.0 for s in seen)
+    assert seen and all(s[0] == "relevance" and (s[1], s[2]) == (-1024.0, 1024.0) and s[3] < -1.0 for s in seen)
 
 
 def test_rrr_penalty_is_on_the_unit_image_under_xrv():
