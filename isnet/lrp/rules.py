@@ -55,6 +55,17 @@ class RuleInfo:
     seed: bool = False
 
 
+def _keep(ctx, info: RuleInfo, *tensors: Tensor) -> None:
+    """What a rule's forward keeps for its backward: the tensors its relevance needs, and its RuleInfo."""
+    ctx.save_for_backward(*tensors)
+    ctx.info = info
+
+
+def _outside(g: Tensor, n_inputs: int) -> tuple:
+    """A rule's backward outside the relevance pass: the identity for ``y``, nothing for its other inputs."""
+    return (g,) + (None,) * (n_inputs - 1)
+
+
 class EpsilonOut(torch.autograd.Function):
     """LRP-ε at the output ``y`` of a linear layer (conv, dense, average pooling, residual sum, folded BN).
     ``factor`` = y / stab(y), formed once in the forward so that each explained class costs one multiply.
@@ -62,14 +73,13 @@ class EpsilonOut(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, y: Tensor, factor: Tensor, info: RuleInfo, den: Optional[Tensor] = None) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(y if den is None else den, factor)
-        ctx.info = info
+        _keep(ctx, info, y if den is None else den, factor)
         return y.view_as(y)
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
         if not in_relevance_pass():
-            return g, None, None, None
+            return _outside(g, 4)
         y, factor = ctx.saved_tensors
         if ctx.info.seed:
             return g / stabilize(y, ctx.info.epsilon), None, None, None
@@ -85,14 +95,13 @@ class EpsilonFoldedOut(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y: Tensor, z: Tensor, factor_s: Tensor, s: Tensor, info: RuleInfo,  # type: ignore[override]
                 den: Optional[Tensor] = None) -> Tensor:
-        ctx.save_for_backward(y if den is None else den, factor_s, s)
-        ctx.info = info
+        _keep(ctx, info, y if den is None else den, factor_s, s)
         return y.view_as(y)
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
         if not in_relevance_pass():
-            return g, None, None, None, None, None
+            return _outside(g, 6)
         y, factor_s, s = ctx.saved_tensors
         if ctx.info.seed:
             return None, g / stabilize(y, ctx.info.epsilon) * s, None, None, None, None
@@ -146,8 +155,7 @@ class RoutedOut(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, y: Tensor, info: RuleInfo, factor: Tensor, den: Tensor, *routes: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(factor, den)
-        ctx.info = info
+        _keep(ctx, info, factor, den)
         ctx.n_routes = len(routes)
         return y.view_as(y)
 
@@ -166,14 +174,13 @@ class AlphaBetaOut(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, y: Tensor, info: RuleInfo, zpos: Tensor, zneg: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(y, zpos, zneg)
-        ctx.info = info
+        _keep(ctx, info, y, zpos, zneg)
         return y.view_as(y)
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
         if not in_relevance_pass():
-            return g, None, None, None
+            return _outside(g, 4)
         y, zpos, zneg = ctx.saved_tensors
         info = ctx.info
         r = g if info.seed else g * y
