@@ -333,9 +333,13 @@ def test_dataset_mean_is_the_training_splits_mean(tmp_path):
 
     t = T()
     t.cfg, t.manifest, t.model, t.tracker = cfg, manifest, build_classifier("small_cnn", 3, width=4), None
-    ds = build_dataset(manifest.records("train"), cfg.data, train=False)
-    want = torch.cat([b["image"] for b in build_loader(ds, cfg.data, shuffle=False)]).double().mean()
+    uncached = cfg.data.model_copy(update={"cache": "none"})  # float32, as documented
+    ds = build_dataset(manifest.records("train"), uncached, train=False)
+    want = torch.cat([b["image"] for b in build_loader(ds, uncached, shuffle=False)]).double().mean()
     assert dataset_mean(t) == pytest.approx([float(want)], rel=1e-9)
+    cached = build_dataset(manifest.records("train"), cfg.data, train=False)  # the training cache (uint8 here)
+    seen = torch.cat([b["image"] for b in build_loader(cached, cfg.data, shuffle=False)]).double().mean()
+    assert abs(float(seen) - float(want)) <= 0.5 / 255
     m = RelDropMethod(cfg)
     m.on_fit_start(t)
     assert m.fill_value == pytest.approx([float(want)])

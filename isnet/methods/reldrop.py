@@ -119,8 +119,10 @@ def occlude(x: torch.Tensor, drop: torch.Tensor, fill: str, gen: torch.Generator
 
 def dataset_mean(trainer: "TrainContext") -> list[float]:
     """Per-channel mean of the training split's images as the network receives them (the run's intensity
-    convention and extra transforms, without random augmentation), from the same images on every rank. A
-    trainer without a manifest (the benchmark's one-step harness) gives the batches of its ``train_loader``."""
+    convention and extra transforms, without random augmentation), from the same images on every rank. They
+    are decoded without the data cache (float32): a uint8/uint16 cache moves each pixel by at most half a
+    level, and the mean by less. A trainer without a manifest (the benchmark's one-step harness) gives the
+    batches of its ``train_loader``."""
     if getattr(trainer, "manifest", None) is None:
         batches = trainer.train_loader
     else:
