@@ -306,12 +306,12 @@ class TrainConfig(_Strict):
     def _methods_resolve_and_check(self) -> "TrainConfig":
         """Each method block fills what depends on the rest of the config (e.g. ISNet's warm-up length) and,
         when its method is listed, checks its constraints across sections."""
-        for name in method_names():
-            params = getattr(self.method, name, None) if name != "standard" else None
+        for name in method_names():  # 'standard' has no block: getattr gives None
+            params = getattr(self.method, name, None)
             if isinstance(params, MethodParams):
                 params.resolve(self, name in self.methods)
         for name in self.methods:
-            params = getattr(self.method, name, None) if name != "standard" else None
+            params = getattr(self.method, name, None)
             if isinstance(params, MethodParams):
                 params.check(self)
         return self
