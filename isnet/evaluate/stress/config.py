@@ -6,41 +6,41 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Iterable, Literal, Optional
+from typing import Any, Iterable, Optional, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from isnet.config.load import apply_overrides, describe_errors, read_yaml
 from isnet.config.schema import TrainConfig
 from isnet.data.bias import BiasSpec
+
+_SPEC_TYPES = get_type_hints(BiasSpec)
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class BiasConfig(_Strict):
-    """One synthetic bias (see ``isnet.data.bias.BiasSpec``): sizes/margin as fractions of the image side,
-    intensities in the [0, 1] range of the normalised image, ``region`` = (top, left, bottom, right)."""
-
-    kind: Literal["shape", "text", "patch", "border", "noise"] = "shape"
-    shape: Literal["triangle", "square", "circle"] = "triangle"
-    text: str = "PORTABLE"
-    size: tuple[float, float] = (0.12, 0.18)
-    intensity: tuple[float, float] = (0.9, 1.0)
-    region: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
-    margin: float = Field(0.03, ge=0, lt=0.5, description="lung-mask dilation, fraction of the image side")
-    polarity: Literal["bright", "dark", "contrast"] = Field(
-        "contrast", description="contrast: dark on a bright background, bright on a dark one")
-
+class _BiasBase(_Strict):
     @model_validator(mode="after")
-    def _valid_spec(self) -> "BiasConfig":
+    def _valid_spec(self) -> "_BiasBase":
         self.spec()  # BiasSpec checks the ranges
         return self
 
     def spec(self) -> BiasSpec:
         return BiasSpec(**self.model_dump())
+
+
+#: One synthetic bias in a stress-test config: the fields, types and defaults of ``isnet.data.bias.BiasSpec``
+#: (sizes/margin as fractions of the image side, intensities in [0, 1], region = (top, left, bottom, right)),
+#: with unknown keys refused and BiasSpec's own range checks.
+BiasConfig = create_model("BiasConfig", __base__=_BiasBase, **{
+    **{f.name: (_SPEC_TYPES[f.name], f.default) for f in fields(BiasSpec)},
+    "margin": (float, Field(BiasSpec.margin, ge=0, lt=0.5, description="lung-mask dilation, fraction of the image side")),
+    "polarity": (_SPEC_TYPES["polarity"], Field(BiasSpec.polarity, description="contrast: dark on a bright background, "
+                                                                                "bright on a dark one"))})
 
 
 class StressConfig(_Strict):
