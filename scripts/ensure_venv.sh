@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv if it is missing and (re)install isnet with its dev (and, if it installs, postgres) extras when
-# pyproject.toml changed.
+# Create .venv if it is missing and (re)install isnet with its dev extra (and, where they install, the postgres
+# and xrv extras) when pyproject.toml changed.
 # Sourced by quickstart.sh and test.sh; a second run installs nothing.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -19,9 +19,12 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "installing isnet and its dependencies into $VENV (first time: several minutes, torch is large)"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
-  # optional: the PostgreSQL tracking test (slow) is skipped without it
-  "$VENV/bin/python" -m pip install --quiet -e ".[dev,postgres]" \
-    || echo "note: the postgres extra could not be installed; tests/test_tracking_postgres.py will be skipped" >&2
+  # optional extras: the tests that need one are skipped without it (postgres: the slow PostgreSQL tracking
+  # test; xrv: reading torchxrayvision's weight files)
+  for extra in postgres xrv; do
+    "$VENV/bin/python" -m pip install --quiet -e ".[dev,$extra]" \
+      || echo "note: the $extra extra could not be installed; the tests that need it will be skipped" >&2
+  done
   echo "$want" > "$stamp"
 fi
 export PATH="$PWD/$VENV/bin:$PATH"

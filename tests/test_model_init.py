@@ -127,3 +127,59 @@ def test_run_with_other_classes_gives_no_head(tmp_path: Path, monkeypatch):
     report = apply_init(model, _cfg(backbone="small_cnn", width=4, init="run:r1"))
     assert torch.equal(model[-1].weight, head) and torch.equal(model[0].weight, other[0].weight)
     assert "its head is not used" in report["source"] and report["missing"] == ["17.weight", "17.bias"]
+
+
+XRV_NAME = "densenet121-res224-all"
+
+
+def test_xrv_weights_switch_the_input_and_refuse_what_does_not_fit():
+    cfg = _cfg(backbone="densenet121", init=f"xrv:{XRV_NAME}")
+    assert (cfg.data.intensity, cfg.data.crop) == ("xrv", "center")
+    with pytest.raises(ValueError, match="expect data.intensity: xrv, this config sets data.intensity: unit"):
+        TrainConfig.model_validate({"model": {"backbone": "densenet121", "init": f"xrv:{XRV_NAME}"},
+                                    "data": {"intensity": "unit"}})
+    with pytest.raises(ValueError, match="holds densenet121 weights; set model.backbone=densenet121"):
+        _cfg(backbone="resnet18", init=f"xrv:{XRV_NAME}")
+    with pytest.raises(ValueError, match="weight names start with densenet121- or resnet50-"):
+        _cfg(backbone="densenet121", init="xrv:chexpert")
+
+
+def test_xrv_needs_its_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torchxrayvision", None)  # import fails as when it is not installed
+    with pytest.raises(UserError, match=r"needs torchxrayvision.*pip install 'isnet\[xrv\]'"):
+        apply_init(build_classifier("densenet121", 3), _cfg(backbone="densenet121", init=f"xrv:{XRV_NAME}"))
+
+
+def test_xrv_densenet_file_from_its_cache(tmp_path: Path, monkeypatch):
+    """torchxrayvision's own file format (a whole pickled model) in its own cache folder, built locally."""
+    xrv = pytest.importorskip("torchxrayvision")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = _cfg(backbone="densenet121", init=f"xrv:{XRV_NAME}")
+    with pytest.raises(UserError, match=r"not in torchxrayvision's cache.*place the file from https://\S+\.pt at "
+                                        + re.escape(str(tmp_path / ".torchxrayvision" / "models_data"))):
+        apply_init(build_classifier("densenet121", 3), cfg)
+    with pytest.raises(UserError, match="has no weights of that name; choose one of .*densenet121-res224-nih"):
+        apply_init(build_classifier("densenet121", 3), _cfg(backbone="densenet121", init="xrv:densenet121-res9"))
+    torch.manual_seed(0)
+    ref = xrv.models.DenseNet()  # the architecture of its chest X-ray weights: 1-channel stem, 18 pathologies
+    url = xrv.models.model_urls[XRV_NAME]["weights_url"]
+    folder = tmp_path / ".torchxrayvision" / "models_data"
+    folder.mkdir(parents=True)
+    torch.save(ref, folder / url.rsplit("/", 1)[1])
+    model = build_classifier("densenet121", 3)
+    report = apply_init(model, cfg)
+    assert torch.equal(model.features.conv0.weight, ref.features.conv0.weight)
+    assert torch.equal(model.features.denseblock4.denselayer16.conv2.weight,
+                       ref.features.denseblock4.denselayer16.conv2.weight)
+    assert report["adapted_to_one_channel"] == [] and set(report["missing"]) == {"classifier.weight", "classifier.bias"}
+    assert "head of the pretrained task" in report["skipped"]["classifier.weight"]
+    assert report["input"] == {"data.intensity": "xrv", "data.crop": "center"}
+    # 18 classes of our own: the 18-pathology head still is not taken
+    own18 = TrainConfig.model_validate({"model": {"backbone": "densenet121", "init": f"xrv:{XRV_NAME}"},
+                                        "data": {"classes": [f"c{i}" for i in range(18)]}})
+    model18 = build_classifier("densenet121", 18)
+    head = model18.classifier.weight.clone()
+    apply_init(model18, own18)
+    assert torch.equal(model18.classifier.weight, head)

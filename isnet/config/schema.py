@@ -123,17 +123,26 @@ class DataConfig(_Strict):
         return v
 
 
+#: torchxrayvision's weight families that fit our backbones (its DenseNet121 and ResNet50 have a 1-channel stem)
+XRV_BACKBONES = ("densenet121", "resnet50")
+#: what torchxrayvision's weights were trained on: its [-1024, 1024] input and a centre crop
+XRV_PREPROCESSING = {"intensity": "xrv", "crop": "center"}
+
+
 class ModelConfig(_Strict):
     backbone: Literal["small_cnn", "resnet18", "resnet50", "densenet121", "vgg16_bn"] = "resnet18"
     width: int = Field(32, ge=4, description="base channel count of small_cnn")
     init: str = Field(
         "none", description="initial weights: 'none' (random, nothing downloaded); 'imagenet' (torchvision's "
                             "ImageNet weights of the backbone, read from torch's hub cache or model.init_path, never "
-                            "downloaded); a state-dict file path; or 'run:<mlflow run id>' (fine-tune an earlier "
-                            "run's best checkpoint). A 3-channel first convolution is summed over its input channels "
-                            "for our 1-channel input; the classifier head is rebuilt for data.classes")
-    init_path: Optional[str] = Field(None, description="the ImageNet weight file for model.init=imagenet, when it "
-                                                       "is not in torch's hub cache")
+                            "downloaded); 'xrv:<weights name>' (torchxrayvision's chest X-ray weights, e.g. "
+                            "xrv:densenet121-res224-all, read from its cache ~/.torchxrayvision/models_data or "
+                            "model.init_path; needs the xrv extra; sets data.intensity=xrv and data.crop=center); a "
+                            "state-dict file path; or 'run:<mlflow run id>' (fine-tune an earlier run's best "
+                            "checkpoint). A 3-channel first convolution is summed over its input channels for our "
+                            "1-channel input; the classifier head is rebuilt for data.classes")
+    init_path: Optional[str] = Field(None, description="the weight file for model.init=imagenet or xrv:<name>, "
+                                                       "when it is not in torch's (torchxrayvision's) cache")
 
     _init_text = field_validator("init", mode="before")(lambda v: str(v).strip() if v is not None else "none")
 
@@ -146,8 +155,17 @@ class ModelConfig(_Strict):
                              "densenet121 or vgg16_bn")
         if self.init.startswith("run:") and len(self.init) == 4:
             raise ValueError("model.init='run:' needs a run id after the colon")
-        if self.init_path is not None and self.init != "imagenet":
-            raise ValueError("model.init_path is the ImageNet weight file and needs model.init=imagenet; give a "
+        if self.init.startswith("xrv:"):
+            name = self.init[4:].strip()
+            arch = next((a for a in XRV_BACKBONES if name.startswith(a + "-")), None)
+            if arch is None:
+                raise ValueError(f"model.init={self.init}: torchxrayvision weight names start with "
+                                 f"{' or '.join(a + '-' for a in XRV_BACKBONES)} (e.g. xrv:densenet121-res224-all)")
+            if self.backbone != arch:
+                raise ValueError(f"model.init={self.init} holds {arch} weights; set model.backbone={arch} "
+                                 f"(this config: {self.backbone})")
+        if self.init_path is not None and self.init != "imagenet" and not self.init.startswith("xrv:"):
+            raise ValueError("model.init_path is the weight file of model.init=imagenet or xrv:<name>; give a "
                              "state-dict path directly as model.init")
         return self
 
@@ -301,6 +319,23 @@ class TrainConfig(_Strict):
     @classmethod
     def _method_blocks(cls, v: Any, handler) -> MethodBlocks:
         return validate_method_blocks(v)
+
+    @model_validator(mode="after")
+    def _xrv_weights_get_xrv_input(self) -> "TrainConfig":
+        """torchxrayvision's weights only make sense on its input convention: switch the data settings left at
+        their defaults, refuse ones set otherwise by hand."""
+        if not self.model.init.startswith("xrv:"):
+            return self
+        for key, want in XRV_PREPROCESSING.items():
+            have = getattr(self.data, key)
+            if have == want:
+                continue
+            if key in self.data.model_fields_set:
+                raise ValueError(f"model.init={self.model.init}: torchxrayvision's weights expect data.{key}: "
+                                 f"{want}, this config sets data.{key}: {have}; remove that setting (it is then "
+                                 f"switched to {want}) or start from other weights")
+            setattr(self.data, key, want)
+        return self
 
     @model_validator(mode="after")
     def _methods_resolve_and_check(self) -> "TrainConfig":

@@ -14,6 +14,12 @@ Adapting pretrained weights to our networks:
 - **DenseNet keys**: torchvision's published DenseNet files use the old names ``norm.1`` / ``conv.2``;
   they are read as ``norm1`` / ``conv2``.
 
+torchxrayvision (``xrv:<weights name>``, the optional extra ``isnet[xrv]``): its DenseNet121 and ResNet50 chest
+X-ray weights, from its own cache (``~/.torchxrayvision/models_data/<file>``) or ``model.init_path``. Its
+DenseNet files are whole pickled models, which only torchxrayvision itself can unpickle (as it does when it loads
+them); its ResNet files are state dicts. The config switches to its input (``data.intensity: xrv``,
+``data.crop: center``). Its 18-pathology head is never loaded, whatever the number of classes.
+
 ``apply_init`` returns a report (source, loaded, adapted, skipped and missing keys) that training logs as the
 artifact ``model_init.json`` and the tags ``isnet.init_loaded`` / ``isnet.init_skipped``.
 """
@@ -27,7 +33,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from isnet.config.schema import TrainConfig
+from isnet.config.schema import XRV_BACKBONES, XRV_PREPROCESSING, TrainConfig
 from isnet.errors import UserError
 
 #: torchvision's weight enum of each backbone that has ImageNet weights
@@ -48,14 +54,42 @@ def imagenet_file(backbone: str) -> tuple[Path, str]:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name, url
 
 
-def _read_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
+def xrv_file(name: str) -> tuple[Path, str]:
+    """(where torchxrayvision's cache keeps the weights called ``name``, the URL they are published at)."""
+    try:
+        import torchxrayvision as xrv
+    except ImportError:
+        raise UserError(f"model.init=xrv:{name} needs torchxrayvision, which is not installed: "
+                        "pip install 'isnet[xrv]'") from None
+    known = sorted(k for k in xrv.models.model_urls if k.startswith(tuple(a + "-" for a in XRV_BACKBONES)))
+    if name not in known:
+        raise UserError(f"model.init=xrv:{name}: torchxrayvision has no weights of that name; choose one of "
+                        f"{', '.join(known)}")
+    url = xrv.models.model_urls[name]["weights_url"]
+    return Path(xrv.utils.get_cache_dir()) / Path(urlparse(url).path).name, url
+
+
+def _error_line(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+
+
+def _read_state_dict(path: Path, what: str, pickled_model: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of a weight file; ``pickled_model`` also reads a whole pickled ``nn.Module`` (torchxrayvision's
+    own format, only ever asked for under ``xrv:``)."""
     if not path.is_file():
         raise UserError(f"{what}: weight file not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a damaged or foreign file
-        raise UserError(f"{what}: {path} is not a PyTorch state dict ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+        if not pickled_model:
+            raise UserError(f"{what}: {path} is not a PyTorch state dict ({_error_line(exc)})") from None
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc2:  # noqa: BLE001
+            raise UserError(f"{what}: {path} is neither a state dict nor a torchxrayvision model file "
+                            f"({_error_line(exc2)})") from None
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
     if isinstance(obj, dict):
         for key in ("state_dict", "model"):  # training checkpoints keep the weights under one of these
             if isinstance(obj.get(key), dict):
@@ -103,6 +137,16 @@ def resolve_init(cfg: TrainConfig, model: nn.Module) -> tuple[dict[str, torch.Te
             raise UserError(f"model.init=imagenet ({cfg.model.backbone}): {hint}; isnet downloads nothing: place "
                             f"the file from {url} at {cached} (or set model.init_path to where it is)")
         return _read_state_dict(path, f"model.init=imagenet ({cfg.model.backbone})"), f"imagenet file {path}"
+    if init.startswith("xrv:"):
+        name = init[4:].strip()
+        cached, url = xrv_file(name)
+        path = Path(cfg.model.init_path).expanduser() if cfg.model.init_path else cached
+        if not path.is_file():
+            hint = (f"model.init_path={path} does not exist" if cfg.model.init_path else
+                    f"{cached.name} is not in torchxrayvision's cache")
+            raise UserError(f"model.init={init}: {hint}; isnet downloads nothing: place the file from {url} at "
+                            f"{cached} (or set model.init_path to where it is)")
+        return _read_state_dict(path, f"model.init={init}", pickled_model=True), f"torchxrayvision file {path}"
     path = Path(init).expanduser()
     return _read_state_dict(path, f"model.init={init}"), f"state dict {path}"
 
@@ -113,13 +157,18 @@ def _head_prefix(model: nn.Module) -> str:
     return name + "."
 
 
-def load_into(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict:
+def load_into(model: nn.Module, sd: dict[str, torch.Tensor], drop_head: bool = False) -> dict:
     """Copy every tensor of ``sd`` whose name and shape fit ``model`` (3-channel first convolutions summed
-    to 1 channel); returns {loaded, adapted, skipped: {key: reason}, missing}."""
+    to 1 channel; with ``drop_head`` never the final class layer); returns {loaded, adapted, skipped: {key:
+    reason}, missing}."""
     sd = _normalise_keys(sd)
     own = model.state_dict()
+    head = _head_prefix(model) if drop_head else None
     new, loaded, adapted, skipped = {}, [], [], {}
     for k, v in sd.items():
+        if head is not None and k.startswith(head):
+            skipped[k] = "head of the pretrained task (rebuilt for data.classes)"
+            continue
         if k not in own:
             skipped[k] = "not in this model"
             continue
@@ -147,11 +196,19 @@ def apply_init(model: nn.Module, cfg: TrainConfig) -> dict | None:
     if cfg.model.init == "none":
         return None
     sd, source = resolve_init(cfg, model)
-    report = load_into(model, sd)
-    return {"init": cfg.model.init, "source": source, **report}
+    # another task's classes (ImageNet's, torchxrayvision's pathologies): never its head, even where the
+    # number of classes happens to match
+    other_task = cfg.model.init == "imagenet" or cfg.model.init.startswith("xrv:")
+    report = load_into(model, sd, drop_head=other_task)
+    out = {"init": cfg.model.init, "source": source, **report}
+    if cfg.model.init.startswith("xrv:"):
+        out["input"] = {f"data.{k}": getattr(cfg.data, k) for k in XRV_PREPROCESSING}
+    return out
 
 
 def describe(report: dict) -> str:
     return (f"initial weights from {report['source']}: {len(report['loaded'])} tensors loaded "
             f"({len(report['adapted_to_one_channel'])} summed to one input channel), {len(report['skipped'])} "
-            f"skipped, {len(report['missing'])} left fresh (e.g. {report['missing'][:2]})")
+            f"skipped, {len(report['missing'])} left fresh (e.g. {report['missing'][:2]})"
+            + ("; input as the weights were trained: " + ", ".join(f"{k}={v}" for k, v in report["input"].items())
+               if report.get("input") else ""))
