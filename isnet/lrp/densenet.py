@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torchvision.models.densenet import DenseNet, _DenseBlock, _DenseLayer, _Transition
 
 from .sequential import check_layers, run_layers
+from .structural import concat
 from .tracer import Tracer
 
 
@@ -23,7 +24,7 @@ def _defer(tr: Tracer) -> bool:
 
 
 def _dense_layer(tr: Tracer, layer: _DenseLayer, features: list[Tensor]) -> Tensor:
-    a = tr.relu(tr.batch_norm(torch.cat(features, 1), layer.norm1))
+    a = tr.relu(tr.batch_norm(concat(features), layer.norm1))
     a = tr.relu(tr.linear_layer(a, layer.conv1, layer.norm2))
     out = tr.linear_layer(a, layer.conv2, defer=_defer(tr))
     if layer.drop_rate > 0:
@@ -35,7 +36,7 @@ def _dense_block(tr: Tracer, block: nn.Module, a: Tensor) -> Tensor:
     features = [a]
     for layer in block.values():
         features.append(_dense_layer(tr, layer, features))
-    return torch.cat(features, 1)
+    return concat(features)
 
 
 def _transition(tr: Tracer, trans: nn.Module, a: Tensor) -> Tensor:

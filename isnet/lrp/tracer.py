@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from .batchnorm import batch_norm, channel_shape
 from .config import LRPConfig
 from .conv import conv2d
+from .structural import relu
 from .rules import AlphaBetaOut, RuleInfo, epsilon_folded_out, epsilon_out, routed_out
 
 Op = Callable[[Tensor, Tensor], Tensor]
@@ -232,7 +233,7 @@ class Tracer:
 
     @staticmethod
     def relu(a: Tensor) -> Tensor:
-        return F.relu(a)
+        return relu(a)
 
     @staticmethod
     def dropout(a: Tensor, module: nn.Module) -> Tensor:
