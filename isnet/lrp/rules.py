@@ -66,77 +66,84 @@ def _outside(g: Tensor, n_inputs: int) -> tuple:
     return (g,) + (None,) * (n_inputs - 1)
 
 
+class EpsilonScale(torch.autograd.Function):
+    """``g · |y| / (|y| + ε) · s`` (= g · y / stab(y) · s; ``s`` per channel, or None): the relevance step of an ε
+    rule, recorded as one node that keeps only ``g``, ``y`` and ``s`` for the heatmap loss's backward.
+
+    The factor is formed here rather than once in the forward: a stored factor would be one more activation-sized
+    tensor per layer alive for the whole step, and with ``create_graph`` a plain ``g * factor`` would keep the
+    product's inputs and the factor's own intermediates as well. d/dy = g·s·ε·sign(y) / (|y| + ε)²."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(g: Tensor, y: Tensor, s: Optional[Tensor], epsilon: float) -> Tensor:  # type: ignore[override]
+        a = y.abs()
+        out = g * (a / (a + epsilon))
+        return out if s is None else out * s
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        g, y, s, epsilon = inputs
+        ctx.save_for_backward(g, y, s)
+        ctx.epsilon = epsilon
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, gg: Optional[Tensor]):  # type: ignore[override]
+        if gg is None:
+            return None, None, None, None
+        g, y, s = ctx.saved_tensors
+        need_g, need_y, need_s, _ = ctx.needs_input_grad
+        a = y.abs()
+        den = a + ctx.epsilon
+        gs = gg if s is None else gg * s
+        d_g = gs * (a / den) if need_g else None
+        d_y = (gs * g) * (torch.sign(y) * (ctx.epsilon / den.square())) if need_y else None
+        d_s = (gg * g * (a / den)).sum_to_size(s.shape) if s is not None and need_s else None
+        return d_g, d_y, d_s, None
+
+
 class EpsilonOut(torch.autograd.Function):
-    """LRP-ε at the output ``y`` of a linear layer (conv, dense, average pooling, residual sum, folded BN).
-    ``factor`` = y / stab(y), formed once in the forward so that each explained class costs one multiply.
+    """LRP-ε at the output ``y`` of a linear layer (conv, dense, average pooling, residual sum).
+    ``factor_y``: the tensor (equal to ``y``) the factor y / stab(y) is formed from and differentiated through.
     ``den``: the tensor (equal to ``y``) the output layer's seed is divided by, ``y`` unless its bias is detached."""
 
     @staticmethod
-    def forward(ctx, y: Tensor, factor: Tensor, info: RuleInfo, den: Optional[Tensor] = None) -> Tensor:  # type: ignore[override]
-        _keep(ctx, info, y if den is None else den, factor)
+    def forward(ctx, y: Tensor, factor_y: Tensor, info: RuleInfo, den: Optional[Tensor] = None) -> Tensor:  # type: ignore[override]
+        _keep(ctx, info, y if den is None else den, factor_y)
         return y.view_as(y)
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
         if not in_relevance_pass():
             return _outside(g, 4)
-        y, factor = ctx.saved_tensors
+        den, factor_y = ctx.saved_tensors
         if ctx.info.seed:
-            return g / stabilize(y, ctx.info.epsilon), None, None, None
-        return g * factor, None, None, None
+            return g / stabilize(den, ctx.info.epsilon), None, None, None
+        return EpsilonScale.apply(g, factor_y, None, ctx.info.epsilon), None, None, None
 
 
 class EpsilonFoldedOut(torch.autograd.Function):
-    """LRP-ε at the output ``y = s·z + t`` of a BatchNorm folded into the linear layer that produced ``z``.
-    ``factor_s`` = (y / stab(y))·s is formed once in the forward, so that the relevance pass sends ``g·factor_s``
-    straight into ``z``, one multiply per explained class instead of the ε multiply followed by the BN's own
-    backward (TrainBNGate in train mode, native batch-norm backward in eval). Ordinary backward: ``g`` into ``y``."""
+    """LRP-ε at the output ``y = s·z + t`` of a BatchNorm, with the relevance sent straight into ``z`` (the output of
+    the linear layer the BN is folded into, or the BN's own input when it stands alone): ``g·y/stab(y)·s`` in one
+    :class:`EpsilonScale` node instead of the ε multiply followed by the BN's own backward (TrainBNGate in train
+    mode, native batch-norm backward in eval). Ordinary backward: ``g`` into ``y``."""
 
     @staticmethod
-    def forward(ctx, y: Tensor, z: Tensor, factor_s: Tensor, s: Tensor, info: RuleInfo,  # type: ignore[override]
+    def forward(ctx, y: Tensor, z: Tensor, factor_y: Tensor, s: Tensor, info: RuleInfo,  # type: ignore[override]
                 den: Optional[Tensor] = None) -> Tensor:
-        _keep(ctx, info, y if den is None else den, factor_s, s)
+        _keep(ctx, info, y if den is None else den, factor_y, s)
         return y.view_as(y)
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
         if not in_relevance_pass():
             return _outside(g, 6)
-        y, factor_s, s = ctx.saved_tensors
+        den, factor_y, s = ctx.saved_tensors
         if ctx.info.seed:
-            return None, g / stabilize(y, ctx.info.epsilon) * s, None, None, None, None
-        return None, g * factor_s, None, None, None, None
-
-
-class EpsilonFactor(torch.autograd.Function):
-    """``|y| / (|y| + ε)`` (= y / stab(y)), times ``s`` (per channel) when given, as one node that keeps only ``y``
-    and ``s`` for its backward: from plain ops the graph would keep |y|, |y| + ε and the unscaled factor of every
-    layer alive until the heatmap loss's backward. d/dy = s·ε·sign(y) / (|y| + ε)²."""
-
-    @staticmethod
-    def forward(ctx, y: Tensor, s: Optional[Tensor], epsilon: float) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(y, s)
-        ctx.epsilon = epsilon
-        ctx.set_materialize_grads(False)  # the relevance pass visits it without a gradient (see TrainBNGate)
-        a = y.abs()
-        f = a / (a + epsilon)
-        return f if s is None else f * s
-
-    @staticmethod
-    def backward(ctx, g: Tensor):  # type: ignore[override]
-        if g is None:
-            return None, None, None
-        y, s = ctx.saved_tensors
-        eps = ctx.epsilon
-        a = y.abs()
-        d_y = d_s = None
-        if ctx.needs_input_grad[0]:
-            d_y = g * (torch.sign(y) * eps / (a + eps).square())
-            if s is not None:
-                d_y = d_y * s
-        if s is not None and ctx.needs_input_grad[1]:
-            d_s = (g * (a / (a + eps))).sum_to_size(s.shape)
-        return d_y, d_s, None
+            return None, g / stabilize(den, ctx.info.epsilon) * s, None, None, None, None
+        return None, EpsilonScale.apply(g, factor_y, s, ctx.info.epsilon), None, None, None, None
 
 
 def epsilon_folded_out(y: Tensor, z: Tensor, s: Tensor, info: RuleInfo, factor_from: Optional[Tensor] = None,
@@ -144,8 +151,8 @@ def epsilon_folded_out(y: Tensor, z: Tensor, s: Tensor, info: RuleInfo, factor_f
     """Attach LRP-ε at ``y = s·z + t`` (s, t per channel, broadcastable) with the relevance routed into ``z``.
     ``factor_from``: the tensor (equal to ``y``) whose graph the factor follows; default ``y``."""
     y_ = y if factor_from is None else factor_from
-    y_f, s_f = (y_.detach(), s.detach()) if detached_factor else (y_, s)  # detached: EpsilonFactor records no node
-    return EpsilonFoldedOut.apply(y, z, EpsilonFactor.apply(y_f, s_f, info.epsilon), s, info, factor_from)
+    y_f, s_f = (y_.detach(), s.detach()) if detached_factor else (y_, s)
+    return EpsilonFoldedOut.apply(y, z, y_f, s_f, info, factor_from)
 
 
 class RoutedOut(torch.autograd.Function):
@@ -192,11 +199,10 @@ class AlphaBetaOut(torch.autograd.Function):
 def epsilon_out(y: Tensor, info: RuleInfo, detached_factor: bool = False, factor_from: Optional[Tensor] = None
                 ) -> Tensor:
     """Attach LRP-ε at ``y``. y / (y + sign(y)·ε) == |y| / (|y| + ε). ``detached_factor``: the factor is a
-    constant (heatmaps that will not be differentiated), so its intermediates are not kept for a backward.
-    ``factor_from``: the tensor (equal to ``y``) whose graph the factor follows; default ``y``."""
+    constant (heatmaps that will not be differentiated). ``factor_from``: the tensor (equal to ``y``) whose graph
+    the factor follows; default ``y``."""
     y_ = y if factor_from is None else factor_from
-    factor = EpsilonFactor.apply(y_.detach() if detached_factor else y_, None, info.epsilon)
-    return EpsilonOut.apply(y, factor, info, None if factor_from is None else factor_from)
+    return EpsilonOut.apply(y, y_.detach() if detached_factor else y_, info, factor_from)
 
 
 def routed_out(y: Tensor, info: RuleInfo, den: Tensor, *routes: Tensor, factor_from: Optional[Tensor] = None

@@ -216,7 +216,12 @@ class Tracer:
         y, s, t = batch_norm(bn, a, detach_stats=self._detach)
         self._first_pending = self._first_pending and a is not self.x
         y_rule = self._without_own_bias(y, _channel_op(a, s)) if self._detach else y
-        return self._rule(y, a, _channel_op, s, t, self.config.layer_rule(dense=False), y_rule)
+        rule = self.config.layer_rule(dense=False)
+        if rule == "epsilon":  # ε at the BN output, relevance straight into its input (as for a folded BN)
+            info = self._info()
+            return self._emit(self._factor_ctx(epsilon_folded_out, y, a, channel_shape(s, a.dim()), info, y_rule),
+                              info)
+        return self._rule(y, a, _channel_op, s, t, rule, y_rule)
 
     def avg_pool(self, a: Tensor, pool: Callable[[Tensor], Tensor], *, defer: bool = False) -> Tensor:
         """Average pooling is linear: LRP-ε at its output."""
