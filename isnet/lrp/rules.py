@@ -124,35 +124,83 @@ class EpsilonOut(torch.autograd.Function):
         return EpsilonScale.apply(g, factor_y, None, ctx.info.epsilon), None, None, None
 
 
+class EpsilonAffineScale(torch.autograd.Function):
+    """:class:`EpsilonScale` at ``y = s·z + t``, with ``y`` recomputed from the BN input ``z`` (which the BN keeps for
+    its own backward anyway) instead of kept: one activation-sized tensor less per BatchNorm for the whole step,
+    for one multiply-add more in each backward. d/dz = d/dy·s, d/ds = g·f(y) + d/dy·z, d/dt = d/dy."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(g: Tensor, z: Tensor, s: Tensor, t: Tensor, epsilon: float) -> Tensor:  # type: ignore[override]
+        a = torch.addcmul(t, z, s).abs_()
+        return g * (a / (a + epsilon)) * s
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        g, z, s, t, epsilon = inputs
+        ctx.save_for_backward(g, z, s, t)
+        ctx.epsilon = epsilon
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, gg: Optional[Tensor]):  # type: ignore[override]
+        if gg is None:
+            return None, None, None, None, None
+        g, z, s, t = ctx.saved_tensors
+        need_g, need_z, need_s, need_t, _ = ctx.needs_input_grad
+        y = torch.addcmul(t, z, s)
+        a = y.abs()
+        den = a + ctx.epsilon
+        d_g = d_z = d_s = d_t = None
+        if need_g:
+            d_g = gg * s * (a / den)
+        if need_z or need_s or need_t:
+            gy = gg * g
+            d_y = gy * s * (torch.sign(y) * (ctx.epsilon / den.square()))
+            d_z = d_y * s if need_z else None
+            d_s = (gy * (a / den) + d_y * z).sum_to_size(s.shape) if need_s else None
+            d_t = d_y.sum_to_size(t.shape) if need_t else None
+        return d_g, d_z, d_s, d_t, None
+
+
 class EpsilonFoldedOut(torch.autograd.Function):
     """LRP-ε at the output ``y = s·z + t`` of a BatchNorm, with the relevance sent straight into ``z`` (the output of
     the linear layer the BN is folded into, or the BN's own input when it stands alone): ``g·y/stab(y)·s`` in one
-    :class:`EpsilonScale` node instead of the ε multiply followed by the BN's own backward (TrainBNGate in train
-    mode, native batch-norm backward in eval). Ordinary backward: ``g`` into ``y``."""
+    node instead of the ε multiply followed by the BN's own backward (TrainBNGate in train mode, native batch-norm
+    backward in eval). ``factor_y`` None: the factor is formed from ``s·z + t`` (:class:`EpsilonAffineScale`, nothing
+    activation-sized kept); else from that tensor (equal to ``y``; ``detach_biases`` gives one with its own graph).
+    Ordinary backward: ``g`` into ``y``."""
 
     @staticmethod
-    def forward(ctx, y: Tensor, z: Tensor, factor_y: Tensor, s: Tensor, info: RuleInfo,  # type: ignore[override]
-                den: Optional[Tensor] = None) -> Tensor:
-        _keep(ctx, info, y if den is None else den, factor_y, s)
+    def forward(ctx, y: Tensor, z: Tensor, s: Tensor, t: Tensor, info: RuleInfo,  # type: ignore[override]
+                factor_y: Optional[Tensor] = None) -> Tensor:
+        ctx.recompute = factor_y is None
+        _keep(ctx, info, z, s, t) if factor_y is None else _keep(ctx, info, factor_y, s)
         return y.view_as(y)
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
         if not in_relevance_pass():
             return _outside(g, 6)
-        den, factor_y, s = ctx.saved_tensors
+        eps = ctx.info.epsilon
+        if ctx.recompute:
+            z, s, t = ctx.saved_tensors
+            if ctx.info.seed:
+                return None, g / stabilize(torch.addcmul(t, z, s), eps) * s, None, None, None, None
+            return None, EpsilonAffineScale.apply(g, z, s, t, eps), None, None, None, None
+        factor_y, s = ctx.saved_tensors
         if ctx.info.seed:
-            return None, g / stabilize(den, ctx.info.epsilon) * s, None, None, None, None
-        return None, EpsilonScale.apply(g, factor_y, s, ctx.info.epsilon), None, None, None, None
+            return None, g / stabilize(factor_y, eps) * s, None, None, None, None
+        return None, EpsilonScale.apply(g, factor_y, s, eps), None, None, None, None
 
 
-def epsilon_folded_out(y: Tensor, z: Tensor, s: Tensor, info: RuleInfo, factor_from: Optional[Tensor] = None,
-                       detached_factor: bool = False) -> Tensor:
+def epsilon_folded_out(y: Tensor, z: Tensor, s: Tensor, t: Tensor, info: RuleInfo,
+                       factor_from: Optional[Tensor] = None) -> Tensor:
     """Attach LRP-ε at ``y = s·z + t`` (s, t per channel, broadcastable) with the relevance routed into ``z``.
-    ``factor_from``: the tensor (equal to ``y``) whose graph the factor follows; default ``y``."""
-    y_ = y if factor_from is None else factor_from
-    y_f, s_f = (y_.detach(), s.detach()) if detached_factor else (y_, s)
-    return EpsilonFoldedOut.apply(y, z, y_f, s_f, info, factor_from)
+    ``factor_from``: a tensor (equal to ``y``) with its own graph for the factor (``detach_biases``); default:
+    the factor is recomputed from ``z``, ``s`` and ``t``, whose graphs it follows."""
+    return EpsilonFoldedOut.apply(y, z, s, t, info, None if factor_from is y else factor_from)
 
 
 class RoutedOut(torch.autograd.Function):
@@ -196,13 +244,12 @@ class AlphaBetaOut(torch.autograd.Function):
         return None, None, cpos, cneg
 
 
-def epsilon_out(y: Tensor, info: RuleInfo, detached_factor: bool = False, factor_from: Optional[Tensor] = None
-                ) -> Tensor:
-    """Attach LRP-ε at ``y``. y / (y + sign(y)·ε) == |y| / (|y| + ε). ``detached_factor``: the factor is a
-    constant (heatmaps that will not be differentiated). ``factor_from``: the tensor (equal to ``y``) whose graph
-    the factor follows; default ``y``."""
+def epsilon_out(y: Tensor, info: RuleInfo, factor_from: Optional[Tensor] = None) -> Tensor:
+    """Attach LRP-ε at ``y``. y / (y + sign(y)·ε) == |y| / (|y| + ε). ``factor_from``: the tensor (equal to ``y``)
+    whose graph the factor follows; default ``y``. (Nothing is formed in the forward: without ``create_graph`` the
+    relevance pass records no graph, so the factor needs no detaching.)"""
     y_ = y if factor_from is None else factor_from
-    return EpsilonOut.apply(y, y_.detach() if detached_factor else y_, info, factor_from)
+    return EpsilonOut.apply(y, y_, info, factor_from)
 
 
 def routed_out(y: Tensor, info: RuleInfo, den: Tensor, *routes: Tensor, factor_from: Optional[Tensor] = None

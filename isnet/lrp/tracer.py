@@ -49,7 +49,7 @@ class Tracer:
     def __init__(self, x: Tensor, config: LRPConfig, x_value: Optional[Tensor] = None,
                  differentiable: bool = True) -> None:
         self.x = x
-        # without create_graph nothing differentiates the ε factors: form them off the graph (saves memory)
+        # without create_graph nothing differentiates the rules' factors (detach_biases then changes nothing)
         self.factor_grad = differentiable
         self.x_value = x if x_value is None else x_value
         self.config = config
@@ -66,12 +66,6 @@ class Tracer:
     def _info(self, **kwargs: float) -> RuleInfo:
         return RuleInfo(self.config.epsilon, **kwargs)
 
-    def _factor_ctx(self, fn: Callable[..., Tensor], y: Tensor, *args) -> Tensor:
-        """Attach an ε rule; when no heatmap graph is wanted its factor is built from a detached ``y``."""
-        if self.factor_grad:
-            return fn(y, *args)
-        return fn(y, *args, detached_factor=True)
-
     def _emit(self, out: Tensor, info: RuleInfo) -> Tensor:
         self._last_out, self._last_info = out, info
         w = self.watch
@@ -82,7 +76,7 @@ class Tracer:
     def epsilon(self, y: Tensor) -> Tensor:
         """LRP-ε at ``y`` (output of any linear map, including pooling and sums)."""
         info = self._info()
-        return self._emit(self._factor_ctx(epsilon_out, y, info), info)
+        return self._emit(epsilon_out(y, info), info)
 
     @property
     def _detach(self) -> bool:
@@ -193,7 +187,7 @@ class Tracer:
         if not first and rule == "epsilon":
             if s is not None:  # ε at the BN output, relevance straight into the linear layer's output z
                 info = self._info()
-                out = self._factor_ctx(epsilon_folded_out, y, z, channel_shape(s, z.dim()), info, y_rule)
+                out = epsilon_folded_out(y, z, channel_shape(s, z.dim()), channel_shape(t, z.dim()), info, y_rule)
                 return self._emit(out, info)
             if y_rule is not y:
                 info = self._info()
@@ -219,8 +213,8 @@ class Tracer:
         rule = self.config.layer_rule(dense=False)
         if rule == "epsilon":  # ε at the BN output, relevance straight into its input (as for a folded BN)
             info = self._info()
-            return self._emit(self._factor_ctx(epsilon_folded_out, y, a, channel_shape(s, a.dim()), info, y_rule),
-                              info)
+            return self._emit(epsilon_folded_out(y, a, channel_shape(s, a.dim()), channel_shape(t, a.dim()), info,
+                                                 y_rule), info)
         return self._rule(y, a, _channel_op, s, t, rule, y_rule)
 
     def avg_pool(self, a: Tensor, pool: Callable[[Tensor], Tensor], *, defer: bool = False) -> Tensor:
@@ -251,4 +245,4 @@ class Tracer:
             self._last_info.seed = True
             return y
         info = self._info(seed=True)  # fallback: an ε "identity layer" at the output
-        return self._emit(self._factor_ctx(epsilon_out, y, info), info)
+        return self._emit(epsilon_out(y, info), info)
