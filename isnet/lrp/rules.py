@@ -134,7 +134,8 @@ class EpsilonAffineScale(torch.autograd.Function):
     @staticmethod
     def forward(g: Tensor, z: Tensor, s: Tensor, t: Tensor, epsilon: float) -> Tensor:  # type: ignore[override]
         a = torch.addcmul(t, z, s).abs_()
-        return g * (a / (a + epsilon)) * s
+        f = a.div_(a + epsilon)  # |y| / (|y| + ε), in place: these passes over the activation dominate the cost
+        return (g * f).mul_(s)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
@@ -150,17 +151,21 @@ class EpsilonAffineScale(torch.autograd.Function):
         g, z, s, t = ctx.saved_tensors
         need_g, need_z, need_s, need_t, _ = ctx.needs_input_grad
         y = torch.addcmul(t, z, s)
-        a = y.abs()
-        den = a + ctx.epsilon
+        r = y.abs().add_(ctx.epsilon).reciprocal_()  # 1 / (|y| + ε)
+        f = 1 - ctx.epsilon * r  # |y| / (|y| + ε)
         d_g = d_z = d_s = d_t = None
         if need_g:
-            d_g = gg * s * (a / den)
+            d_g = (gg * f).mul_(s)
         if need_z or need_s or need_t:
             gy = gg * g
-            d_y = gy * s * (torch.sign(y) * (ctx.epsilon / den.square()))
-            d_z = d_y * s if need_z else None
-            d_s = (gy * (a / den) + d_y * z).sum_to_size(s.shape) if need_s else None
-            d_t = d_y.sum_to_size(t.shape) if need_t else None
+            # d/dy = gy·s·ε·sign(y)·r²
+            d_y = (gy * s).mul_(r.mul_(r).mul_(y.sign_()).mul_(ctx.epsilon))
+            if need_z:
+                d_z = d_y * s
+            if need_s:
+                d_s = gy.mul_(f).addcmul_(d_y, z).sum_to_size(s.shape)
+            if need_t:
+                d_t = d_y.sum_to_size(t.shape)
         return d_g, d_z, d_s, d_t, None
 
 
