@@ -1,0 +1,78 @@
+"""The engine's own versions of concatenation, ReLU and train-mode BatchNorm are exact replacements: same values,
+same gradients (first and second order), same running statistics as the torch modules they stand for."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from isnet.lrp.batchnorm import batch_norm
+from isnet.lrp.rules import EpsilonAffineScale, relevance_pass
+from isnet.lrp.structural import concat, relu
+
+
+def _double(t: torch.Tensor) -> torch.Tensor:
+    return t.double().requires_grad_(True)
+
+
+def test_concat_and_relu_match_torch_in_first_and_second_order():
+    torch.manual_seed(0)
+    parts = [_double(torch.randn(2, c, 3, 3)) for c in (1, 2, 3)]
+    ref = [p.detach().clone().requires_grad_(True) for p in parts]
+
+    def energy(xs, cat, act):
+        y = act(cat(xs))
+        (g,) = torch.autograd.grad((y ** 3).sum(), xs[1], create_graph=True)  # a gradient, then its gradient
+        return (g ** 2).sum() + y.sum()
+
+    ours = energy(parts, concat, relu)
+    theirs = energy(ref, lambda xs: torch.cat(xs, 1), torch.relu)
+    assert torch.allclose(ours, theirs)
+    g_ours = torch.autograd.grad(ours, parts)
+    g_ref = torch.autograd.grad(theirs, ref)
+    for a, b in zip(g_ours, g_ref):
+        assert torch.allclose(a, b, atol=1e-10)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_train_bn_with_stats_updates_running_statistics_as_the_module(momentum):
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 5, 5).double()
+    ours, ref = nn.BatchNorm2d(3, momentum=momentum).double(), nn.BatchNorm2d(3, momentum=momentum).double()
+    with torch.no_grad():
+        for bn in (ours, ref):
+            bn.weight.copy_(torch.tensor([0.5, -1.0, 2.0]))
+            bn.bias.copy_(torch.tensor([0.1, 0.0, -0.3]))
+    for _ in range(3):
+        y, s, t = batch_norm(ours, x.requires_grad_(True))
+        expected = ref(x)
+        assert torch.allclose(y, expected) and torch.allclose(y, s[None, :, None, None] * x + t[None, :, None, None])
+    assert torch.allclose(ours.running_mean, ref.running_mean) and torch.allclose(ours.running_var, ref.running_var)
+    assert int(ours.num_batches_tracked) == int(ref.num_batches_tracked) == 3
+
+
+def test_train_bn_gradient_through_output_and_scale_matches_plain_ops():
+    """The loss reaches x through y and through the rule's scale/shift (batch statistics): both exact."""
+    torch.manual_seed(1)
+    x = _double(torch.randn(4, 3, 2, 2))
+    bn = nn.BatchNorm2d(3).double()
+
+    def loss_of(y, s, t):
+        return (y.sin()).sum() + (s ** 2).sum() + (t * s).sum()
+
+    y, s, t = batch_norm(bn, x)
+    (g_ours,) = torch.autograd.grad(loss_of(y, s, t), x)
+    var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
+    s_ref = bn.weight * torch.rsqrt(var + bn.eps)
+    t_ref = bn.bias - mean * s_ref
+    y_ref = s_ref[None, :, None, None] * x + t_ref[None, :, None, None]
+    (g_ref,) = torch.autograd.grad(loss_of(y_ref, s_ref, t_ref), x)
+    assert torch.allclose(g_ours, g_ref, atol=1e-10)
+
+
+def test_epsilon_affine_scale_gradients_are_exact():
+    torch.manual_seed(2)
+    g, z = _double(torch.randn(2, 3, 4, 4)), _double(torch.randn(2, 3, 4, 4))
+    s, t = _double(torch.randn(1, 3, 1, 1)), _double(torch.randn(1, 3, 1, 1))
+    with relevance_pass():
+        assert torch.autograd.gradcheck(lambda *a: EpsilonAffineScale.apply(*a, 0.01), (g, z, s, t))
