@@ -61,13 +61,18 @@ def test_train_bn_gradient_through_output_and_scale_matches_plain_ops():
         return (y.sin()).sum() + (s ** 2).sum() + (t * s).sum()
 
     y, s, t = batch_norm(bn, x)
-    (g_ours,) = torch.autograd.grad(loss_of(y, s, t), x)
+    (g_ours,) = torch.autograd.grad(loss_of(y, s, t), x, create_graph=True)
     var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
     s_ref = bn.weight * torch.rsqrt(var + bn.eps)
     t_ref = bn.bias - mean * s_ref
     y_ref = s_ref[None, :, None, None] * x + t_ref[None, :, None, None]
-    (g_ref,) = torch.autograd.grad(loss_of(y_ref, s_ref, t_ref), x)
+    (g_ref,) = torch.autograd.grad(loss_of(y_ref, s_ref, t_ref), x, create_graph=True)
     assert torch.allclose(g_ours, g_ref, atol=1e-10)
+    # differentiated once more (RRR's input-gradient penalty does this): the same second derivatives
+    gg_ours = torch.autograd.grad((g_ours ** 2).sum(), [x, bn.weight])
+    gg_ref = torch.autograd.grad((g_ref ** 2).sum(), [x, bn.weight])
+    for a, b in zip(gg_ours, gg_ref):
+        assert torch.allclose(a, b, atol=1e-9)
 
 
 def test_epsilon_affine_scale_gradients_are_exact():

@@ -69,6 +69,8 @@ class BatchNormWithStats(torch.autograd.Function):
             return (None,) * 7
         x, weight, mean, invstd = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():  # a backward with create_graph (RRR's input-gradient penalty): differentiable ops
+            return _differentiable_backward(ctx, x, weight, g_y, g_mean, g_invstd)
         d_x = d_w = d_b = None
         if g_y is not None:
             d_x, d_w, d_b = torch.ops.aten.native_batch_norm_backward(
@@ -84,6 +86,30 @@ class BatchNormWithStats(torch.autograd.Function):
                 extra = extra - (g_invstd * invstd.pow(3) / n).reshape(shape) * (x - mean.reshape(shape))
             d_x = extra if d_x is None else d_x + extra
         return d_x, d_w, d_b, None, None, None, None
+
+
+def _differentiable_backward(ctx, x: Tensor, weight: Optional[Tensor], g_y: Optional[Tensor],
+                             g_mean: Optional[Tensor], g_invstd: Optional[Tensor]) -> tuple:
+    """BatchNormWithStats's backward from plain differentiable ops, for a backward that is itself differentiated
+    (``native_batch_norm_backward`` has no derivative with respect to the saved statistics)."""
+    bias_needed = ctx.needs_input_grad[2]
+    dims = [d for d in range(x.dim()) if d != 1]
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    var, mean = torch.var_mean(x, dim=dims, unbiased=False)
+    invstd = torch.rsqrt(var + ctx.eps)
+    y = (x - mean.reshape(shape)) * invstd.reshape(shape)
+    if weight is not None:
+        y = y * weight.reshape(shape)
+    outs, grads = [], []
+    for out, g in ((y, g_y), (mean, g_mean), (invstd, g_invstd)):
+        if g is not None:
+            outs.append(out)
+            grads.append(g)
+    inputs = [x] + ([weight] if weight is not None else [])
+    d = torch.autograd.grad(outs, inputs, grads, create_graph=True, allow_unused=True)
+    d_x, d_w = d[0], (d[1] if weight is not None else None)
+    d_b = g_y.sum(dims) if (bias_needed and g_y is not None) else None
+    return d_x, d_w, d_b, None, None, None, None
 
 
 def _native_train_bn(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -9,7 +9,6 @@ With the z⁺/α2β1 body rules the BN after a concatenation is instead treated 
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.densenet import DenseNet, _DenseBlock, _DenseLayer, _Transition
