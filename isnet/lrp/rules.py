@@ -208,14 +208,46 @@ def epsilon_folded_out(y: Tensor, z: Tensor, s: Tensor, t: Tensor, info: RuleInf
     return EpsilonFoldedOut.apply(y, z, s, t, info, None if factor_from is y else factor_from)
 
 
-class RoutedOut(torch.autograd.Function):
-    """A rule whose denominator is not ``y`` (z^B, flat, z⁺): forward returns ``y``; the relevance backward
-    sends ``R_y / stab(den)`` (``factor`` = y / stab(den) times g) into each of ``routes`` (tensors built with
-    the rule's modified weights and inputs) instead of into ``y``."""
+class RoutedScale(torch.autograd.Function):
+    """``g · y / stab(den)``: the relevance step of a rule whose denominator is not ``y`` (z^B, flat, z⁺), as one node
+    that keeps ``g``, ``y`` and ``den`` (no stored factor, no stabilised copy of ``den``). d/dg = y/stab(den),
+    d/dy = g/stab(den), d/dden = −g·y/stab(den)² (the stabiliser's sign term is piecewise constant)."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, y: Tensor, info: RuleInfo, factor: Tensor, den: Tensor, *routes: Tensor) -> Tensor:  # type: ignore[override]
-        _keep(ctx, info, factor, den)
+    def forward(g: Tensor, y: Tensor, den: Tensor, epsilon: float) -> Tensor:  # type: ignore[override]
+        return (g * y).div_(stabilize(den, epsilon))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        g, y, den, epsilon = inputs
+        ctx.save_for_backward(g, y, den)
+        ctx.epsilon = epsilon
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, gg: Optional[Tensor]):  # type: ignore[override]
+        if gg is None:
+            return None, None, None, None
+        g, y, den = ctx.saved_tensors
+        need_g, need_y, need_den, _ = ctx.needs_input_grad
+        q = stabilize(den, ctx.epsilon).reciprocal_()
+        ggq = gg * q
+        d_g = ggq * y if need_g else None
+        d_y = ggq * g if need_y else None
+        d_den = (ggq * g).mul_(y).mul_(q).neg_() if need_den else None
+        return d_g, d_y, d_den, None
+
+
+class RoutedOut(torch.autograd.Function):
+    """A rule whose denominator is not ``y`` (z^B, flat, z⁺): forward returns ``y``; the relevance backward
+    sends ``R_y / stab(den)`` (g·y / stab(den), :class:`RoutedScale`, ``y`` taken from ``factor_y``) into each
+    of ``routes`` (tensors built with the rule's modified weights and inputs) instead of into ``y``."""
+
+    @staticmethod
+    def forward(ctx, y: Tensor, info: RuleInfo, factor_y: Tensor, den: Tensor, *routes: Tensor) -> Tensor:  # type: ignore[override]
+        _keep(ctx, info, factor_y, den)
         ctx.n_routes = len(routes)
         return y.view_as(y)
 
@@ -224,8 +256,9 @@ class RoutedOut(torch.autograd.Function):
         none = (None,) * (3 + ctx.n_routes)
         if not in_relevance_pass():
             return (g,) + none
-        factor, den = ctx.saved_tensors
-        c = g / stabilize(den, ctx.info.epsilon) if ctx.info.seed else g * factor
+        factor_y, den = ctx.saved_tensors
+        eps = ctx.info.epsilon
+        c = g / stabilize(den, eps) if ctx.info.seed else RoutedScale.apply(g, factor_y, den, eps)
         return (None, None, None, None) + (c,) * ctx.n_routes
 
 
@@ -261,8 +294,7 @@ def routed_out(y: Tensor, info: RuleInfo, den: Tensor, *routes: Tensor, factor_f
                ) -> Tensor:
     """Attach a rule with denominator ``den`` whose relevance flows into ``routes``. ``factor_from``: the tensor
     (equal to ``y``) whose graph the factor follows; default ``y``."""
-    y_ = y if factor_from is None else factor_from
-    return RoutedOut.apply(y, info, y_ / stabilize(den, info.epsilon), den, *routes)
+    return RoutedOut.apply(y, info, y if factor_from is None else factor_from, den, *routes)
 
 
 class StatGate(torch.autograd.Function):
