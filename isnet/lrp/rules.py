@@ -66,7 +66,21 @@ def _outside(g: Tensor, n_inputs: int) -> tuple:
     return (g,) + (None,) * (n_inputs - 1)
 
 
-class EpsilonScale(torch.autograd.Function):
+class _RelevanceStep(torch.autograd.Function):
+    """Base of the relevance-step nodes (EpsilonScale, EpsilonAffineScale, RoutedScale): ``forward(*tensors,
+    epsilon)`` keeps its tensor inputs and ε for the heatmap loss's backward, which may reach it without a
+    gradient (not materialised); vmap rule generated (the batched classes)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        ctx.save_for_backward(*inputs[:-1])
+        ctx.epsilon = inputs[-1]
+        ctx.set_materialize_grads(False)
+
+
+class EpsilonScale(_RelevanceStep):
     """``g · |y| / (|y| + ε) · s`` (= g · y / stab(y) · s; ``s`` per channel, or None): the relevance step of an ε
     rule, recorded as one node that keeps only ``g``, ``y`` and ``s`` for the heatmap loss's backward.
 
@@ -74,20 +88,11 @@ class EpsilonScale(torch.autograd.Function):
     tensor per layer alive for the whole step, and with ``create_graph`` a plain ``g * factor`` would keep the
     product's inputs and the factor's own intermediates as well. d/dy = g·s·ε·sign(y) / (|y| + ε)²."""
 
-    generate_vmap_rule = True
-
     @staticmethod
     def forward(g: Tensor, y: Tensor, s: Optional[Tensor], epsilon: float) -> Tensor:  # type: ignore[override]
         a = y.abs()
         out = g * (a / (a + epsilon))
         return out if s is None else out * s
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
-        g, y, s, epsilon = inputs
-        ctx.save_for_backward(g, y, s)
-        ctx.epsilon = epsilon
-        ctx.set_materialize_grads(False)
 
     @staticmethod
     def backward(ctx, gg: Optional[Tensor]):  # type: ignore[override]
@@ -124,25 +129,16 @@ class EpsilonOut(torch.autograd.Function):
         return EpsilonScale.apply(g, factor_y, None, ctx.info.epsilon), None, None, None
 
 
-class EpsilonAffineScale(torch.autograd.Function):
+class EpsilonAffineScale(_RelevanceStep):
     """:class:`EpsilonScale` at ``y = s·z + t``, with ``y`` recomputed from the BN input ``z`` (which the BN keeps for
     its own backward anyway) instead of kept: one activation-sized tensor less per BatchNorm for the whole step,
     for one multiply-add more in each backward. d/dz = d/dy·s, d/ds = g·f(y) + d/dy·z, d/dt = d/dy."""
-
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(g: Tensor, z: Tensor, s: Tensor, t: Tensor, epsilon: float) -> Tensor:  # type: ignore[override]
         a = torch.addcmul(t, z, s).abs_()
         f = a.div_(a + epsilon)  # |y| / (|y| + ε), in place: these passes over the activation dominate the cost
         return (g * f).mul_(s)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
-        g, z, s, t, epsilon = inputs
-        ctx.save_for_backward(g, z, s, t)
-        ctx.epsilon = epsilon
-        ctx.set_materialize_grads(False)
 
     @staticmethod
     def backward(ctx, gg: Optional[Tensor]):  # type: ignore[override]
@@ -208,23 +204,14 @@ def epsilon_folded_out(y: Tensor, z: Tensor, s: Tensor, t: Tensor, info: RuleInf
     return EpsilonFoldedOut.apply(y, z, s, t, info, None if factor_from is y else factor_from)
 
 
-class RoutedScale(torch.autograd.Function):
+class RoutedScale(_RelevanceStep):
     """``g · y / stab(den)``: the relevance step of a rule whose denominator is not ``y`` (z^B, flat, z⁺), as one node
     that keeps ``g``, ``y`` and ``den`` (no stored factor, no stabilised copy of ``den``). d/dg = y/stab(den),
     d/dy = g/stab(den), d/dden = −g·y/stab(den)² (the stabiliser's sign term is piecewise constant)."""
 
-    generate_vmap_rule = True
-
     @staticmethod
     def forward(g: Tensor, y: Tensor, den: Tensor, epsilon: float) -> Tensor:  # type: ignore[override]
         return (g * y).div_(stabilize(den, epsilon))
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
-        g, y, den, epsilon = inputs
-        ctx.save_for_backward(g, y, den)
-        ctx.epsilon = epsilon
-        ctx.set_materialize_grads(False)
 
     @staticmethod
     def backward(ctx, gg: Optional[Tensor]):  # type: ignore[override]

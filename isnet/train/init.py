@@ -129,26 +129,25 @@ def resolve_init(cfg: TrainConfig, model: nn.Module) -> tuple[dict[str, torch.Te
             return sd, f"run {run_id} (classes {theirs}: its head is not used)"
         return state["model"], f"run {run_id}"
     if init == "imagenet":
-        cached, url = imagenet_file(cfg.model.backbone)
-        path = Path(cfg.model.init_path).expanduser() if cfg.model.init_path else cached
-        if not path.is_file():
-            hint = (f"model.init_path={path} does not exist" if cfg.model.init_path else
-                    f"{cached.name} is not in torch's hub cache")
-            raise UserError(f"model.init=imagenet ({cfg.model.backbone}): {hint}; isnet downloads nothing: place "
-                            f"the file from {url} at {cached} (or set model.init_path to where it is)")
-        return _read_state_dict(path, f"model.init=imagenet ({cfg.model.backbone})"), f"imagenet file {path}"
+        what = f"model.init=imagenet ({cfg.model.backbone})"
+        path = _published_file(cfg, what, *imagenet_file(cfg.model.backbone), "torch's hub cache")
+        return _read_state_dict(path, what), f"imagenet file {path}"
     if init.startswith("xrv:"):
-        name = init[4:].strip()
-        cached, url = xrv_file(name)
-        path = Path(cfg.model.init_path).expanduser() if cfg.model.init_path else cached
-        if not path.is_file():
-            hint = (f"model.init_path={path} does not exist" if cfg.model.init_path else
-                    f"{cached.name} is not in torchxrayvision's cache")
-            raise UserError(f"model.init={init}: {hint}; isnet downloads nothing: place the file from {url} at "
-                            f"{cached} (or set model.init_path to where it is)")
+        path = _published_file(cfg, f"model.init={init}", *xrv_file(init[4:].strip()), "torchxrayvision's cache")
         return _read_state_dict(path, f"model.init={init}", pickled_model=True), f"torchxrayvision file {path}"
     path = Path(init).expanduser()
     return _read_state_dict(path, f"model.init={init}"), f"state dict {path}"
+
+
+def _published_file(cfg: TrainConfig, what: str, cached: Path, url: str, cache_name: str) -> Path:
+    """``model.init_path`` or the library's cache file; a missing one is an error naming where to put it."""
+    path = Path(cfg.model.init_path).expanduser() if cfg.model.init_path else cached
+    if not path.is_file():
+        hint = (f"model.init_path={path} does not exist" if cfg.model.init_path else
+                f"{cached.name} is not in {cache_name}")
+        raise UserError(f"{what}: {hint}; isnet downloads nothing: place the file from {url} at {cached} (or set "
+                        "model.init_path to where it is)")
+    return path
 
 
 def _head_prefix(model: nn.Module) -> str:
