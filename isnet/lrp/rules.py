@@ -159,7 +159,7 @@ class EpsilonAffineScale(_RelevanceStep):
             if need_z:
                 d_z = d_y * s
             if need_s:
-                d_s = gy.mul_(f).addcmul_(d_y, z).sum_to_size(s.shape)
+                d_s = gy.mul_(f).add_(d_y * z).sum_to_size(s.shape)  # addcmul_ has no vmap batching rule
             if need_t:
                 d_t = d_y.sum_to_size(t.shape)
         return d_g, d_z, d_s, d_t, None
