@@ -49,8 +49,8 @@ class Tracer:
     def __init__(self, x: Tensor, config: LRPConfig, x_value: Optional[Tensor] = None,
                  differentiable: bool = True) -> None:
         self.x = x
-        # without create_graph nothing differentiates the rules' factors (detach_biases then changes nothing)
-        self.factor_grad = differentiable
+        # without create_graph nothing differentiates the heatmap (detach_biases then changes nothing)
+        self.differentiable = differentiable
         self.x_value = x if x_value is None else x_value
         self.config = config
         self.heat_terms: list[tuple[Tensor, float]] = [(x, 1.0)]
@@ -80,7 +80,7 @@ class Tracer:
 
     @property
     def _detach(self) -> bool:
-        return self.config.detach_biases and self.factor_grad
+        return self.config.detach_biases and self.differentiable
 
     def _without_own_bias(self, y: Tensor, lin: Tensor) -> Tensor:
         """``y`` with the value unchanged but differentiable only through ``lin``, the layer's bias-free linear part
@@ -96,11 +96,6 @@ class Tracer:
         """z⁺ or α2β1 for the linear map ``y = op(a, w) + b`` (zennit's conventions for signs and biases).
         ``y_rule``: the value the rule's factors are formed from (``y`` with its own bias detached)."""
         y_rule = y if y_rule is None else y_rule
-        if rule == "epsilon":
-            if y_rule is y:
-                return self.epsilon(y)
-            info = self._info()
-            return self._emit(epsilon_out(y, info, factor_from=y_rule), info)
         has_neg = bool((a < 0).any())
         a_pos = a.clamp(min=0) if has_neg else a
         a_neg = a.clamp(max=0) if has_neg else None
