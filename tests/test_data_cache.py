@@ -247,3 +247,37 @@ def test_training_with_a_disk_cache_logs_its_folder_and_a_second_run_reuses_it(t
     assert second.run_id != first.run_id
     n_test = len(load_manifest(toy, CLASSES).records("test"))
     assert len(decodes) == n_test and _tree(folder) == files   # training and validation read the cache
+
+
+_FAILING_FILL = """
+import sys, torch
+from monai.transforms import Compose, Lambda
+from isnet.data.dataset import MemoryCache
+
+def decode(record):
+    if record["i"] == 0:
+        raise ValueError("unreadable image")
+    x = torch.randn(1, 1, 128, 128)
+    for _ in range(20):  # keep the other threads busy in torch while the error travels up
+        x = torch.nn.functional.conv2d(x, torch.randn(1, 1, 9, 9), padding=4)
+    return record
+
+try:
+    MemoryCache([{"i": i} for i in range(32)], transform=Compose([Lambda(decode)]), num_workers=4)
+except Exception as exc:
+    print("isnet: error:", exc, file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+def test_a_failing_image_in_the_memory_cache_fill_exits_with_its_code(tmp_path):
+    """MONAI's own fill leaves its threads decoding while the error ends the process, and the interpreter's
+    shutdown under them aborted it (exit 134) instead of the user error's exit 2."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "fill.py"
+    script.write_text(_FAILING_FILL)
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr[-2000:]  # MONAI's CacheDataset: -6 (abort) in 8 of 8 tries
+    assert "isnet: error: applying transform" in res.stderr and "terminate called" not in res.stderr

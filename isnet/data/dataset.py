@@ -23,6 +23,7 @@ import json
 import os
 import uuid
 import warnings
+from multiprocessing.pool import ThreadPool
 from pathlib import Path
 from typing import Sequence
 
@@ -30,6 +31,7 @@ import monai
 import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from isnet.config.schema import DataConfig
 from isnet.data.transforms import (
@@ -84,6 +86,32 @@ def _atomic_write(path: Path, write) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+class MemoryCache(CacheDataset):
+    """MONAI's ``CacheDataset`` whose cache fill waits for its threads when an image fails.
+
+    MONAI fills the cache in a thread pool and, when one image's transform raises, only terminates the pool: the
+    threads still decoding other images keep running while the error travels up. When the error ends the
+    process (a bad manifest row is a one-line exit 2), the interpreter shuts down under those threads and the
+    C++ runtime aborts it ("terminate called without an active exception", exit 134) instead of exiting with
+    the error's code. Here the pool is terminated and joined, so only the images already in flight finish.
+    """
+
+    def _fill_cache(self, indices=None) -> list:
+        if self.cache_num <= 0:
+            return []
+        if indices is None:
+            indices = list(range(self.cache_num))
+        pool = ThreadPool(self.num_workers)
+        try:
+            items = pool.imap(self._load_cache_item, indices)
+            if self.progress:
+                items = tqdm(items, total=len(indices), desc="Loading dataset")
+            return list(items)
+        finally:
+            pool.terminate()
+            pool.join()
 
 
 class DiskCache(PersistentDataset):
@@ -188,8 +216,8 @@ def build_dataset(records: list[dict], cfg: DataConfig, *, train: bool, progress
     if cfg.cache == "memory":
         if cache_rate is None:
             cache_rate = memory_cache_rate(cfg, records[0], len(records), extra) if records else cfg.cache_rate
-        layer = CacheDataset(list(records), transform=cache_transforms(cfg, extra), cache_rate=cache_rate,
-                             num_workers=None, progress=progress, copy_cache=False)
+        layer = MemoryCache(list(records), transform=cache_transforms(cfg, extra), cache_rate=cache_rate,
+                            num_workers=None, progress=progress, copy_cache=False)
         return XrayDataset(layer, after_cache_transforms(cfg, train), mode="memory")
     folder = disk_cache_folder(cfg)
     layer = DiskCache(records, cache_transforms(cfg), folder)
