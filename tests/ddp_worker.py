@@ -5,7 +5,8 @@
 DDP (gloo). Rank 0 (or the single process) saves the final weights and per-step losses to OUT.pt, and what
 each rank's Trainer built: its training records, how many of them it cached, whether it has validation data.
 One process also trains on the first half of each batch only (a reference that must *not* match).
-SPECS are "+"-separated method lists, e.g. ``isnet+standard+isnet:bn`` (":bn": small_cnn with BatchNorm).
+SPECS are "+"-separated method lists, e.g. ``isnet+standard+isnet:bn`` (":bn": small_cnn with BatchNorm;
+":balance": ISNet's gradient balance on, whose cross-entropy gradient must be averaged over ranks too).
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ def run(manifest_path: str, spec: str, ctx, half: bool = False) -> dict | None:
                  "train.device=cpu", f"methods={methods}"]
     if "isnet" in methods:
         overrides += ["method.isnet.C1=0.5", "method.isnet.C2=5.0"]
+    if variant == "balance":
+        overrides += ["method.isnet.balance=0.1"]
     if "sgdrop" in methods and variant != "bn":
         overrides += ["method.sgdrop.layer='8'"]  # bn_free_cnn's global pooling, as small_cnn's default
     cfg = load_config(None, overrides)

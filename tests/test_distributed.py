@@ -34,7 +34,7 @@ def ddp_results(tmp_path_factory) -> tuple[dict, dict]:
 
     tmp = tmp_path_factory.mktemp("ddp")
     manifest = make_toy_set(tmp / "toy", n_per_class=4, size=32)
-    specs = "isnet+standard+isnet:bn+sgdrop+isnet,sgdrop+reldrop"
+    specs = "isnet+standard+isnet:bn+sgdrop+isnet,sgdrop+reldrop+isnet:balance"
     single, ddp = tmp / "single.pt", tmp / "ddp.pt"
     r = subprocess.run([sys.executable, str(WORKER), str(manifest), str(single), specs], cwd=tmp,
                        capture_output=True, text=True, timeout=600, env=_env())
@@ -46,7 +46,7 @@ def ddp_results(tmp_path_factory) -> tuple[dict, dict]:
     return torch.load(single, weights_only=True), torch.load(ddp, weights_only=True)
 
 
-@pytest.mark.parametrize("method", ["isnet", "standard", "sgdrop", "isnet,sgdrop"])
+@pytest.mark.parametrize("method", ["isnet", "standard", "sgdrop", "isnet,sgdrop", "isnet:balance"])
 def test_ddp_matches_single_process_on_the_global_batch(ddp_results, method):
     single, ddp = ddp_results
     init_gap = _max_diff(single[method]["model"], single[method + "/half"]["model"])
@@ -57,6 +57,8 @@ def test_ddp_matches_single_process_on_the_global_batch(ddp_results, method):
     ranks = ddp[method]["ranks"]
     assert _max_diff(ranks[0], ranks[1]) == 0.0
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in ddp[method]["losses"])
+    if method.endswith(":balance"):  # the cap was active: the heatmap gradient was scaled down on every step
+        assert all(0 < m["grad_balance"] < 1 for m in ddp[method]["losses"] + single[method]["losses"])
 
 
 def test_each_rank_caches_only_its_half_of_the_training_records(ddp_results):

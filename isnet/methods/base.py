@@ -128,6 +128,11 @@ class Method:
         """A gradient-norm limit this method asks for (the smallest requested one is used)."""
         return None
 
+    def gradient_balance(self) -> float | None:
+        """A cap r on the gradient of the objective's other terms, as a multiple of the cross-entropy's
+        (:mod:`isnet.train.balance`; the smallest requested one is used), or None."""
+        return None
+
     def after_step(self, trainer: "TrainContext") -> None:
         """Called after the optimiser step."""
 

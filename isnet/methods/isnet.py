@@ -97,6 +97,11 @@ class ISNetParams(MethodParams):
                             "gradient) or biases (original ISNet's LRP block: biases and BatchNorm batch "
                             "statistics detached)")
     grad_clip_norm: Optional[float] = Field(1.0, gt=0)
+    balance: Optional[float] = Field(
+        None, gt=0, description="ours, off in the reference: cap the weight gradient of the heatmap loss at "
+                                "balance x the cross-entropy's on every step (direction kept; logged as "
+                                "train_grad_balance, the factor applied). From the initial weights the heatmap "
+                                "term's gradient is many times the CE's and the classifier stays near chance")
     collapse_check: bool = Field(True, description="warn once when training CE stays above 0.9·ln K after a "
                                                    "third of the epochs while L_bg falls")
 
@@ -281,6 +286,9 @@ class ISNetMethod(Method):
 
     def grad_clip_norm(self) -> float | None:
         return self.params.grad_clip_norm
+
+    def gradient_balance(self) -> float | None:
+        return self.params.balance
 
     def state_dict(self) -> dict[str, Any]:
         return {"C1": self.C1, "C2": self.C2, "generator": self.generator.get_state(),

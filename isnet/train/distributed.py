@@ -84,6 +84,9 @@ class SingleProcess:
     def sum_dict(self, values: dict[str, float]) -> dict[str, float]:
         return values
 
+    def mean_tensors(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        return tensors
+
     def all_true(self, flag: bool) -> bool:
         return flag
 
@@ -142,6 +145,13 @@ class DistContext:
         t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return dict(zip(keys, t.tolist()))
+
+    def mean_tensors(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The mean of each tensor over ranks, as DDP averages gradients (one all-reduce of one flat buffer)."""
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= self.world_size
+        return [chunk.view_as(t) for chunk, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
 
     def all_true(self, flag: bool) -> bool:
         t = torch.tensor([0 if flag else 1], dtype=torch.int64, device=self.device)

@@ -23,6 +23,7 @@ from isnet.lrp import LRPConfig, run_lrp_config
 from isnet.methods.base import LOSS_RULE, Method, StepOutput, combine_losses
 from isnet.tracking import Tracker
 from isnet.tracking_names import site_keys
+from isnet.train.balance import balance_gradients, ce_gradient
 from isnet.train.diagnostics import RelevanceDiagnostics
 from isnet.train.distributed import DistContext, SingleProcess
 from isnet.train.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint, save_checkpoint
@@ -224,7 +225,15 @@ class Trainer:
                 f"stopped and the last good checkpoint is kept at {self.last_path}. Lower the learning rate "
                 f"or enable gradient clipping (optim.grad_clip_norm).")
         self.optimizer.zero_grad(set_to_none=True)
+        balance = [r for r in (m.gradient_balance() for m in self.methods) if r]
+        if balance:
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            g_ce = ce_gradient(self.scaler.scale(ce * float(combined["ce_weight"])), params)
         self.scaler.scale(total).backward()
+        if balance:
+            factor = balance_gradients(params, self.dist.mean_tensors(g_ce), min(balance))
+            if math.isfinite(factor):  # not on a mixed-precision step the scaler skips
+                metrics["grad_balance"] = factor
         clip = [c for c in [self.cfg.optim.grad_clip_norm] + [m.grad_clip_norm() for m in self.methods] if c]
         if clip:
             self.scaler.unscale_(self.optimizer)
