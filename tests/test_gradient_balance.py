@@ -49,3 +49,16 @@ def test_ce_gradient_keeps_the_graph_and_zero_fills_unused_parameters():
     assert torch.allclose(g[0], torch.tensor([36.0])) and torch.equal(g[1], torch.zeros(1))
     loss.backward()  # the graph is still there for the step's own backward
     assert torch.allclose(w.grad, torch.tensor([36.0]))
+
+
+def test_balance_is_validated_against_p():
+    from isnet.config import load_config
+    from isnet.errors import ConfigError
+
+    cfg = load_config(None, ["methods=[isnet]", "method.isnet.balance=0.5", "method.isnet.P={1: 0.0, 3: 0.7}"])
+    assert cfg.method.isnet.balance == 0.5
+    for bad, match in ((["method.isnet.P=1.0"], "balance needs P < 1"),
+                       (["method.isnet.P={1: 0.5, 4: 1.0}"], "balance needs P < 1"),
+                       (["method.isnet.P=0.7", "method.isnet.balance=0"], "balance")):
+        with pytest.raises(ConfigError, match=match):
+            load_config(None, ["methods=[isnet]", "method.isnet.balance=0.5", *bad])

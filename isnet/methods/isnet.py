@@ -128,6 +128,9 @@ class ISNetParams(MethodParams):
     def _band_ordered(self) -> "ISNetParams":
         if self.C1 is not None and self.C2 is not None and self.C1 > self.C2:
             raise ValueError(f"C1 ({self.C1}) must not exceed C2 ({self.C2})")
+        if self.balance is not None and max(self.P.values() if isinstance(self.P, dict) else [self.P]) >= 1:
+            raise ValueError("balance needs P < 1 in every epoch: at P = 1 there is no cross-entropy gradient to "
+                             "cap the heatmap loss's against, and every update would be zero")
         return self
 
     def resolve(self, cfg: "TrainConfig", enabled: bool) -> None:
