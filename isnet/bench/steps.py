@@ -61,7 +61,7 @@ OPT_IN = ("zennit-naive-original",)
 
 def case_names() -> tuple[list[str], dict[str, str]]:
     """(all cases, {skipped case: why}) for the train-step suite."""
-    cases = ["standard", "inference", "explain"] + [f"isnet-{v}" for v in ISNET_VARIANTS]
+    cases = ["standard", "inference", "explain"] + [f"isnet-{v}" for v in ISNET_VARIANTS] + ["isnet-balanced"]
     extra = extra_methods()
     cases += extra
     cases += ["zennit-naive-stochastic", "zennit-naive-original"]
@@ -143,9 +143,12 @@ def bench_trainer(cfg: TrainConfig, spec: Spec, batch: dict):
     return tr
 
 
-def _train_step(spec: Spec, methods: list[str], variant: str = "stochastic") -> Callable[[], None]:
+def _train_step(spec: Spec, methods: list[str], variant: str = "stochastic", balance: float | None = None
+                ) -> Callable[[], None]:
     batch = synthetic_batch(spec)
-    tr = bench_trainer(train_config(spec, methods, variant), spec, batch)
+    cfg = train_config(spec, methods, variant)
+    cfg.method.isnet.balance = balance
+    tr = bench_trainer(cfg, spec, batch)
     dev_batch = {k: (v.to(tr.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
     return lambda: tr.train_step(dev_batch)
 
@@ -219,6 +222,8 @@ def build_case(name: str, spec: Spec) -> Callable[[], None]:
         return _inference(spec)
     if name == "explain":
         return _explain(spec)
+    if name == "isnet-balanced":
+        return _train_step(spec, ["isnet"], "original", balance=1.0)
     if name.startswith("isnet-"):
         return _train_step(spec, ["isnet"], name.split("-", 1)[1])
     if name.startswith("zennit-naive-"):
@@ -236,6 +241,7 @@ DESCRIPTIONS = {
     "isnet-original": "ISNet training step, heatmaps of all 3 classes",
     "isnet-stochastic": "ISNet training step, one heatmap per image (random class)",
     "isnet-selective": "ISNet training step, one heatmap per image (softmax score)",
+    "isnet-balanced": "ISNet training step, all 3 classes, gradient balance on (method.isnet.balance=1)",
     "zennit-naive-stochastic": "same ISNet loss, zennit rule hooks + create_graph, 1 map",
     "zennit-naive-original": "same ISNet loss, zennit rule hooks + create_graph, 3 maps",
 }
