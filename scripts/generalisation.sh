@@ -5,8 +5,9 @@
 # 2. trains standard, isnet (original), isnet (stochastic), isnet+sgdrop (the ISNet runs fine-tune a warm-up as
 #    long as the run, the recipe that delivered in docs/generalisation.md), rrr and isnet_published (the
 #    reference's recipe: 5-epoch warm-up thrown away, ISNet from the initial weights) on the training sites;
-#    isnet_balanced (not in the default RUNS) is the published recipe with method.isnet.balance=1.0 (the
-#    heatmap loss's gradient capped at the cross-entropy's on every step),
+#    isnet_balanced (not in the default RUNS) is the published recipe with method.isnet.balance=0.5 (the
+#    heatmap loss's gradient capped at half the cross-entropy's on every step); isnet_stochastic_published and
+#    isnet_sgdrop_published are the published recipe with those methods,
 # 3. writes the external-site report of the runs: OUT/report.html and OUT/report.json.
 # Prints the run ids (also in OUT/runs.tsv: the runs of the last report) and the report path.
 #
@@ -41,8 +42,10 @@ overrides_for() {  # the run's own overrides on top of the config
     isnet_sgdrop)     echo "--set methods=[isnet,sgdrop]" ;;
     rrr)              echo "--set methods=[rrr]" ;;
     isnet_published)  echo "--set methods=[isnet] --set method.isnet.warmup_epochs=5 --set method.isnet.init_from_warmup=false" ;;
-    isnet_balanced)   echo "--set methods=[isnet] --set method.isnet.warmup_epochs=5 --set method.isnet.init_from_warmup=false --set method.isnet.balance=1.0" ;;
-    *) echo "unknown run '$1' in RUNS (known: standard isnet isnet_stochastic isnet_sgdrop rrr isnet_published isnet_balanced)" >&2; return 1 ;;
+    isnet_balanced)   echo "--set methods=[isnet] --set method.isnet.warmup_epochs=5 --set method.isnet.init_from_warmup=false --set method.isnet.balance=0.5" ;;
+    isnet_stochastic_published) echo "--set methods=[isnet] --set method.isnet.variant=stochastic --set method.isnet.warmup_epochs=5 --set method.isnet.init_from_warmup=false" ;;
+    isnet_sgdrop_published)     echo "--set methods=[isnet,sgdrop] --set method.isnet.warmup_epochs=5 --set method.isnet.init_from_warmup=false" ;;
+    *) echo "unknown run '$1' in RUNS (known: standard isnet isnet_stochastic isnet_sgdrop rrr isnet_published isnet_balanced isnet_stochastic_published isnet_sgdrop_published)" >&2; return 1 ;;
   esac
 }
 for name in $RUNS; do overrides_for "$name" > /dev/null; done   # fail on a typo before any work
