@@ -130,6 +130,8 @@ def _toy_isnet(tmp_path, monkeypatch, overrides: list[str]):
     return ce, client.get_run(result.run_id).data.tags
 
 
+@pytest.mark.slow  # ~35 s; leaving ln K is checked in the default run by the from-scratch test below, and
+# init_from_warmup's mechanics by test_isnet_can_start_from_the_warmup_weights
 def test_finetune_recipe_leaves_chance_level(tmp_path, monkeypatch):
     """init_from_warmup with a warm-up as long as the run: ISNet fine-tunes a trained classifier and its training
     cross-entropy ends well below ln K (< 0.8·ln K), with no collapse warning."""
@@ -143,7 +145,8 @@ def test_a_stalled_isnet_run_is_flagged_in_mlflow(tmp_path, monkeypatch):
     """With P = 1 nothing pulls the classifier away from chance: CE stays near ln K while the background loss falls,
     and the run carries the collapse tag (the detector through the public API)."""
     ce, tags = _toy_isnet(tmp_path, monkeypatch,
-                          ["method.isnet.P=1.0", "method.isnet.balance=null", "optim.epochs=4"])
+                          ["method.isnet.P=1.0", "method.isnet.balance=null", "optim.epochs=4",
+                           "method.isnet.warmup_epochs=1"])
     assert min(ce) > 0.9 * math.log(3)
     assert tags.get("isnet.collapse_warning", "").startswith("epoch ")
 
