@@ -46,7 +46,8 @@ def collapse_message(epoch: int, ce: float, n_classes: int, l_bg_first: float, l
             f"{COLLAPSE_CE_FRACTION}·ln {n_classes} = {COLLAPSE_CE_FRACTION * math.log(n_classes):.3f} while the "
             f"background loss fell ({l_bg_first:.3f} -> {l_bg_now:.3f}). Likely cause: the heatmap loss silences "
             f"the network before it has learned lung features (all relevance, and with it the logits, shrinks). "
-            f"Try the gradient balance (method.isnet.balance=0.5), a P schedule that starts low "
+            f"Try the gradient balance (method.isnet.balance=0.5; it weakens the defence against strong "
+            f"shortcuts), a P schedule that starts low "
             f"(method.isnet.P={{1: 0.0, 3: 0.7}}), a smaller P, or "
             f"method.isnet.init_from_warmup=true with method.isnet.warmup_epochs=null (fine-tune a trained model; "
             f"docs/methods.md, 'ISNet from the initial weights').")
