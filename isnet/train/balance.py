@@ -31,7 +31,8 @@ def ce_gradient(ce_term: Tensor, params: Sequence[Tensor]) -> list[Tensor]:
 
 
 def _norm(tensors: Sequence[Tensor]) -> float:
-    return math.sqrt(sum(float(t.detach().float().square().sum()) for t in tensors))
+    """The global L2 norm, read back once (not once per tensor: each read is a device sync on a GPU)."""
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.detach().float()) for t in tensors])))
 
 
 def balance_gradients(params: Sequence[Tensor], g_ce: Sequence[Tensor], ratio: float) -> float:
