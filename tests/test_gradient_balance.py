@@ -62,3 +62,23 @@ def test_balance_is_validated_against_p():
                        (["method.isnet.P=0.7", "method.isnet.balance=0"], "balance")):
         with pytest.raises(ConfigError, match=match):
             load_config(None, ["methods=[isnet]", "method.isnet.balance=0.5", *bad])
+
+
+def test_a_balance_schedule_switches_the_cap_by_epoch():
+    from isnet.config import load_config
+    from isnet.errors import ConfigError
+    from isnet.methods.isnet import ISNetMethod
+
+    cfg = load_config(None, ["methods=[isnet]", "method.isnet.balance={1: 0.5, 3: 1.0, 5: null}", "optim.epochs=8",
+                             "method.isnet.P={1: 0.7, 5: 1.0}"])  # P = 1 is allowed once the balance is off
+    method = ISNetMethod(cfg)
+    seen = []
+    for epoch in range(1, 9):
+        method.on_epoch_start(epoch, trainer=None)
+        seen.append(method.gradient_balance())
+    assert seen == [0.5, 0.5, 1.0, 1.0, None, None, None, None]
+    assert [method.selectable(e) for e in (4, 5)] == [False, True]  # still balanced in epoch 4
+    for bad, match in (("{2: 0.5}", "start at epoch 1"), ("{1: 0.5, 3: 0}", "must be > 0"),
+                       ("{1: null, 3: 0.5}", "balance needs P < 1")):
+        with pytest.raises(ConfigError, match=match):
+            load_config(None, ["methods=[isnet]", f"method.isnet.balance={bad}", "method.isnet.P={1: 0.7, 3: 1.0}"])

@@ -151,16 +151,22 @@ def test_a_stalled_isnet_run_is_flagged_in_mlflow(tmp_path, monkeypatch):
     assert tags.get("isnet.collapse_warning", "").startswith("epoch ")
 
 
-def test_a_p_schedule_never_selects_a_model_from_before_its_final_p(tmp_path, monkeypatch):
-    """With P = {1: 0, 3: 0.7} the first two epochs train a plain classifier; the best checkpoint (the model
-    that is tested, exported and reported) must be an ISNet, i.e. from epoch 3 on, whatever the val loss was."""
+def test_p_and_balance_schedules_never_select_a_model_from_before_their_final_values(tmp_path, monkeypatch):
+    """With P = {1: 0, 3: 0.7} the first two epochs train a plain classifier, and with balance = {1: 0.5, 4: null}
+    the first three cap the heatmap gradient; the best checkpoint (the model that is tested, exported and
+    reported) must be the configured ISNet, i.e. from epoch 4 on, whatever the val loss was."""
     _, tags = _toy_isnet(tmp_path, monkeypatch, ["method.isnet.P={1: 0.0, 3: 0.7}", "optim.epochs=4",
+                                                 "method.isnet.balance={1: 0.5, 4: null}",
                                                  "method.isnet.warmup_epochs=1"])
-    run = MlflowClient(store_uri()).search_runs(
-        [MlflowClient(store_uri()).get_experiment_by_name("covid_tb").experiment_id])[0]
-    assert run.data.metrics["best_epoch"] >= 3
-    p = sorted(MlflowClient(store_uri()).get_metric_history(run.info.run_id, "train_P"), key=lambda m: m.step)
+    client = MlflowClient(store_uri())
+    run = client.search_runs([client.get_experiment_by_name("covid_tb").experiment_id])[0]
+    assert run.data.metrics["best_epoch"] == 4
+    p = sorted(client.get_metric_history(run.info.run_id, "train_P"), key=lambda m: m.step)
     assert [m.value for m in p] == [0.0, 0.0, 0.7, 0.7]
+    # the balance ran in epochs 1-3 only; at P = 0 there is nothing to cap (factor 1), at P = 0.7 there is
+    c = sorted(client.get_metric_history(run.info.run_id, "train_grad_balance"), key=lambda m: m.step)
+    assert [m.step for m in c] == [p[0].step, p[1].step, p[2].step]
+    assert c[0].value == c[1].value == 1.0 and c[2].value < 1.0
 
 
 def test_from_the_initial_weights_isnet_with_the_gradient_balance_leaves_chance_level(tmp_path, monkeypatch):

@@ -53,6 +53,21 @@ def collapse_message(epoch: int, ce: float, n_classes: int, l_bg_first: float, l
             f"docs/methods.md, 'ISNet from the initial weights').")
 
 
+def _check_schedule_keys(schedule: dict, name: str) -> None:
+    if not schedule:
+        raise ValueError(f"a {name} schedule needs at least one {{epoch: value}} entry")
+    if min(schedule) != 1:
+        raise ValueError(f"a {name} schedule must start at epoch 1 (epochs count from 1), got keys {sorted(schedule)}")
+
+
+def scheduled(value: Any, epoch: int) -> Any:
+    """The value in force during ``epoch`` (counted from 1) of a constant or an {epoch: value} schedule, where
+    each value holds until the next key."""
+    if not isinstance(value, dict):
+        return value
+    return value[max(k for k in value if k <= max(epoch, 1))]
+
+
 def _same_optimizer(opt: torch.optim.Optimizer, params) -> torch.optim.Optimizer:
     """A fresh optimiser of ``opt``'s class and settings over ``params`` (the warm-up trains like the run)."""
     accepted = inspect.signature(type(opt)).parameters
@@ -99,11 +114,13 @@ class ISNetParams(MethodParams):
                             "gradient) or biases (original ISNet's LRP block: biases and BatchNorm batch "
                             "statistics detached)")
     grad_clip_norm: Optional[float] = Field(1.0, gt=0)
-    balance: Optional[float] = Field(
-        None, gt=0, description="ours, off in the reference: cap the weight gradient of the heatmap loss at "
-                                "balance x the cross-entropy's on every step (direction kept; logged as "
-                                "train_grad_balance, the factor applied). From the initial weights the heatmap "
-                                "term's gradient is many times the CE's and the classifier stays near chance")
+    balance: Union[None, float, dict[int, Optional[float]]] = Field(
+        None, description="ours, off in the reference: cap the weight gradient of the heatmap loss at "
+                          "balance x the cross-entropy's on every step (direction kept; logged as "
+                          "train_grad_balance, the factor applied). From the initial weights the heatmap "
+                          "term's gradient is many times the CE's and the classifier stays near chance. A number, "
+                          "or a schedule {epoch: ratio or null} like P's, e.g. {1: 0.5, 5: null}: balanced while "
+                          "the features form, the published loss from epoch 5 on")
     collapse_check: bool = Field(True, description="warn once when training CE stays above 0.9·ln K after a "
                                                    "third of the epochs while L_bg falls")
 
@@ -112,26 +129,41 @@ class ISNetParams(MethodParams):
     def _p_range(cls, v):
         values = v.values() if isinstance(v, dict) else [v]
         if isinstance(v, dict):
-            if not v:
-                raise ValueError("a P schedule needs at least one {epoch: P} entry")
-            if min(v) != 1:
-                raise ValueError(f"a P schedule must start at epoch 1 (epochs count from 1), got keys {sorted(v)}")
+            _check_schedule_keys(v, "P")
         if any(not 0 <= p <= 1 for p in values):
             raise ValueError(f"P must lie in [0, 1], got {v}")
         return v
 
+    @field_validator("balance")
+    @classmethod
+    def _balance_range(cls, v):
+        if isinstance(v, dict):
+            _check_schedule_keys(v, "balance")
+        values = v.values() if isinstance(v, dict) else [v]
+        if any(r is not None and not r > 0 for r in values):
+            raise ValueError(f"balance ratios must be > 0 (null: no balance), got {v}")
+        return v
+
     def P_at(self, epoch: int) -> float:
         """P in force during ``epoch`` (counted from 1)."""
-        if not isinstance(self.P, dict):
-            return float(self.P)
-        return float(self.P[max(k for k in self.P if k <= max(epoch, 1))])
+        return float(scheduled(self.P, epoch))
+
+    def balance_at(self, epoch: int) -> float | None:
+        """The gradient-balance ratio in force during ``epoch`` (None: no balance)."""
+        return scheduled(self.balance, epoch)
+
+    def final_epoch_key(self) -> int:
+        """The first epoch from which both schedules (P, balance) hold their final values: the model is the
+        configured ISNet only from then on."""
+        return max([1] + [max(s) for s in (self.P, self.balance) if isinstance(s, dict)])
 
     @model_validator(mode="after")
     def _band_ordered(self) -> "ISNetParams":
         if self.C1 is not None and self.C2 is not None and self.C1 > self.C2:
             raise ValueError(f"C1 ({self.C1}) must not exceed C2 ({self.C2})")
-        if self.balance is not None and max(self.P.values() if isinstance(self.P, dict) else [self.P]) >= 1:
-            raise ValueError("balance needs P < 1 in every epoch: at P = 1 there is no cross-entropy gradient to "
+        keys = {1} | {k for s in (self.P, self.balance) if isinstance(s, dict) for k in s}
+        if any(self.balance_at(k) is not None and self.P_at(k) >= 1 for k in keys):
+            raise ValueError("balance needs P < 1 in every epoch it is on: at P = 1 there is no cross-entropy gradient to "
                              "cap the heatmap loss's against, and every update would be zero")
         return self
 
@@ -152,8 +184,10 @@ class ISNetMethod(Method):
         self.params = c
         self.C1, self.C2 = c.C1, c.C2
         self.P = c.P_at(1)
-        # with a P schedule, models from before the final P is reached are not ISNets yet: never the best one
-        self.select_from = min(max(c.P), cfg.optim.epochs) if isinstance(c.P, dict) else 1
+        self.balance = c.balance_at(1)
+        # with a P or balance schedule, models from before the final values are reached are not the configured
+        # ISNet yet (e.g. a balanced model may still read a strong shortcut): never the best one
+        self.select_from = min(c.final_epoch_key(), cfg.optim.epochs)
         self.lrp = run_lrp_config(cfg, detach_biases=c.detach == "biases")  # the run's lrp rules; our detach mode
         self.n_classes = len(cfg.data.classes)
         self.generator = torch.Generator().manual_seed(cfg.train.seed + 101)
@@ -191,6 +225,7 @@ class ISNetMethod(Method):
 
     def on_epoch_start(self, epoch: int, trainer: "TrainContext") -> None:
         self.P = self.params.P_at(epoch)
+        self.balance = self.params.balance_at(epoch)
         self._measure_grads = True  # gradient norms of the loss terms on the epoch's first step
 
     def _band_sample(self, heat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -293,7 +328,7 @@ class ISNetMethod(Method):
         return self.params.grad_clip_norm
 
     def gradient_balance(self) -> float | None:
-        return self.params.balance
+        return self.balance
 
     def state_dict(self) -> dict[str, Any]:
         return {"C1": self.C1, "C2": self.C2, "generator": self.generator.get_state(),
