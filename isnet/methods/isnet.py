@@ -163,8 +163,8 @@ class ISNetParams(MethodParams):
             raise ValueError(f"C1 ({self.C1}) must not exceed C2 ({self.C2})")
         keys = {1} | {k for s in (self.P, self.balance) if isinstance(s, dict) for k in s}
         if any(self.balance_at(k) is not None and self.P_at(k) >= 1 for k in keys):
-            raise ValueError("balance needs P < 1 in every epoch it is on: at P = 1 there is no cross-entropy gradient to "
-                             "cap the heatmap loss's against, and every update would be zero")
+            raise ValueError("balance needs P < 1 in every epoch it is on: at P = 1 there is no cross-entropy "
+                             "gradient to cap the heatmap loss's against, and every update would be zero")
         return self
 
     def resolve(self, cfg: "TrainConfig", enabled: bool) -> None:
