@@ -68,6 +68,7 @@ def test_init_errors_name_the_file(tmp_path: Path, monkeypatch):
         _cfg(backbone="small_cnn", init="imagenet")
 
 
+@pytest.mark.slow  # two CLI training runs; the default suite must stay under 15 minutes on 2 cores
 def test_finetune_densenet121_from_imagenet_file_with_isnet_then_from_the_run(tmp_path: Path, monkeypatch):
     """One ISNet epoch at 64 px from a local ImageNet-shaped DenseNet121 file; then a run started from it."""
     torch.manual_seed(0)

@@ -102,6 +102,7 @@ def test_resume_after_sigkill_reaches_the_last_epoch_with_identical_weights(tmp_
         assert torch.equal(a[k], b[k]), f"weights differ after resume: {k}"
 
 
+@pytest.mark.slow  # two CLI training runs; the default suite must stay under 15 minutes on 2 cores
 def test_runs_without_a_name_get_different_names_and_identical_results(toy_manifest: Path, tmp_path: Path):
     """The run name MLflow draws must not come from the seeded state; the results must not depend on it."""
     args = ["train", "--manifest", str(toy_manifest), "--epochs", "1"] + FAST_TRAIN
