@@ -53,11 +53,15 @@ def collapse_message(epoch: int, ce: float, n_classes: int, l_bg_first: float, l
             f"docs/methods.md, 'ISNet from the initial weights').")
 
 
-def _check_schedule_keys(schedule: dict, name: str) -> None:
-    if not schedule:
+def _schedule_values(value: Any, name: str) -> list:
+    """The values of a constant or an {epoch: value} schedule, whose keys are checked first."""
+    if not isinstance(value, dict):
+        return [value]
+    if not value:
         raise ValueError(f"a {name} schedule needs at least one {{epoch: value}} entry")
-    if min(schedule) != 1:
-        raise ValueError(f"a {name} schedule must start at epoch 1 (epochs count from 1), got keys {sorted(schedule)}")
+    if min(value) != 1:
+        raise ValueError(f"a {name} schedule must start at epoch 1 (epochs count from 1), got keys {sorted(value)}")
+    return list(value.values())
 
 
 def scheduled(value: Any, epoch: int) -> Any:
@@ -127,20 +131,14 @@ class ISNetParams(MethodParams):
     @field_validator("P")
     @classmethod
     def _p_range(cls, v):
-        values = v.values() if isinstance(v, dict) else [v]
-        if isinstance(v, dict):
-            _check_schedule_keys(v, "P")
-        if any(not 0 <= p <= 1 for p in values):
+        if any(not 0 <= p <= 1 for p in _schedule_values(v, "P")):
             raise ValueError(f"P must lie in [0, 1], got {v}")
         return v
 
     @field_validator("balance")
     @classmethod
     def _balance_range(cls, v):
-        if isinstance(v, dict):
-            _check_schedule_keys(v, "balance")
-        values = v.values() if isinstance(v, dict) else [v]
-        if any(r is not None and not r > 0 for r in values):
+        if any(r is not None and not r > 0 for r in _schedule_values(v, "balance")):
             raise ValueError(f"balance ratios must be > 0 (null: no balance), got {v}")
         return v
 
