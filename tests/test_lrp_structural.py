@@ -81,3 +81,54 @@ def test_epsilon_affine_scale_gradients_are_exact():
     s, t = _double(torch.randn(1, 3, 1, 1)), _double(torch.randn(1, 3, 1, 1))
     with relevance_pass():
         assert torch.autograd.gradcheck(lambda *a: EpsilonAffineScale.apply(*a, 0.01), (g, z, s, t))
+
+
+def test_fused_epsilon_and_convolution_equal_the_two_nodes_and_their_gradients_are_exact():
+    """EpsilonConvInputGrad (ε at a folded BN, then the convolution's input gradient, without keeping the scaled
+    relevance between them) against EpsilonAffineScale followed by ConvInputGrad; and under vmap (the batched
+    classes), where it falls back to those two nodes."""
+    from isnet.lrp.conv import ConvInputGrad, EpsilonConvInputGrad
+
+    torch.manual_seed(3)
+    conf = ((2, 2), (1, 1), (1, 1), 1)
+    a_shape = torch.Size((2, 2, 7, 7))
+    g, z = _double(torch.randn(2, 3, 4, 4)), _double(torch.randn(2, 3, 4, 4))
+    s, t = _double(torch.randn(1, 3, 1, 1)), _double(torch.randn(1, 3, 1, 1))
+    w = _double(torch.randn(3, 2, 3, 3))
+
+    def fused(*args):
+        return EpsilonConvInputGrad.apply(*args, 0.01, a_shape, conf)
+
+    def pair(g_, z_, s_, t_, w_):
+        return ConvInputGrad.apply(EpsilonAffineScale.apply(g_, z_, s_, t_, 0.01), w_, a_shape, conf)
+
+    with relevance_pass():
+        assert torch.autograd.gradcheck(fused, (g, z, s, t, w))
+        inputs = (g, z, s, t, w)
+        gg = torch.randn(a_shape, dtype=torch.float64)
+        out_f, out_p = fused(*inputs), pair(*inputs)
+        torch.testing.assert_close(out_f, out_p)
+        for d_f, d_p in zip(torch.autograd.grad(out_f, inputs, gg), torch.autograd.grad(out_p, inputs, gg)):
+            torch.testing.assert_close(d_f, d_p)
+        gk = torch.randn((3,) + tuple(g.shape), dtype=torch.float64)
+        batched = torch.func.vmap(lambda g_: fused(g_, z, s, t, w))(gk)
+        torch.testing.assert_close(batched, torch.stack([pair(gk[k], z, s, t, w) for k in range(3)]))
+
+
+def test_routed_affine_scale_gradients_are_exact_and_equal_the_kept_output():
+    """The first layer's routed step with its BN output recomputed from the BN input (RoutedAffineScale) against the
+    step that keeps that output (RoutedScale)."""
+    from isnet.lrp.rules import RoutedAffineScale, RoutedScale
+
+    torch.manual_seed(4)
+    g, z, den = (_double(torch.randn(2, 3, 4, 4)) for _ in range(3))
+    s, t = _double(torch.randn(1, 3, 1, 1)), _double(torch.randn(1, 3, 1, 1))
+    with relevance_pass():
+        assert torch.autograd.gradcheck(lambda *a: RoutedAffineScale.apply(*a, 0.01), (g, z, s, t, den))
+        inputs = (g, z, s, t, den)
+        out_a = RoutedAffineScale.apply(*inputs, 0.01)
+        out_k = RoutedScale.apply(g, torch.addcmul(t, z, s), den, 0.01)
+        torch.testing.assert_close(out_a, out_k)
+        gg = torch.randn_like(out_a)
+        for d_a, d_k in zip(torch.autograd.grad(out_a, inputs, gg), torch.autograd.grad(out_k, inputs, gg)):
+            torch.testing.assert_close(d_a, d_k)

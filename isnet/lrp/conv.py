@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .rules import in_relevance_pass
+from .rules import EpsilonAffineScale, RuleInfo, in_relevance_pass, stabilize
 
 Conf = tuple  # (stride, padding, dilation, groups)
 
@@ -84,11 +84,16 @@ class Conv2dLRP(torch.autograd.Function):
         ctx.save_for_backward(a, w)
         ctx.conf = conf
         ctx.has_bias = b is not None
+        # a BN folded into this convolution may route the relevance around it (EpsilonConvOut): the relevance pass
+        # then reaches this node without a gradient, which must cost nothing (no zeros, no convolution)
+        ctx.set_materialize_grads(False)
         stride, padding, dilation, groups = conf
         return F.conv2d(a, w, b, stride, padding, dilation, groups)
 
     @staticmethod
-    def backward(ctx, g: Tensor):  # type: ignore[override]
+    def backward(ctx, g: Optional[Tensor]):  # type: ignore[override]
+        if g is None:
+            return None, None, None, None
         a, w = ctx.saved_tensors
         if in_relevance_pass():
             d_a = ConvInputGrad.apply(g, w, a.shape, ctx.conf) if ctx.needs_input_grad[0] else None
@@ -102,9 +107,119 @@ class Conv2dLRP(torch.autograd.Function):
         return d_a, d_w, d_b if ctx.has_bias else None, None
 
 
+class EpsilonConvInputGrad(torch.autograd.Function):
+    """The relevance step of LRP-ε at a BatchNorm folded into a convolution, as one node: ``g`` (the modified
+    gradient at the BN output ``y = s·z + t``) ↦ ∂conv/∂input ᵀ (g · |y| / (|y| + ε) · s).
+
+    It is :class:`isnet.lrp.rules.EpsilonAffineScale` followed by :class:`ConvInputGrad`, except that the scaled
+    relevance ``c`` between them is not kept for the heatmap loss's backward (which needs it for the weight
+    gradient): it is recomputed there from ``g`` and ``z``, which are kept anyway. One activation-sized tensor less
+    per convolution for the whole step, for one elementwise product more in its backward."""
+
+    @staticmethod
+    def forward(g: Tensor, z: Tensor, s: Tensor, t: Tensor, w: Tensor, epsilon: float,  # type: ignore[override]
+                input_shape: torch.Size, conf: Conf) -> Tensor:
+        a = torch.addcmul(t, z, s).abs_()
+        c = (g * a.div_(a + epsilon)).mul_(s)
+        stride, padding, dilation, groups = conf
+        return torch.nn.grad.conv2d_input(input_shape, w, c, stride, padding, dilation, groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        g, z, s, t, w, epsilon, _, conf = inputs
+        ctx.save_for_backward(g, z, s, t, w)
+        ctx.epsilon, ctx.conf = epsilon, conf
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def vmap(info, in_dims, g: Tensor, z: Tensor, s: Tensor, t: Tensor, w: Tensor, epsilon: float,  # type: ignore[override]
+             input_shape: torch.Size, conf: Conf):
+        """The batched classes: the two nodes it fuses, each with its own batching rule (c is kept there)."""
+        if any(d is not None for d in in_dims[1:5]):
+            raise NotImplementedError("EpsilonConvInputGrad: only the relevance g may be batched")
+        if in_dims[0] is None:
+            return EpsilonConvInputGrad.apply(g, z, s, t, w, epsilon, input_shape, conf), None
+        c = EpsilonAffineScale.apply(g.movedim(in_dims[0], 0), z, s, t, epsilon)  # broadcast over the classes
+        return ConvInputGrad.vmap(info, (0, None), c, w, input_shape, conf)
+
+    @staticmethod
+    def backward(ctx, gg: Optional[Tensor]):  # type: ignore[override]
+        if gg is None:
+            return (None,) * 8
+        g, z, s, t, w = ctx.saved_tensors
+        need_g, need_z, need_s, need_t, need_w = ctx.needs_input_grad[:5]
+        stride, padding, dilation, groups = ctx.conf
+        eps = ctx.epsilon
+        y = torch.addcmul(t, z, s)
+        r = y.abs().add_(eps).reciprocal_()  # 1 / (|y| + ε)
+        f = 1 - eps * r  # |y| / (|y| + ε)
+        d_g = d_z = d_s = d_t = d_w = None
+        if need_w:
+            d_w = torch.nn.grad.conv2d_weight(gg, w.shape, (g * f).mul_(s), stride, padding, dilation, groups)
+        if need_g or need_z or need_s or need_t:
+            d_c = F.conv2d(gg, w, None, stride, padding, dilation, groups)  # gradient at c
+            if need_g:
+                d_g = (d_c * f).mul_(s)
+            if need_z or need_s or need_t:
+                gy = d_c.mul_(g)
+                d_y = (gy * s).mul_(r.mul_(r).mul_(y.sign_()).mul_(eps))  # d/dy = gy·s·ε·sign(y)·r²
+                if need_z:
+                    d_z = d_y * s
+                if need_s:
+                    d_s = gy.mul_(f).add_(d_y * z).sum_to_size(s.shape)
+                if need_t:
+                    d_t = d_y.sum_to_size(t.shape)
+        return d_g, d_z, d_s, d_t, d_w, None, None, None
+
+
+class EpsilonConvOut(torch.autograd.Function):
+    """LRP-ε at the output ``y = s·z + t`` of a BatchNorm folded into the convolution ``z = conv(a)``: the relevance
+    pass sends the relevance straight into ``a`` (:class:`EpsilonConvInputGrad`), past the BN and the convolution.
+    Ordinary backward: ``g`` into ``y``."""
+
+    @staticmethod
+    def forward(ctx, y: Tensor, z: Tensor, s: Tensor, t: Tensor, a: Tensor, w: Tensor,  # type: ignore[override]
+                info: RuleInfo, conf: Conf) -> Tensor:
+        ctx.save_for_backward(z, s, t, w)
+        ctx.info, ctx.conf, ctx.input_shape = info, conf, a.shape
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        if not in_relevance_pass():
+            return (g,) + (None,) * 7
+        z, s, t, w = ctx.saved_tensors
+        eps = ctx.info.epsilon
+        d_a = None
+        if ctx.needs_input_grad[4]:
+            if ctx.info.seed:
+                d_a = ConvInputGrad.apply(g / stabilize(torch.addcmul(t, z, s), eps) * s, w, ctx.input_shape, ctx.conf)
+            else:
+                d_a = EpsilonConvInputGrad.apply(g, z, s, t, w, eps, ctx.input_shape, ctx.conf)
+        return None, None, None, None, d_a, None, None, None
+
+
+def lrp_conf(conv: nn.Conv2d) -> Optional[Conf]:
+    """The (stride, padding, dilation, groups) :class:`Conv2dLRP` runs ``conv`` with, or None where the module's own
+    forward must run (string padding, another padding mode, hooks)."""
+    if isinstance(conv.padding, str) or conv.padding_mode != "zeros" or conv._forward_hooks or conv._forward_pre_hooks:
+        return None
+    return (tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation), conv.groups)
+
+
 def conv2d(conv: nn.Conv2d, a: Tensor) -> Tensor:
     """``conv(a)`` through Conv2dLRP where the padding is explicit (torchvision models), else the module."""
-    if isinstance(conv.padding, str) or conv.padding_mode != "zeros" or conv._forward_hooks or conv._forward_pre_hooks:
+    conf = lrp_conf(conv)
+    if conf is None:
         return conv(a)
-    conf = (tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation), conv.groups)
     return Conv2dLRP.apply(a, conv.weight, conv.bias, conf)
+
+
+def epsilon_conv_out(y: Tensor, z: Tensor, s: Tensor, t: Tensor, a: Tensor, conv: nn.Conv2d, info: RuleInfo
+                     ) -> Optional[Tensor]:
+    """Attach LRP-ε at ``y = s·z + t`` (``z = conv(a)`` from :func:`conv2d`) with the relevance routed into ``a``;
+    None where ``conv`` ran through its module (the caller then routes into ``z``)."""
+    conf = lrp_conf(conv)
+    if conf is None:
+        return None
+    return EpsilonConvOut.apply(y, z, s, t, a, conv.weight, info, conf)

@@ -67,7 +67,7 @@ def _outside(g: Tensor, n_inputs: int) -> tuple:
 
 
 class _RelevanceStep(torch.autograd.Function):
-    """Base of the relevance-step nodes (EpsilonScale, EpsilonAffineScale, RoutedScale): ``forward(*tensors,
+    """Base of the relevance-step nodes (EpsilonScale, EpsilonAffineScale, RoutedScale, RoutedAffineScale): ``forward(*tensors,
     epsilon)`` keeps its tensor inputs and ε for the heatmap loss's backward, which may reach it without a
     gradient (not materialised); vmap rule generated (the batched classes)."""
 
@@ -227,6 +227,36 @@ class RoutedScale(_RelevanceStep):
         return d_g, d_y, d_den, None
 
 
+class RoutedAffineScale(_RelevanceStep):
+    """:class:`RoutedScale` at ``y = s·z + t`` (a BatchNorm folded into the first layer), with ``y`` recomputed from
+    the BN input ``z`` (kept by the BN anyway) instead of kept, as :class:`EpsilonAffineScale` does for ε.
+    d/dz = d/dy·s, d/ds = d/dy·z, d/dt = d/dy with d/dy = g/stab(den)."""
+
+    @staticmethod
+    def forward(g: Tensor, z: Tensor, s: Tensor, t: Tensor, den: Tensor, epsilon: float) -> Tensor:  # type: ignore[override]
+        return (g * torch.addcmul(t, z, s)).div_(stabilize(den, epsilon))
+
+    @staticmethod
+    def backward(ctx, gg: Optional[Tensor]):  # type: ignore[override]
+        if gg is None:
+            return None, None, None, None, None, None
+        g, z, s, t, den = ctx.saved_tensors
+        need_g, need_z, need_s, need_t, need_den, _ = ctx.needs_input_grad
+        q = stabilize(den, ctx.epsilon).reciprocal_()
+        ggq = gg * q
+        y = torch.addcmul(t, z, s)
+        d_g = d_z = d_s = d_t = d_den = None
+        if need_g:
+            d_g = ggq * y
+        if need_z or need_s or need_t or need_den:
+            d_y = ggq.mul_(g)
+            d_z = d_y * s if need_z else None
+            d_s = (d_y * z).sum_to_size(s.shape) if need_s else None
+            d_t = d_y.sum_to_size(t.shape) if need_t else None
+            d_den = (d_y * y).mul_(q).neg_() if need_den else None
+        return d_g, d_z, d_s, d_t, d_den, None
+
+
 class RoutedOut(torch.autograd.Function):
     """A rule whose denominator is not ``y`` (z^B, flat, z⁺): forward returns ``y``; the relevance backward
     sends ``R_y / stab(den)`` (g·y / stab(den), :class:`RoutedScale`, ``y`` taken from ``factor_y``) into each
@@ -247,6 +277,27 @@ class RoutedOut(torch.autograd.Function):
         eps = ctx.info.epsilon
         c = g / stabilize(den, eps) if ctx.info.seed else RoutedScale.apply(g, factor_y, den, eps)
         return (None, None, None, None) + (c,) * ctx.n_routes
+
+
+class RoutedAffineOut(torch.autograd.Function):
+    """:class:`RoutedOut` at ``y = s·z + t``, keeping ``z``, ``s``, ``t`` instead of ``y`` (:class:`RoutedAffineScale`)."""
+
+    @staticmethod
+    def forward(ctx, y: Tensor, info: RuleInfo, z: Tensor, s: Tensor, t: Tensor, den: Tensor,  # type: ignore[override]
+                *routes: Tensor) -> Tensor:
+        _keep(ctx, info, z, s, t, den)
+        ctx.n_routes = len(routes)
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        none = (None,) * (5 + ctx.n_routes)
+        if not in_relevance_pass():
+            return (g,) + none
+        z, s, t, den = ctx.saved_tensors
+        eps = ctx.info.epsilon
+        c = g / stabilize(den, eps) if ctx.info.seed else RoutedAffineScale.apply(g, z, s, t, den, eps)
+        return (None,) * 6 + (c,) * ctx.n_routes
 
 
 class AlphaBetaOut(torch.autograd.Function):
@@ -277,10 +328,13 @@ def epsilon_out(y: Tensor, info: RuleInfo, factor_from: Optional[Tensor] = None)
     return EpsilonOut.apply(y, y_, info, factor_from)
 
 
-def routed_out(y: Tensor, info: RuleInfo, den: Tensor, *routes: Tensor, factor_from: Optional[Tensor] = None
-               ) -> Tensor:
+def routed_out(y: Tensor, info: RuleInfo, den: Tensor, *routes: Tensor, factor_from: Optional[Tensor] = None,
+               affine: Optional[tuple[Tensor, Tensor, Tensor]] = None) -> Tensor:
     """Attach a rule with denominator ``den`` whose relevance flows into ``routes``. ``factor_from``: the tensor
-    (equal to ``y``) whose graph the factor follows; default ``y``."""
+    (equal to ``y``) whose graph the factor follows; default ``y``. ``affine``: (z, s, t) with ``y = s·z + t`` (a
+    folded BatchNorm, s and t broadcastable), the factor then recomputed from them (``factor_from`` unused)."""
+    if affine is not None:
+        return RoutedAffineOut.apply(y, info, *affine, den, *routes)
     return RoutedOut.apply(y, info, y if factor_from is None else factor_from, den, *routes)
 
 

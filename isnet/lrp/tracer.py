@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .batchnorm import batch_norm, channel_shape
 from .config import LRPConfig
-from .conv import conv2d
+from .conv import conv2d, epsilon_conv_out
 from .structural import relu
 from .rules import AlphaBetaOut, RuleInfo, epsilon_folded_out, epsilon_out, routed_out
 
@@ -119,10 +119,13 @@ class Tracer:
             return self._emit(AlphaBetaOut.apply(y, info, zpos, zneg), info)
         raise ValueError(f"unknown rule {rule!r}")
 
-    def _first(self, y: Tensor, module: nn.Module, op: Op, w: Tensor, y_rule: Optional[Tensor] = None) -> Tensor:
-        """The first layer's rule; its input is the model input ``self.x``."""
+    def _first(self, y: Tensor, module: nn.Module, op: Op, w: Tensor, y_rule: Optional[Tensor] = None,
+               affine: Optional[tuple[Tensor, Tensor, Tensor]] = None) -> Tensor:
+        """The first layer's rule; its input is the model input ``self.x``. ``affine``: (z, s, t) of a BatchNorm
+        folded into it (``y = s·z + t``), for the routed rules to recompute ``y`` from instead of keeping it."""
         cfg, x = self.config, self.x_value
         y_rule = y if y_rule is None else y_rule
+        affine = affine if y_rule is y else None
         info = self._info()
         if cfg.first_rule == "epsilon":
             if y_rule is y:
@@ -132,7 +135,7 @@ class Tracer:
             u = torch.ones_like(x).requires_grad_(True)
             zu = op(u, torch.ones_like(w))
             self.heat_terms = [(u, 1.0)]
-            return self._emit(routed_out(y, info, zu, zu, factor_from=y_rule), info)
+            return self._emit(routed_out(y, info, zu, zu, factor_from=y_rule, affine=affine), info)
         # z^B: denominator Σ x·w − l·w⁺ − h·w⁻ (biases cancel, as in zennit's ZBox). The three terms are one
         # linear map of the stacked input [x, l, h] with weights [w, −w⁺, −w⁻], whose input × gradient summed
         # over channels is the z^B relevance; bound terms that are 0 are left out.
@@ -147,11 +150,11 @@ class Tracer:
             stacked = stacked if stacked.requires_grad else stacked.requires_grad_(True)
             den = op(stacked, torch.cat(weights, 1))
             self.heat_terms = [(stacked, 1.0)]
-            return self._emit(routed_out(y, info, den, den, factor_from=y_rule), info)
+            return self._emit(routed_out(y, info, den, den, factor_from=y_rule, affine=affine), info)
         leaves = [t if t.requires_grad else t.requires_grad_(True) for t in inputs]
         terms = [op(t, wt) for t, wt in zip(leaves, weights)]
         self.heat_terms = [(t, 1.0) for t in leaves]
-        return self._emit(routed_out(y, info, sum(terms[1:], terms[0]), *terms, factor_from=y_rule), info)
+        return self._emit(routed_out(y, info, sum(terms[1:], terms[0]), *terms, factor_from=y_rule, affine=affine), info)
 
     # ------------------------------------------------------------------ layers
     def linear_layer(
@@ -182,7 +185,12 @@ class Tracer:
         if not first and rule == "epsilon":
             if s is not None:  # ε at the BN output, relevance straight into the linear layer's output z
                 info = self._info()
-                out = epsilon_folded_out(y, z, channel_shape(s, z.dim()), channel_shape(t, z.dim()), info, y_rule)
+                sc, tc = channel_shape(s, z.dim()), channel_shape(t, z.dim())
+                out = None
+                if y_rule is y and isinstance(module, nn.Conv2d):  # ... or past the convolution into its input
+                    out = epsilon_conv_out(y, z, sc, tc, a, module, info)
+                if out is None:
+                    out = epsilon_folded_out(y, z, sc, tc, info, y_rule)
                 return self._emit(out, info)
             if y_rule is not y:
                 info = self._info()
@@ -197,7 +205,8 @@ class Tracer:
             b = b.detach()
         op = _linear_op if dense else _conv_op(module)  # type: ignore[arg-type]
         if first:
-            return self._first(y, module, op, w, y_rule)
+            affine = None if s is None else (z, channel_shape(s, z.dim()), channel_shape(t, z.dim()))
+            return self._first(y, module, op, w, y_rule, affine)
         return self._rule(y, a, op, w, b, rule, y_rule)
 
     def batch_norm(self, a: Tensor, bn: nn.Module) -> Tensor:
