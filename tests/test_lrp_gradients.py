@@ -30,10 +30,7 @@ def heatmap_loss(heat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (bg ** 2).sum() + ((ranked * w).sum(-1) / w.sum()).sum()
 
 
-@pytest.mark.parametrize("train", [False, True])
-@pytest.mark.parametrize("n_classes", [1, 2])
-def test_heatmap_loss_gradient_matches_finite_differences(train: bool, n_classes: int) -> None:
-    model = tiny_cnn().train(train)
+def _assert_weight_gradients_match_finite_differences(model: nn.Sequential, n_classes: int) -> None:
     torch.manual_seed(1)
     x = torch.rand(3, 1, 8, 8, dtype=torch.float64)
     mask = torch.zeros(1, 1, 8, 8, dtype=torch.float64)
@@ -45,7 +42,7 @@ def test_heatmap_loss_gradient_matches_finite_differences(train: bool, n_classes
         _, heat = lrp_heatmaps(model, x, targets, config=cfg, create_graph=True)
         return heatmap_loss(heat, mask)
 
-    for conv in (model[0], model[3]):
+    for conv in (m for m in model if isinstance(m, nn.Conv2d)):
         w = conv.weight
         (grad,) = torch.autograd.grad(loss(), w)
         fd = torch.zeros_like(w)
@@ -60,6 +57,22 @@ def test_heatmap_loss_gradient_matches_finite_differences(train: bool, n_classes
                 w.view(-1)[idx] = orig
                 fd.view(-1)[idx] = (up - down) / (2 * h)
         torch.testing.assert_close(grad, fd, rtol=1e-4, atol=1e-7 * fd.abs().max().item())
+
+
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("n_classes", [1, 2])
+def test_heatmap_loss_gradient_matches_finite_differences(train: bool, n_classes: int) -> None:
+    _assert_weight_gradients_match_finite_differences(tiny_cnn().train(train), n_classes)
+
+
+def test_heatmap_loss_gradient_matches_finite_differences_without_batch_norm() -> None:
+    """Convolutions with a bias and no BatchNorm: the relevance step at the convolution's own output."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(2), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(16, 3),
+    ).double()
+    _assert_weight_gradients_match_finite_differences(model, 1)
 
 
 def small_resnet() -> nn.Module:

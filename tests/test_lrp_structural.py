@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from isnet.lrp.batchnorm import batch_norm
-from isnet.lrp.rules import EpsilonAffineScale, relevance_pass
+from isnet.lrp.rules import EpsilonAffineScale, EpsilonScale, relevance_pass
 from isnet.lrp.structural import concat, relu
 
 
@@ -96,23 +96,24 @@ def test_fused_epsilon_and_convolution_equal_the_two_nodes_and_their_gradients_a
     s, t = _double(torch.randn(1, 3, 1, 1)), _double(torch.randn(1, 3, 1, 1))
     w = _double(torch.randn(3, 2, 3, 3))
 
-    def fused(*args):
-        return EpsilonConvInputGrad.apply(*args, 0.01, a_shape, conf)
+    def fused(g_, z_, w_, s_=None, t_=None):
+        return EpsilonConvInputGrad.apply(g_, z_, s_, t_, w_, 0.01, a_shape, conf)
 
-    def pair(g_, z_, s_, t_, w_):
-        return ConvInputGrad.apply(EpsilonAffineScale.apply(g_, z_, s_, t_, 0.01), w_, a_shape, conf)
+    def pair(g_, z_, w_, s_=None, t_=None):
+        c = EpsilonScale.apply(g_, z_, None, 0.01) if s_ is None else EpsilonAffineScale.apply(g_, z_, s_, t_, 0.01)
+        return ConvInputGrad.apply(c, w_, a_shape, conf)
 
+    gg = torch.randn(a_shape, dtype=torch.float64)
+    gk = torch.randn((3,) + tuple(g.shape), dtype=torch.float64)
     with relevance_pass():
-        assert torch.autograd.gradcheck(fused, (g, z, s, t, w))
-        inputs = (g, z, s, t, w)
-        gg = torch.randn(a_shape, dtype=torch.float64)
-        out_f, out_p = fused(*inputs), pair(*inputs)
-        torch.testing.assert_close(out_f, out_p)
-        for d_f, d_p in zip(torch.autograd.grad(out_f, inputs, gg), torch.autograd.grad(out_p, inputs, gg)):
-            torch.testing.assert_close(d_f, d_p)
-        gk = torch.randn((3,) + tuple(g.shape), dtype=torch.float64)
-        batched = torch.func.vmap(lambda g_: fused(g_, z, s, t, w))(gk)
-        torch.testing.assert_close(batched, torch.stack([pair(gk[k], z, s, t, w) for k in range(3)]))
+        for inputs in ((g, z, w, s, t), (g, z, w)):  # a BN folded in, and a convolution alone
+            assert torch.autograd.gradcheck(fused, inputs)
+            out_f, out_p = fused(*inputs), pair(*inputs)
+            torch.testing.assert_close(out_f, out_p)
+            for d_f, d_p in zip(torch.autograd.grad(out_f, inputs, gg), torch.autograd.grad(out_p, inputs, gg)):
+                torch.testing.assert_close(d_f, d_p)
+            batched = torch.func.vmap(lambda g_: fused(g_, *inputs[1:]))(gk)
+            torch.testing.assert_close(batched, torch.stack([pair(gk[k], *inputs[1:]) for k in range(3)]))
 
 
 def test_routed_affine_scale_gradients_are_exact_and_equal_the_kept_output():

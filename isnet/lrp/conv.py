@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .rules import EpsilonAffineScale, RuleInfo, in_relevance_pass, stabilize
+from .rules import EpsilonAffineScale, EpsilonScale, RuleInfo, in_relevance_pass, stabilize
 
 Conf = tuple  # (stride, padding, dilation, groups)
 
@@ -96,7 +96,9 @@ class Conv2dLRP(torch.autograd.Function):
             return None, None, None, None
         a, w = ctx.saved_tensors
         if in_relevance_pass():
-            d_a = ConvInputGrad.apply(g, w, a.shape, ctx.conf) if ctx.needs_input_grad[0] else None
+            # g.contiguous(): where g is one consumer's channel slice (DenseNet), keeping the slice would keep the
+            # whole concatenation's relevance alive for the heatmap loss's backward
+            d_a = ConvInputGrad.apply(g.contiguous(), w, a.shape, ctx.conf) if ctx.needs_input_grad[0] else None
             return d_a, None, None, None
         stride, padding, dilation, groups = ctx.conf
         need = ctx.needs_input_grad
@@ -107,20 +109,31 @@ class Conv2dLRP(torch.autograd.Function):
         return d_a, d_w, d_b if ctx.has_bias else None, None
 
 
-class EpsilonConvInputGrad(torch.autograd.Function):
-    """The relevance step of LRP-ε at a BatchNorm folded into a convolution, as one node: ``g`` (the modified
-    gradient at the BN output ``y = s·z + t``) ↦ ∂conv/∂input ᵀ (g · |y| / (|y| + ε) · s).
+def _affine(z: Tensor, s: Optional[Tensor], t: Optional[Tensor]) -> Tensor:
+    """``s·z + t`` (a new tensor), or ``z`` itself where no BatchNorm is folded in (s, t None)."""
+    return z if s is None else torch.addcmul(t, z, s)
 
-    It is :class:`isnet.lrp.rules.EpsilonAffineScale` followed by :class:`ConvInputGrad`, except that the scaled
-    relevance ``c`` between them is not kept for the heatmap loss's backward (which needs it for the weight
-    gradient): it is recomputed there from ``g`` and ``z``, which are kept anyway. One activation-sized tensor less
-    per convolution for the whole step, for one elementwise product more in its backward."""
+
+def _scaled(x: Tensor, s: Optional[Tensor]) -> Tensor:
+    """``x·s`` in place (x is a temporary), or ``x`` where there is no scale."""
+    return x if s is None else x.mul_(s)
+
+
+class EpsilonConvInputGrad(torch.autograd.Function):
+    """The relevance step of LRP-ε at the output ``y`` of a convolution, or of a BatchNorm folded into it (``y = s·z +
+    t``, per channel; s, t None without a BN), as one node: ``g`` (the modified gradient at ``y``) ↦
+    ∂conv/∂input ᵀ (g · |y| / (|y| + ε) · s).
+
+    It is :class:`isnet.lrp.rules.EpsilonAffineScale` (or EpsilonScale) followed by :class:`ConvInputGrad`, except
+    that the scaled relevance ``c`` between them is not kept for the heatmap loss's backward (which needs it for
+    the weight gradient): it is recomputed there from ``g`` and ``z``, which are kept anyway. One activation-sized
+    tensor less per convolution for the whole step, for one elementwise product more in its backward."""
 
     @staticmethod
-    def forward(g: Tensor, z: Tensor, s: Tensor, t: Tensor, w: Tensor, epsilon: float,  # type: ignore[override]
-                input_shape: torch.Size, conf: Conf) -> Tensor:
-        a = torch.addcmul(t, z, s).abs_()
-        c = (g * a.div_(a + epsilon)).mul_(s)
+    def forward(g: Tensor, z: Tensor, s: Optional[Tensor], t: Optional[Tensor], w: Tensor,  # type: ignore[override]
+                epsilon: float, input_shape: torch.Size, conf: Conf) -> Tensor:
+        a = z.abs() if s is None else torch.addcmul(t, z, s).abs_()
+        c = _scaled(g * a.div_(a + epsilon), s)
         stride, padding, dilation, groups = conf
         return torch.nn.grad.conv2d_input(input_shape, w, c, stride, padding, dilation, groups)
 
@@ -132,14 +145,15 @@ class EpsilonConvInputGrad(torch.autograd.Function):
         ctx.set_materialize_grads(False)
 
     @staticmethod
-    def vmap(info, in_dims, g: Tensor, z: Tensor, s: Tensor, t: Tensor, w: Tensor, epsilon: float,  # type: ignore[override]
-             input_shape: torch.Size, conf: Conf):
+    def vmap(info, in_dims, g: Tensor, z: Tensor, s: Optional[Tensor], t: Optional[Tensor], w: Tensor,  # type: ignore[override]
+             epsilon: float, input_shape: torch.Size, conf: Conf):
         """The batched classes: the two nodes it fuses, each with its own batching rule (c is kept there)."""
         if any(d is not None for d in in_dims[1:5]):
             raise NotImplementedError("EpsilonConvInputGrad: only the relevance g may be batched")
         if in_dims[0] is None:
             return EpsilonConvInputGrad.apply(g, z, s, t, w, epsilon, input_shape, conf), None
-        c = EpsilonAffineScale.apply(g.movedim(in_dims[0], 0), z, s, t, epsilon)  # broadcast over the classes
+        g = g.movedim(in_dims[0], 0)  # [K, B, ...], broadcast against z below
+        c = EpsilonScale.apply(g, z, None, epsilon) if s is None else EpsilonAffineScale.apply(g, z, s, t, epsilon)
         return ConvInputGrad.vmap(info, (0, None), c, w, input_shape, conf)
 
     @staticmethod
@@ -150,21 +164,22 @@ class EpsilonConvInputGrad(torch.autograd.Function):
         need_g, need_z, need_s, need_t, need_w = ctx.needs_input_grad[:5]
         stride, padding, dilation, groups = ctx.conf
         eps = ctx.epsilon
-        y = torch.addcmul(t, z, s)
+        y = _affine(z, s, t)
         r = y.abs().add_(eps).reciprocal_()  # 1 / (|y| + ε)
         f = 1 - eps * r  # |y| / (|y| + ε)
         d_g = d_z = d_s = d_t = d_w = None
         if need_w:
-            d_w = torch.nn.grad.conv2d_weight(gg, w.shape, (g * f).mul_(s), stride, padding, dilation, groups)
+            d_w = torch.nn.grad.conv2d_weight(gg, w.shape, _scaled(g * f, s), stride, padding, dilation, groups)
         if need_g or need_z or need_s or need_t:
             d_c = F.conv2d(gg, w, None, stride, padding, dilation, groups)  # gradient at c
             if need_g:
-                d_g = (d_c * f).mul_(s)
+                d_g = _scaled(d_c * f, s)
             if need_z or need_s or need_t:
                 gy = d_c.mul_(g)
-                d_y = (gy * s).mul_(r.mul_(r).mul_(y.sign_()).mul_(eps))  # d/dy = gy·s·ε·sign(y)·r²
+                d_y = gy if s is None else gy * s  # gy itself is reused below only where s exists
+                d_y.mul_(r.mul_(r).mul_(torch.sign(y)).mul_(eps))  # d/dy = gy·s·ε·sign(y)·r²
                 if need_z:
-                    d_z = d_y * s
+                    d_z = d_y if s is None else d_y * s
                 if need_s:
                     d_s = gy.mul_(f).add_(d_y * z).sum_to_size(s.shape)
                 if need_t:
@@ -173,13 +188,13 @@ class EpsilonConvInputGrad(torch.autograd.Function):
 
 
 class EpsilonConvOut(torch.autograd.Function):
-    """LRP-ε at the output ``y = s·z + t`` of a BatchNorm folded into the convolution ``z = conv(a)``: the relevance
-    pass sends the relevance straight into ``a`` (:class:`EpsilonConvInputGrad`), past the BN and the convolution.
-    Ordinary backward: ``g`` into ``y``."""
+    """LRP-ε at the output ``y`` of the convolution ``z = conv(a)``, or of a BatchNorm folded into it (``y = s·z +
+    t``; s, t None without a BN): the relevance pass sends the relevance straight into ``a``
+    (:class:`EpsilonConvInputGrad`), past the BN and the convolution. Ordinary backward: ``g`` into ``y``."""
 
     @staticmethod
-    def forward(ctx, y: Tensor, z: Tensor, s: Tensor, t: Tensor, a: Tensor, w: Tensor,  # type: ignore[override]
-                info: RuleInfo, conf: Conf) -> Tensor:
+    def forward(ctx, y: Tensor, z: Tensor, s: Optional[Tensor], t: Optional[Tensor], a: Tensor,  # type: ignore[override]
+                w: Tensor, info: RuleInfo, conf: Conf) -> Tensor:
         ctx.save_for_backward(z, s, t, w)
         ctx.info, ctx.conf, ctx.input_shape = info, conf, a.shape
         return y.view_as(y)
@@ -193,7 +208,8 @@ class EpsilonConvOut(torch.autograd.Function):
         d_a = None
         if ctx.needs_input_grad[4]:
             if ctx.info.seed:
-                d_a = ConvInputGrad.apply(g / stabilize(torch.addcmul(t, z, s), eps) * s, w, ctx.input_shape, ctx.conf)
+                c = g / stabilize(_affine(z, s, t), eps)
+                d_a = ConvInputGrad.apply(c if s is None else c * s, w, ctx.input_shape, ctx.conf)
             else:
                 d_a = EpsilonConvInputGrad.apply(g, z, s, t, w, eps, ctx.input_shape, ctx.conf)
         return None, None, None, None, d_a, None, None, None
@@ -215,10 +231,11 @@ def conv2d(conv: nn.Conv2d, a: Tensor) -> Tensor:
     return Conv2dLRP.apply(a, conv.weight, conv.bias, conf)
 
 
-def epsilon_conv_out(y: Tensor, z: Tensor, s: Tensor, t: Tensor, a: Tensor, conv: nn.Conv2d, info: RuleInfo
-                     ) -> Optional[Tensor]:
-    """Attach LRP-ε at ``y = s·z + t`` (``z = conv(a)`` from :func:`conv2d`) with the relevance routed into ``a``;
-    None where ``conv`` ran through its module (the caller then routes into ``z``)."""
+def epsilon_conv_out(y: Tensor, z: Tensor, s: Optional[Tensor], t: Optional[Tensor], a: Tensor, conv: nn.Conv2d,
+                     info: RuleInfo) -> Optional[Tensor]:
+    """Attach LRP-ε at ``y = s·z + t`` (``z = conv(a)`` from :func:`conv2d`; s, t None: ``y`` is ``z``) with the
+    relevance routed into ``a``; None where ``conv`` ran through its module (the caller then attaches the rule at
+    ``y``)."""
     conf = lrp_conf(conv)
     if conf is None:
         return None

@@ -195,6 +195,11 @@ class Tracer:
             if y_rule is not y:
                 info = self._info()
                 return self._emit(epsilon_out(y, info, factor_from=y_rule), info)
+            if isinstance(module, nn.Conv2d):
+                info = self._info()
+                out = epsilon_conv_out(y, z, None, None, a, module, info)
+                if out is not None:
+                    return self._emit(out, info)
             return self.epsilon(y)
         w: Tensor = module.weight
         b: Optional[Tensor] = module.bias
