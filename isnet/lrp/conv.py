@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .rules import EpsilonAffineScale, EpsilonScale, RuleInfo, in_relevance_pass, stabilize
+from .rules import EpsilonAffineScale, EpsilonScale, RuleInfo, epsilon_step_grads, in_relevance_pass, stabilize
 
 Conf = tuple  # (stride, padding, dilation, groups)
 
@@ -161,29 +161,14 @@ class EpsilonConvInputGrad(torch.autograd.Function):
         if gg is None:
             return (None,) * 8
         g, z, s, t, w = ctx.saved_tensors
-        need_g, need_z, need_s, need_t, need_w = ctx.needs_input_grad[:5]
+        need = ctx.needs_input_grad[:4]
         stride, padding, dilation, groups = ctx.conf
-        eps = ctx.epsilon
-        y = _affine(z, s, t)
-        r = y.abs().add_(eps).reciprocal_()  # 1 / (|y| + ε)
-        f = 1 - eps * r  # |y| / (|y| + ε)
-        d_g = d_z = d_s = d_t = d_w = None
-        if need_w:
+        # the gradient at c, the scaled relevance between the two fused steps (d_c's conv only where it is needed)
+        d_c = F.conv2d(gg, w, None, stride, padding, dilation, groups) if any(need) else None
+        d_g, d_z, d_s, d_t, f = epsilon_step_grads(d_c, g, z, s, t, ctx.epsilon, need)
+        d_w = None
+        if ctx.needs_input_grad[4]:
             d_w = torch.nn.grad.conv2d_weight(gg, w.shape, _scaled(g * f, s), stride, padding, dilation, groups)
-        if need_g or need_z or need_s or need_t:
-            d_c = F.conv2d(gg, w, None, stride, padding, dilation, groups)  # gradient at c
-            if need_g:
-                d_g = _scaled(d_c * f, s)
-            if need_z or need_s or need_t:
-                gy = d_c.mul_(g)
-                d_y = gy if s is None else gy * s  # gy itself is reused below only where s exists
-                d_y.mul_(r.mul_(r).mul_(torch.sign(y)).mul_(eps))  # d/dy = gy·s·ε·sign(y)·r²
-                if need_z:
-                    d_z = d_y if s is None else d_y * s
-                if need_s:
-                    d_s = gy.mul_(f).add_(d_y * z).sum_to_size(s.shape)
-                if need_t:
-                    d_t = d_y.sum_to_size(t.shape)
         return d_g, d_z, d_s, d_t, d_w, None, None, None
 
 

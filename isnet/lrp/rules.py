@@ -145,24 +145,35 @@ class EpsilonAffineScale(_RelevanceStep):
         if gg is None:
             return None, None, None, None, None
         g, z, s, t = ctx.saved_tensors
-        need_g, need_z, need_s, need_t, _ = ctx.needs_input_grad
-        y = torch.addcmul(t, z, s)
-        r = y.abs().add_(ctx.epsilon).reciprocal_()  # 1 / (|y| + ε)
-        f = 1 - ctx.epsilon * r  # |y| / (|y| + ε)
-        d_g = d_z = d_s = d_t = None
-        if need_g:
-            d_g = (gg * f).mul_(s)
-        if need_z or need_s or need_t:
-            gy = gg * g
-            # d/dy = gy·s·ε·sign(y)·r²
-            d_y = (gy * s).mul_(r.mul_(r).mul_(y.sign_()).mul_(ctx.epsilon))
-            if need_z:
-                d_z = d_y * s
-            if need_s:
-                d_s = gy.mul_(f).add_(d_y * z).sum_to_size(s.shape)  # addcmul_ has no vmap batching rule
-            if need_t:
-                d_t = d_y.sum_to_size(t.shape)
-        return d_g, d_z, d_s, d_t, None
+        return epsilon_step_grads(gg, g, z, s, t, ctx.epsilon, ctx.needs_input_grad[:4])[:4] + (None,)
+
+
+def epsilon_step_grads(u: Optional[Tensor], g: Tensor, z: Tensor, s: Optional[Tensor], t: Optional[Tensor], epsilon: float,
+                       needs: tuple[bool, ...]) -> tuple[Optional[Tensor], ...]:
+    """Gradients (g, z, s, t) of ``c = g · f(y) · s`` for the incoming gradient ``u`` at ``c``, where ``y = s·z + t``
+    (``y = z`` and no scale where s, t are None) and ``f(y) = |y| / (|y| + ε)``; plus ``f`` itself, which a caller
+    may reuse. ``u`` may be None where no gradient is needed. f'(y) = ε·sign(y) / (|y| + ε)². Shared by the ε
+    relevance nodes that recompute ``y``."""
+    need_g, need_z, need_s, need_t = needs
+    affine = s is not None
+    y = torch.addcmul(t, z, s) if affine else z
+    r = y.abs().add_(epsilon).reciprocal_()  # 1 / (|y| + ε)
+    f = torch.rsub(r, 1, alpha=epsilon)  # 1 − ε·r = |y| / (|y| + ε)
+    d_g = d_z = d_s = d_t = None
+    if need_g:
+        d_g = (u * f).mul_(s) if affine else u * f
+    if need_z or need_s or need_t:
+        gy = u * g
+        # d/dy = gy·s·ε·sign(y)·r² (ε folded into the per-channel s; sign in place where y is a temporary)
+        d_y = gy * (s * epsilon if affine else epsilon)
+        d_y.mul_(r.mul_(r).mul_(y.sign_() if affine else torch.sign(y)))
+        if need_z:
+            d_z = d_y * s if affine else d_y
+        if need_s and affine:
+            d_s = gy.mul_(f).add_(d_y * z).sum_to_size(s.shape)  # addcmul_ has no vmap batching rule
+        if need_t and affine:
+            d_t = d_y.sum_to_size(t.shape)
+    return d_g, d_z, d_s, d_t, f
 
 
 class EpsilonFoldedOut(torch.autograd.Function):
