@@ -270,45 +270,29 @@ class RoutedAffineScale(_RelevanceStep):
 
 class RoutedOut(torch.autograd.Function):
     """A rule whose denominator is not ``y`` (z^B, flat, z⁺): forward returns ``y``; the relevance backward
-    sends ``R_y / stab(den)`` (g·y / stab(den), :class:`RoutedScale`, ``y`` taken from ``factor_y``) into each
-    of ``routes`` (tensors built with the rule's modified weights and inputs) instead of into ``y``."""
+    sends ``R_y / stab(den)`` into each of ``routes`` (tensors built with the rule's modified weights and inputs)
+    instead of into ``y``. ``kept``: what R_y is formed from, ``(factor_y, den)`` (:class:`RoutedScale`, ``y``
+    taken from ``factor_y``) or, at a folded BatchNorm ``y = s·z + t``, ``(z, s, t, den)``
+    (:class:`RoutedAffineScale`, nothing activation-sized kept for ``y``); the routes follow them in ``tensors``."""
 
     @staticmethod
-    def forward(ctx, y: Tensor, info: RuleInfo, factor_y: Tensor, den: Tensor, *routes: Tensor) -> Tensor:  # type: ignore[override]
-        _keep(ctx, info, factor_y, den)
-        ctx.n_routes = len(routes)
+    def forward(ctx, y: Tensor, info: RuleInfo, kept: int, *tensors: Tensor) -> Tensor:  # type: ignore[override]
+        _keep(ctx, info, *tensors[:kept])
+        ctx.kept, ctx.n_routes = kept, len(tensors) - kept
         return y.view_as(y)
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
-        none = (None,) * (3 + ctx.n_routes)
+        none = (None,) * (2 + ctx.kept + ctx.n_routes)
         if not in_relevance_pass():
             return (g,) + none
-        factor_y, den = ctx.saved_tensors
+        saved = ctx.saved_tensors
         eps = ctx.info.epsilon
-        c = g / stabilize(den, eps) if ctx.info.seed else RoutedScale.apply(g, factor_y, den, eps)
-        return (None, None, None, None) + (c,) * ctx.n_routes
-
-
-class RoutedAffineOut(torch.autograd.Function):
-    """:class:`RoutedOut` at ``y = s·z + t``, keeping ``z``, ``s``, ``t`` instead of ``y`` (:class:`RoutedAffineScale`)."""
-
-    @staticmethod
-    def forward(ctx, y: Tensor, info: RuleInfo, z: Tensor, s: Tensor, t: Tensor, den: Tensor,  # type: ignore[override]
-                *routes: Tensor) -> Tensor:
-        _keep(ctx, info, z, s, t, den)
-        ctx.n_routes = len(routes)
-        return y.view_as(y)
-
-    @staticmethod
-    def backward(ctx, g: Tensor):  # type: ignore[override]
-        none = (None,) * (5 + ctx.n_routes)
-        if not in_relevance_pass():
-            return (g,) + none
-        z, s, t, den = ctx.saved_tensors
-        eps = ctx.info.epsilon
-        c = g / stabilize(den, eps) if ctx.info.seed else RoutedAffineScale.apply(g, z, s, t, den, eps)
-        return (None,) * 6 + (c,) * ctx.n_routes
+        if ctx.info.seed:
+            c = g / stabilize(saved[-1], eps)
+        else:
+            c = (RoutedScale if ctx.kept == 2 else RoutedAffineScale).apply(g, *saved, eps)
+        return (None,) * (3 + ctx.kept) + (c,) * ctx.n_routes
 
 
 class AlphaBetaOut(torch.autograd.Function):
@@ -344,9 +328,8 @@ def routed_out(y: Tensor, info: RuleInfo, den: Tensor, *routes: Tensor, factor_f
     """Attach a rule with denominator ``den`` whose relevance flows into ``routes``. ``factor_from``: the tensor
     (equal to ``y``) whose graph the factor follows; default ``y``. ``affine``: (z, s, t) with ``y = s·z + t`` (a
     folded BatchNorm, s and t broadcastable), the factor then recomputed from them (``factor_from`` unused)."""
-    if affine is not None:
-        return RoutedAffineOut.apply(y, info, *affine, den, *routes)
-    return RoutedOut.apply(y, info, y if factor_from is None else factor_from, den, *routes)
+    kept = (*affine, den) if affine is not None else (y if factor_from is None else factor_from, den)
+    return RoutedOut.apply(y, info, len(kept), *kept, *routes)
 
 
 class StatGate(torch.autograd.Function):
