@@ -133,7 +133,7 @@ class EpsilonConvInputGrad(torch.autograd.Function):
     def forward(g: Tensor, z: Tensor, s: Optional[Tensor], t: Optional[Tensor], w: Tensor,  # type: ignore[override]
                 epsilon: float, input_shape: torch.Size, conf: Conf) -> Tensor:
         a = z.abs() if s is None else torch.addcmul(t, z, s).abs_()
-        c = _scaled(g * a.div_(a + epsilon), s)
+        c = _scaled(a.div_(a + epsilon).mul_(g), s)  # a is a temporary (never batched here: see vmap)
         stride, padding, dilation, groups = conf
         return torch.nn.grad.conv2d_input(input_shape, w, c, stride, padding, dilation, groups)
 
@@ -165,10 +165,10 @@ class EpsilonConvInputGrad(torch.autograd.Function):
         stride, padding, dilation, groups = ctx.conf
         # the gradient at c, the scaled relevance between the two fused steps (d_c's conv only where it is needed)
         d_c = F.conv2d(gg, w, None, stride, padding, dilation, groups) if any(need) else None
-        d_g, d_z, d_s, d_t, f = epsilon_step_grads(d_c, g, z, s, t, ctx.epsilon, need)
+        d_g, d_z, d_s, d_t, f = epsilon_step_grads(d_c, g, z, s, t, ctx.epsilon, need, u_scratch=True)
         d_w = None
-        if ctx.needs_input_grad[4]:
-            d_w = torch.nn.grad.conv2d_weight(gg, w.shape, _scaled(g * f, s), stride, padding, dilation, groups)
+        if ctx.needs_input_grad[4]:  # c recomputed in f's memory (f's last use)
+            d_w = torch.nn.grad.conv2d_weight(gg, w.shape, _scaled(f.mul_(g), s), stride, padding, dilation, groups)
         return d_g, d_z, d_s, d_t, d_w, None, None, None
 
 

@@ -149,11 +149,13 @@ class EpsilonAffineScale(_RelevanceStep):
 
 
 def epsilon_step_grads(u: Optional[Tensor], g: Tensor, z: Tensor, s: Optional[Tensor], t: Optional[Tensor], epsilon: float,
-                       needs: tuple[bool, ...]) -> tuple[Optional[Tensor], ...]:
+                       needs: tuple[bool, ...], u_scratch: bool = False) -> tuple[Optional[Tensor], ...]:
     """Gradients (g, z, s, t) of ``c = g · f(y) · s`` for the incoming gradient ``u`` at ``c``, where ``y = s·z + t``
     (``y = z`` and no scale where s, t are None) and ``f(y) = |y| / (|y| + ε)``; plus ``f`` itself, which a caller
-    may reuse. ``u`` may be None where no gradient is needed. f'(y) = ε·sign(y) / (|y| + ε)². Shared by the ε
-    relevance nodes that recompute ``y``."""
+    may reuse. ``u`` may be None where no gradient is needed; ``u_scratch``: ``u`` is the caller's temporary and may be
+    overwritten. f'(y) = ε·sign(y) / (|y| + ε)². Shared by the ε relevance nodes that recompute ``y``. (In-place
+    operations are used wherever the tensor is a temporary of this function: on CPU every new activation-sized tensor
+    costs fresh pages, about as much as the arithmetic itself.)"""
     need_g, need_z, need_s, need_t = needs
     affine = s is not None
     y = torch.addcmul(t, z, s) if affine else z
@@ -163,16 +165,16 @@ def epsilon_step_grads(u: Optional[Tensor], g: Tensor, z: Tensor, s: Optional[Te
     if need_g:
         d_g = (u * f).mul_(s) if affine else u * f
     if need_z or need_s or need_t:
-        gy = u * g
+        gy = u.mul_(g) if u_scratch else u * g
         # d/dy = gy·s·ε·sign(y)·r² (ε folded into the per-channel s; sign in place where y is a temporary)
         d_y = gy * (s * epsilon if affine else epsilon)
         d_y.mul_(r.mul_(r).mul_(y.sign_() if affine else torch.sign(y)))
-        if need_z:
-            d_z = d_y * s if affine else d_y
         if need_s and affine:
             d_s = gy.mul_(f).add_(d_y * z).sum_to_size(s.shape)  # addcmul_ has no vmap batching rule
         if need_t and affine:
-            d_t = d_y.sum_to_size(t.shape)
+            d_t = d_y.sum(0, keepdim=True).sum_to_size(t.shape)  # a new tensor even where no dimension is summed
+        if need_z:
+            d_z = d_y.mul_(s) if affine else d_y  # d_y's last use
     return d_g, d_z, d_s, d_t, f
 
 
