@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .rules import EpsilonAffineScale, EpsilonScale, RuleInfo, epsilon_step_grads, in_relevance_pass, stabilize
+from .rules import (EpsilonAffineScale, EpsilonScale, RuleInfo, affine_value, epsilon_ratio, epsilon_step_grads,
+                    in_relevance_pass, scale_by, stabilize)
 
 Conf = tuple  # (stride, padding, dilation, groups)
 
@@ -109,16 +110,6 @@ class Conv2dLRP(torch.autograd.Function):
         return d_a, d_w, d_b if ctx.has_bias else None, None
 
 
-def _affine(z: Tensor, s: Optional[Tensor], t: Optional[Tensor]) -> Tensor:
-    """``s·z + t`` (a new tensor), or ``z`` itself where no BatchNorm is folded in (s, t None)."""
-    return z if s is None else torch.addcmul(t, z, s)
-
-
-def _scaled(x: Tensor, s: Optional[Tensor]) -> Tensor:
-    """``x·s`` in place (x is a temporary), or ``x`` where there is no scale."""
-    return x if s is None else x.mul_(s)
-
-
 class EpsilonConvInputGrad(torch.autograd.Function):
     """The relevance step of LRP-ε at the output ``y`` of a convolution, or of a BatchNorm folded into it (``y = s·z +
     t``, per channel; s, t None without a BN), as one node: ``g`` (the modified gradient at ``y``) ↦
@@ -132,8 +123,7 @@ class EpsilonConvInputGrad(torch.autograd.Function):
     @staticmethod
     def forward(g: Tensor, z: Tensor, s: Optional[Tensor], t: Optional[Tensor], w: Tensor,  # type: ignore[override]
                 epsilon: float, input_shape: torch.Size, conf: Conf) -> Tensor:
-        a = z.abs() if s is None else torch.addcmul(t, z, s).abs_()
-        c = _scaled(a.div_(a + epsilon).mul_(g), s)  # a is a temporary (never batched here: see vmap)
+        c = scale_by(epsilon_ratio(z, s, t, epsilon).mul_(g), s)  # in place: never batched here (see vmap)
         stride, padding, dilation, groups = conf
         return torch.nn.grad.conv2d_input(input_shape, w, c, stride, padding, dilation, groups)
 
@@ -168,7 +158,7 @@ class EpsilonConvInputGrad(torch.autograd.Function):
         d_g, d_z, d_s, d_t, f = epsilon_step_grads(d_c, g, z, s, t, ctx.epsilon, need, u_scratch=True)
         d_w = None
         if ctx.needs_input_grad[4]:  # c recomputed in f's memory (f's last use)
-            d_w = torch.nn.grad.conv2d_weight(gg, w.shape, _scaled(f.mul_(g), s), stride, padding, dilation, groups)
+            d_w = torch.nn.grad.conv2d_weight(gg, w.shape, scale_by(f.mul_(g), s), stride, padding, dilation, groups)
         return d_g, d_z, d_s, d_t, d_w, None, None, None
 
 
@@ -193,7 +183,7 @@ class EpsilonConvOut(torch.autograd.Function):
         d_a = None
         if ctx.needs_input_grad[4]:
             if ctx.info.seed:
-                c = g / stabilize(_affine(z, s, t), eps)
+                c = g / stabilize(affine_value(z, s, t), eps)
                 d_a = ConvInputGrad.apply(c if s is None else c * s, w, ctx.input_shape, ctx.conf)
             else:
                 d_a = EpsilonConvInputGrad.apply(g, z, s, t, w, eps, ctx.input_shape, ctx.conf)

@@ -44,6 +44,23 @@ def stabilize(z: Tensor, epsilon: float) -> Tensor:
     return z + epsilon * ((z >= 0).to(z.dtype) * 2 - 1)
 
 
+def affine_value(z: Tensor, s: Optional[Tensor], t: Optional[Tensor]) -> Tensor:
+    """``y = s·z + t`` recomputed from a BatchNorm's input (a new tensor), or ``z`` itself where no BN is folded in
+    (s, t None)."""
+    return z if s is None else torch.addcmul(t, z, s)
+
+
+def scale_by(x: Tensor, s: Optional[Tensor]) -> Tensor:
+    """``x·s`` in place (``x`` must be a temporary the caller owns), or ``x`` where there is no scale."""
+    return x if s is None else x.mul_(s)
+
+
+def epsilon_ratio(z: Tensor, s: Optional[Tensor], t: Optional[Tensor], epsilon: float) -> Tensor:
+    """|y| / (|y| + ε) (= y / stab(y)) for ``y = s·z + t`` (or ``y = z``), as a new tensor the caller may overwrite."""
+    a = z.abs() if s is None else affine_value(z, s, t).abs_()
+    return a.div_(a + epsilon)
+
+
 @dataclass
 class RuleInfo:
     """Non-tensor state of one rule application. ``seed`` is set after the forward when this layer turns out to
@@ -90,9 +107,7 @@ class EpsilonScale(_RelevanceStep):
 
     @staticmethod
     def forward(g: Tensor, y: Tensor, s: Optional[Tensor], epsilon: float) -> Tensor:  # type: ignore[override]
-        a = y.abs()
-        out = g * (a / (a + epsilon))
-        return out if s is None else out * s
+        return scale_by(g * epsilon_ratio(y, None, None, epsilon), s)
 
     @staticmethod
     def backward(ctx, gg: Optional[Tensor]):  # type: ignore[override]
@@ -136,9 +151,8 @@ class EpsilonAffineScale(_RelevanceStep):
 
     @staticmethod
     def forward(g: Tensor, z: Tensor, s: Tensor, t: Tensor, epsilon: float) -> Tensor:  # type: ignore[override]
-        a = torch.addcmul(t, z, s).abs_()
-        f = a.div_(a + epsilon)  # |y| / (|y| + ε), in place: these passes over the activation dominate the cost
-        return (g * f).mul_(s)
+        # in place wherever possible: these passes over the activation dominate the cost
+        return (g * epsilon_ratio(z, s, t, epsilon)).mul_(s)
 
     @staticmethod
     def backward(ctx, gg: Optional[Tensor]):  # type: ignore[override]
@@ -158,12 +172,12 @@ def epsilon_step_grads(u: Optional[Tensor], g: Tensor, z: Tensor, s: Optional[Te
     costs fresh pages, about as much as the arithmetic itself.)"""
     need_g, need_z, need_s, need_t = needs
     affine = s is not None
-    y = torch.addcmul(t, z, s) if affine else z
+    y = affine_value(z, s, t)
     r = y.abs().add_(epsilon).reciprocal_()  # 1 / (|y| + ε)
     f = torch.rsub(r, 1, alpha=epsilon)  # 1 − ε·r = |y| / (|y| + ε)
     d_g = d_z = d_s = d_t = None
     if need_g:
-        d_g = (u * f).mul_(s) if affine else u * f
+        d_g = scale_by(u * f, s)
     if need_z or need_s or need_t:
         gy = u.mul_(g) if u_scratch else u * g
         # d/dy = gy·s·ε·sign(y)·r² (ε folded into the per-channel s; sign in place where y is a temporary)
@@ -201,7 +215,7 @@ class EpsilonFoldedOut(torch.autograd.Function):
         if ctx.recompute:
             z, s, t = ctx.saved_tensors
             if ctx.info.seed:
-                return None, g / stabilize(torch.addcmul(t, z, s), eps) * s, None, None, None, None
+                return None, g / stabilize(affine_value(z, s, t), eps) * s, None, None, None, None
             return None, EpsilonAffineScale.apply(g, z, s, t, eps), None, None, None, None
         factor_y, s = ctx.saved_tensors
         if ctx.info.seed:
@@ -247,7 +261,7 @@ class RoutedAffineScale(_RelevanceStep):
 
     @staticmethod
     def forward(g: Tensor, z: Tensor, s: Tensor, t: Tensor, den: Tensor, epsilon: float) -> Tensor:  # type: ignore[override]
-        return (g * torch.addcmul(t, z, s)).div_(stabilize(den, epsilon))
+        return (g * affine_value(z, s, t)).div_(stabilize(den, epsilon))
 
     @staticmethod
     def backward(ctx, gg: Optional[Tensor]):  # type: ignore[override]
@@ -257,7 +271,7 @@ class RoutedAffineScale(_RelevanceStep):
         need_g, need_z, need_s, need_t, need_den, _ = ctx.needs_input_grad
         q = stabilize(den, ctx.epsilon).reciprocal_()
         ggq = gg * q
-        y = torch.addcmul(t, z, s)
+        y = affine_value(z, s, t)
         d_g = d_z = d_s = d_t = d_den = None
         if need_g:
             d_g = ggq * y

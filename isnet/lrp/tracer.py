@@ -122,10 +122,10 @@ class Tracer:
     def _first(self, y: Tensor, module: nn.Module, op: Op, w: Tensor, y_rule: Optional[Tensor] = None,
                affine: Optional[tuple[Tensor, Tensor, Tensor]] = None) -> Tensor:
         """The first layer's rule; its input is the model input ``self.x``. ``affine``: (z, s, t) of a BatchNorm
-        folded into it (``y = s·z + t``), for the routed rules to recompute ``y`` from instead of keeping it."""
+        folded into it (``y = s·z + t``, and ``y_rule`` is ``y``), for the routed rules to recompute ``y`` from
+        instead of keeping it."""
         cfg, x = self.config, self.x_value
         y_rule = y if y_rule is None else y_rule
-        affine = affine if y_rule is y else None
         info = self._info()
         if cfg.first_rule == "epsilon":
             if y_rule is y:
@@ -170,10 +170,11 @@ class Tracer:
         if first and self.config.first_rule != "epsilon":
             a = self.x_value  # the relevance takes the rule's own path: no input gradient on the forward graph
         z = conv2d(module, a) if isinstance(module, nn.Conv2d) else module(a)
-        s = t = None
+        s = t = sc = tc = None  # sc, tc: the BN's scale and shift shaped to broadcast over z
         y = z
         if bn is not None:
             y, s, t = batch_norm(bn, z, detach_stats=self._detach)
+            sc, tc = channel_shape(s, z.dim()), channel_shape(t, z.dim())
         dense = isinstance(module, nn.Linear)
         rule = self.config.layer_rule(dense)
         if defer and not first:
@@ -183,24 +184,15 @@ class Tracer:
             lin = self._biasless(z, module)
             y_rule = self._without_own_bias(y, lin if s is None else channel_shape(s, z.dim()) * lin)
         if not first and rule == "epsilon":
-            if s is not None:  # ε at the BN output, relevance straight into the linear layer's output z
-                info = self._info()
-                sc, tc = channel_shape(s, z.dim()), channel_shape(t, z.dim())
-                out = None
-                if y_rule is y and isinstance(module, nn.Conv2d):  # ... or past the convolution into its input
-                    out = epsilon_conv_out(y, z, sc, tc, a, module, info)
-                if out is None:
-                    out = epsilon_folded_out(y, z, sc, tc, info, y_rule)
-                return self._emit(out, info)
-            if y_rule is not y:
-                info = self._info()
-                return self._emit(epsilon_out(y, info, factor_from=y_rule), info)
-            if isinstance(module, nn.Conv2d):
-                info = self._info()
-                out = epsilon_conv_out(y, z, None, None, a, module, info)
-                if out is not None:
-                    return self._emit(out, info)
-            return self.epsilon(y)
+            info = self._info()
+            out = None
+            if y_rule is y and isinstance(module, nn.Conv2d):  # relevance past the convolution into its input
+                out = epsilon_conv_out(y, z, sc, tc, a, module, info)
+            if out is None and s is not None:  # ε at the BN output, relevance straight into the layer's output z
+                out = epsilon_folded_out(y, z, sc, tc, info, y_rule)
+            if out is None:
+                out = epsilon_out(y, info, factor_from=y_rule)
+            return self._emit(out, info)
         w: Tensor = module.weight
         b: Optional[Tensor] = module.bias
         if s is not None:
@@ -210,8 +202,7 @@ class Tracer:
             b = b.detach()
         op = _linear_op if dense else _conv_op(module)  # type: ignore[arg-type]
         if first:
-            affine = None if s is None else (z, channel_shape(s, z.dim()), channel_shape(t, z.dim()))
-            return self._first(y, module, op, w, y_rule, affine)
+            return self._first(y, module, op, w, y_rule, None if s is None or y_rule is not y else (z, sc, tc))
         return self._rule(y, a, op, w, b, rule, y_rule)
 
     def batch_norm(self, a: Tensor, bn: nn.Module) -> Tensor:
