@@ -55,13 +55,16 @@ def extra_methods() -> list[str]:
     return [n for n in method_specs() if n not in ("standard", "isnet")]
 
 
-#: slow cases left out of the default run (``--cases all`` or naming them runs them)
-OPT_IN = ("zennit-naive-original",)
+#: a case name ending in this runs that ISNet case with ``lrp.compile: true`` (isnet.lrp.kernels)
+COMPILED = "+compiled"
+#: cases left out of the default run (``--cases all`` or naming them runs them): slow, or costing a compilation
+OPT_IN = ("zennit-naive-original",) + tuple(f"isnet-{v}{COMPILED}" for v in ISNET_VARIANTS)
 
 
 def case_names() -> tuple[list[str], dict[str, str]]:
     """(all cases, {skipped case: why}) for the train-step suite."""
     cases = ["standard", "inference", "explain"] + [f"isnet-{v}" for v in ISNET_VARIANTS] + ["isnet-balanced"]
+    cases += [f"isnet-{v}{COMPILED}" for v in ISNET_VARIANTS]
     extra = extra_methods()
     cases += extra
     cases += ["zennit-naive-stochastic", "zennit-naive-original"]
@@ -143,11 +146,12 @@ def bench_trainer(cfg: TrainConfig, spec: Spec, batch: dict):
     return tr
 
 
-def _train_step(spec: Spec, methods: list[str], variant: str = "stochastic", balance: float | None = None
-                ) -> Callable[[], None]:
+def _train_step(spec: Spec, methods: list[str], variant: str = "stochastic", balance: float | None = None,
+                compile_lrp: bool = False) -> Callable[[], None]:
     batch = synthetic_batch(spec)
     cfg = train_config(spec, methods, variant)
     cfg.method.isnet.balance = balance
+    cfg.lrp.compile = compile_lrp
     tr = bench_trainer(cfg, spec, batch)
     dev_batch = {k: (v.to(tr.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
     return lambda: tr.train_step(dev_batch)
@@ -224,6 +228,8 @@ def build_case(name: str, spec: Spec) -> Callable[[], None]:
         return _explain(spec)
     if name == "isnet-balanced":
         return _train_step(spec, ["isnet"], "original", balance=1.0)
+    if name.startswith("isnet-") and name.endswith(COMPILED):
+        return _train_step(spec, ["isnet"], name[len("isnet-"):-len(COMPILED)], compile_lrp=True)
     if name.startswith("isnet-"):
         return _train_step(spec, ["isnet"], name.split("-", 1)[1])
     if name.startswith("zennit-naive-"):
@@ -242,6 +248,9 @@ DESCRIPTIONS = {
     "isnet-stochastic": "ISNet training step, one heatmap per image (random class)",
     "isnet-selective": "ISNet training step, one heatmap per image (softmax score)",
     "isnet-balanced": "ISNet training step, all 3 classes, gradient balance on (method.isnet.balance=1)",
+    "isnet-original+compiled": "isnet-original with lrp.compile (epsilon steps fused by torch.compile)",
+    "isnet-stochastic+compiled": "isnet-stochastic with lrp.compile (epsilon steps fused by torch.compile)",
+    "isnet-selective+compiled": "isnet-selective with lrp.compile (epsilon steps fused by torch.compile)",
     "zennit-naive-stochastic": "same ISNet loss, zennit rule hooks + create_graph, 1 map",
     "zennit-naive-original": "same ISNet loss, zennit rule hooks + create_graph, 3 maps",
 }

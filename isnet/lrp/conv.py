@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import kernels
 from .rules import (EpsilonAffineScale, EpsilonScale, RuleInfo, affine_value, epsilon_ratio, epsilon_step_grads,
                     in_relevance_pass, scale_by, stabilize)
 
@@ -123,7 +124,10 @@ class EpsilonConvInputGrad(torch.autograd.Function):
     @staticmethod
     def forward(g: Tensor, z: Tensor, s: Optional[Tensor], t: Optional[Tensor], w: Tensor,  # type: ignore[override]
                 epsilon: float, input_shape: torch.Size, conf: Conf) -> Tensor:
-        c = scale_by(epsilon_ratio(z, s, t, epsilon).mul_(g), s)  # in place: never batched here (see vmap)
+        if kernels.active():
+            c = kernels.scaled(g, z, s, t, epsilon)
+        else:
+            c = scale_by(epsilon_ratio(z, s, t, epsilon).mul_(g), s)  # in place: never batched here (see vmap)
         stride, padding, dilation, groups = conf
         return torch.nn.grad.conv2d_input(input_shape, w, c, stride, padding, dilation, groups)
 
@@ -132,6 +136,7 @@ class EpsilonConvInputGrad(torch.autograd.Function):
         g, z, s, t, w, epsilon, _, conf = inputs
         ctx.save_for_backward(g, z, s, t, w)
         ctx.epsilon, ctx.conf = epsilon, conf
+        ctx.fused = kernels.requested()
         ctx.set_materialize_grads(False)
 
     @staticmethod
@@ -155,10 +160,16 @@ class EpsilonConvInputGrad(torch.autograd.Function):
         stride, padding, dilation, groups = ctx.conf
         # the gradient at c, the scaled relevance between the two fused steps (d_c's conv only where it is needed)
         d_c = F.conv2d(gg, w, None, stride, padding, dilation, groups) if any(need) else None
-        d_g, d_z, d_s, d_t, f = epsilon_step_grads(d_c, g, z, s, t, ctx.epsilon, need, u_scratch=True)
+        need_w = ctx.needs_input_grad[4]
+        if ctx.fused and kernels.usable():
+            d_g, d_z, d_s, d_t, c = kernels.grads(d_c if d_c is not None else gg.new_zeros(()), g, z, s, t,
+                                                  ctx.epsilon, need, need_c=need_w)
+        else:
+            d_g, d_z, d_s, d_t, f = epsilon_step_grads(d_c, g, z, s, t, ctx.epsilon, need, u_scratch=True)
+            c = scale_by(f.mul_(g), s) if need_w else None  # c recomputed in f's memory (f's last use)
         d_w = None
-        if ctx.needs_input_grad[4]:  # c recomputed in f's memory (f's last use)
-            d_w = torch.nn.grad.conv2d_weight(gg, w.shape, scale_by(f.mul_(g), s), stride, padding, dilation, groups)
+        if need_w:
+            d_w = torch.nn.grad.conv2d_weight(gg, w.shape, c, stride, padding, dilation, groups)
         return d_g, d_z, d_s, d_t, d_w, None, None, None
 
 

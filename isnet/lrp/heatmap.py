@@ -11,6 +11,7 @@ from torchvision.models.densenet import DenseNet
 from torchvision.models.resnet import ResNet
 from torchvision.models.vgg import VGG
 
+from . import kernels
 from .config import LRPConfig
 from .densenet import check_densenet, densenet_forward
 from .resnet import check_resnet, resnet_forward
@@ -146,13 +147,15 @@ def lrp_heatmaps(
         n_maps = rel.shape[1]
         batched = _batch_classes(x, n_maps, batch_classes)
         try:
-            grads = _relevance_grads(logits, inputs, rel, create_graph, batched)
+            with kernels.fused(config.compile):
+                grads = _relevance_grads(logits, inputs, rel, create_graph, batched)
         except (RuntimeError, NotImplementedError) as exc:
             if not batched or batch_classes is not None:
                 raise
             warnings.warn(f"LRP: batched relevance pass failed ({type(exc).__name__}: {exc}); explaining the "
                           f"{n_maps} classes one backward pass each", RuntimeWarning, stacklevel=2)
-            grads = _relevance_grads(logits, inputs, rel, create_graph, False)
+            with kernels.fused(config.compile):
+                grads = _relevance_grads(logits, inputs, rel, create_graph, False)
         # each term summed over its own channels: the first-layer rules stack bounds beside the C input channels
         heat = torch.zeros((n_maps, x.shape[0]) + tuple(x.shape[2:]), dtype=logits.dtype, device=x.device)
         for (t, coef), g in zip(tr.heat_terms, grads):

@@ -21,6 +21,8 @@ from typing import Iterator, Optional
 import torch
 from torch import Tensor
 
+from . import kernels
+
 _RELEVANCE_DEPTH = 0
 
 
@@ -94,6 +96,7 @@ class _RelevanceStep(torch.autograd.Function):
     def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
         ctx.save_for_backward(*inputs[:-1])
         ctx.epsilon = inputs[-1]
+        ctx.fused = kernels.requested()
         ctx.set_materialize_grads(False)
 
 
@@ -107,6 +110,8 @@ class EpsilonScale(_RelevanceStep):
 
     @staticmethod
     def forward(g: Tensor, y: Tensor, s: Optional[Tensor], epsilon: float) -> Tensor:  # type: ignore[override]
+        if kernels.active():
+            return kernels.scaled(g, y, s, None, epsilon)
         return scale_by(g * epsilon_ratio(y, None, None, epsilon), s)
 
     @staticmethod
@@ -115,6 +120,8 @@ class EpsilonScale(_RelevanceStep):
             return None, None, None, None
         g, y, s = ctx.saved_tensors
         need_g, need_y, need_s, _ = ctx.needs_input_grad
+        if s is None and ctx.fused and kernels.usable():
+            return kernels.grads(gg, g, y, None, None, ctx.epsilon, (need_g, need_y, False, False))[:2] + (None, None)
         a = y.abs()
         den = a + ctx.epsilon
         gs = gg if s is None else gg * s
@@ -151,6 +158,8 @@ class EpsilonAffineScale(_RelevanceStep):
 
     @staticmethod
     def forward(g: Tensor, z: Tensor, s: Tensor, t: Tensor, epsilon: float) -> Tensor:  # type: ignore[override]
+        if kernels.active():
+            return kernels.scaled(g, z, s, t, epsilon)
         # in place wherever possible: these passes over the activation dominate the cost
         return (g * epsilon_ratio(z, s, t, epsilon)).mul_(s)
 
@@ -159,6 +168,8 @@ class EpsilonAffineScale(_RelevanceStep):
         if gg is None:
             return None, None, None, None, None
         g, z, s, t = ctx.saved_tensors
+        if ctx.fused and kernels.usable():
+            return kernels.grads(gg, g, z, s, t, ctx.epsilon, ctx.needs_input_grad[:4])[:4] + (None,)
         return epsilon_step_grads(gg, g, z, s, t, ctx.epsilon, ctx.needs_input_grad[:4])[:4] + (None,)
 
 
