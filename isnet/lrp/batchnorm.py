@@ -77,14 +77,20 @@ class BatchNormWithStats(torch.autograd.Function):
                 g_y, x, weight, None, None, mean, invstd, True, ctx.eps,
                 [need_x, need_w and weight is not None, need_b and weight is not None])
         if need_x and (g_mean is not None or g_invstd is not None):
+            # the statistics' gradients: g_mean/n + a·(x − mean) per channel, a = −g_invstd·(1/σ)³/n
+            # (d(1/σ)/dx = −(1/σ)³ (x − mean) / n), added into d_x in place (x − mean, not a·x − a·mean, which
+            # would cancel in float32 where the mean is large against σ)
             shape = (1, -1) + (1,) * (x.dim() - 2)
             n = x.numel() / x.shape[1]
-            extra = 0.0
+            extra = None if d_x is None else d_x
+            if g_invstd is not None:
+                a = (-g_invstd * invstd.pow(3) / n).reshape(shape)
+                centred = x - mean.reshape(shape)
+                extra = centred.mul_(a) if extra is None else extra.addcmul_(centred, a)
             if g_mean is not None:
-                extra = (g_mean / n).reshape(shape)
-            if g_invstd is not None:  # d(1/σ)/dx = −(1/σ)³ (x − mean) / n
-                extra = extra - (g_invstd * invstd.pow(3) / n).reshape(shape) * (x - mean.reshape(shape))
-            d_x = extra if d_x is None else d_x + extra
+                m = (g_mean / n).reshape(shape)
+                extra = m.expand_as(x).clone() if extra is None else extra.add_(m)
+            d_x = extra
         return d_x, d_w, d_b, None, None, None, None
 
 

@@ -2,7 +2,7 @@
 
 Each ε step and its gradients are a dozen passes over an activation-sized tensor (|y|, |y| + ε, the ratio, the
 products with g and s, the derivative's r²·sign(y), ...). In eager mode each pass reads and writes the whole tensor;
-on CPU these passes take about a quarter of an ISNet training step of a DenseNet. Compiled, each function below
+elementwise work was about a quarter of a DenseNet121 ISNet step on CPU, most of it these passes. Compiled, each function below
 becomes one or two loops that read their inputs once. The functions are pure (no in-place updates of their
 arguments) and are called only on plain tensors: inside an autograd Function's forward or backward with gradients
 off and no functorch transform (vmap) active; everywhere else the eager forms in :mod:`isnet.lrp.rules` run.
@@ -13,6 +13,8 @@ heatmaps, through :func:`fused`.
 """
 from __future__ import annotations
 
+import logging
+import warnings
 from collections import Counter
 from contextlib import contextmanager
 from typing import Callable, Iterator, Optional
@@ -88,22 +90,37 @@ def _grads(u: Tensor, g: Tensor, z: Tensor, s: Optional[Tensor], t: Optional[Ten
     return d_g, d_z, d_s, d_t, c
 
 
-def _get(name: str, fn: Callable) -> Callable:
+def _run(name: str, fn: Callable, *args):
+    """``fn(*args)`` through its compiled form. Where compilation fails (no C++ compiler, no Triton for the GPU,
+    an inductor limitation), one warning says why and the process runs the same function uncompiled from then on:
+    the heatmaps are the same, only slower."""
+    calls[name] += 1
     f = _compiled.get(name)
     if f is None:
+        # inductor's CPU build looks for a CUDA toolkit and warns "No CUDA runtime is found" on every CPU-only
+        # machine: noise in a training log, not a problem
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         f = _compiled[name] = torch.compile(fn, dynamic=True)
-    return f
+    if f is fn:
+        return fn(*args)
+    try:
+        return f(*args)
+    except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back to the same arithmetic, eagerly
+        warnings.warn(f"lrp.compile: torch.compile of the relevance step failed ({type(exc).__name__}: "
+                      f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}); running it "
+                      f"uncompiled (same heatmaps, slower)", RuntimeWarning, stacklevel=3)
+        for key in ("scaled", "grads"):
+            _compiled[key] = {"scaled": _scaled, "grads": _grads}[key]
+        return fn(*args)
 
 
 def scaled(g: Tensor, z: Tensor, s: Optional[Tensor], t: Optional[Tensor], epsilon: float) -> Tensor:
     """The ε step's scaled relevance, fused (call only where :func:`active`)."""
-    calls["scaled"] += 1
-    return _get("scaled", _scaled)(g, z, s, t, epsilon)
+    return _run("scaled", _scaled, g, z, s, t, epsilon)
 
 
 def grads(u: Tensor, g: Tensor, z: Tensor, s: Optional[Tensor], t: Optional[Tensor], epsilon: float,
           needs: tuple[bool, ...], need_c: bool = False):
     """The ε step's gradients, fused (call only where :func:`active`); ``needs``: (g, z, s, t)."""
     need_g, need_z, need_s, need_t = needs
-    calls["grads"] += 1
-    return _get("grads", _grads)(u, g, z, s, t, epsilon, need_g, need_z, need_s or need_t, need_c)
+    return _run("grads", _grads, u, g, z, s, t, epsilon, need_g, need_z, need_s or need_t, need_c)
