@@ -162,8 +162,9 @@ class EpsilonConvInputGrad(torch.autograd.Function):
         d_c = F.conv2d(gg, w, None, stride, padding, dilation, groups) if any(need) else None
         need_w = ctx.needs_input_grad[4]
         if ctx.fused and kernels.usable():
-            d_g, d_z, d_s, d_t, c = kernels.grads(d_c if d_c is not None else gg.new_zeros(()), g, z, s, t,
-                                                  ctx.epsilon, need, need_c=need_w)
+            # without d_c (no gradient needed but the weight's) g stands in for it, unused: same shape, no recompile
+            d_g, d_z, d_s, d_t, c = kernels.grads(g if d_c is None else d_c, g, z, s, t, ctx.epsilon, need,
+                                                  need_c=need_w)
         else:
             d_g, d_z, d_s, d_t, f = epsilon_step_grads(d_c, g, z, s, t, ctx.epsilon, need, u_scratch=True)
             c = scale_by(f.mul_(g), s) if need_w else None  # c recomputed in f's memory (f's last use)
