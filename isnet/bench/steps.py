@@ -57,14 +57,15 @@ def extra_methods() -> list[str]:
 
 #: a case name ending in this runs that ISNet case with ``lrp.compile: true`` (isnet.lrp.kernels)
 COMPILED = "+compiled"
+COMPILED_CASES = tuple(f"isnet-{v}{COMPILED}" for v in ISNET_VARIANTS)
 #: cases left out of the default run (``--cases all`` or naming them runs them): slow, or costing a compilation
-OPT_IN = ("zennit-naive-original",) + tuple(f"isnet-{v}{COMPILED}" for v in ISNET_VARIANTS)
+OPT_IN = ("zennit-naive-original",) + COMPILED_CASES
 
 
 def case_names() -> tuple[list[str], dict[str, str]]:
     """(all cases, {skipped case: why}) for the train-step suite."""
     cases = ["standard", "inference", "explain"] + [f"isnet-{v}" for v in ISNET_VARIANTS] + ["isnet-balanced"]
-    cases += [f"isnet-{v}{COMPILED}" for v in ISNET_VARIANTS]
+    cases += list(COMPILED_CASES)
     extra = extra_methods()
     cases += extra
     cases += ["zennit-naive-stochastic", "zennit-naive-original"]
@@ -248,9 +249,7 @@ DESCRIPTIONS = {
     "isnet-stochastic": "ISNet training step, one heatmap per image (random class)",
     "isnet-selective": "ISNet training step, one heatmap per image (softmax score)",
     "isnet-balanced": "ISNet training step, all 3 classes, gradient balance on (method.isnet.balance=1)",
-    "isnet-original+compiled": "isnet-original with lrp.compile (epsilon steps fused by torch.compile)",
-    "isnet-stochastic+compiled": "isnet-stochastic with lrp.compile (epsilon steps fused by torch.compile)",
-    "isnet-selective+compiled": "isnet-selective with lrp.compile (epsilon steps fused by torch.compile)",
+    **{c: f"{c[:-len(COMPILED)]} with lrp.compile (epsilon steps fused by torch.compile)" for c in COMPILED_CASES},
     "zennit-naive-stochastic": "same ISNet loss, zennit rule hooks + create_graph, 1 map",
     "zennit-naive-original": "same ISNet loss, zennit rule hooks + create_graph, 3 maps",
 }

@@ -82,15 +82,13 @@ class BatchNormWithStats(torch.autograd.Function):
             # would cancel in float32 where the mean is large against σ)
             shape = (1, -1) + (1,) * (x.dim() - 2)
             n = x.numel() / x.shape[1]
-            extra = None if d_x is None else d_x
             if g_invstd is not None:
                 a = (-g_invstd * invstd.pow(3) / n).reshape(shape)
                 centred = x - mean.reshape(shape)
-                extra = centred.mul_(a) if extra is None else extra.addcmul_(centred, a)
+                d_x = centred.mul_(a) if d_x is None else d_x.addcmul_(centred, a)
             if g_mean is not None:
                 m = (g_mean / n).reshape(shape)
-                extra = m.expand_as(x).clone() if extra is None else extra.add_(m)
-            d_x = extra
+                d_x = m.expand_as(x).clone() if d_x is None else d_x.add_(m)
         return d_x, d_w, d_b, None, None, None, None
 
 

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import kernels
-from .rules import (EpsilonAffineScale, EpsilonScale, RuleInfo, affine_value, epsilon_ratio, epsilon_step_grads,
-                    in_relevance_pass, scale_by, stabilize)
+from .rules import (EpsilonAffineScale, EpsilonScale, RuleInfo, affine_value, epsilon_scaled, epsilon_step_grads,
+                    in_relevance_pass, stabilize)
 
 Conf = tuple  # (stride, padding, dilation, groups)
 
@@ -124,10 +124,7 @@ class EpsilonConvInputGrad(torch.autograd.Function):
     @staticmethod
     def forward(g: Tensor, z: Tensor, s: Optional[Tensor], t: Optional[Tensor], w: Tensor,  # type: ignore[override]
                 epsilon: float, input_shape: torch.Size, conf: Conf) -> Tensor:
-        if kernels.active():
-            c = kernels.scaled(g, z, s, t, epsilon)
-        else:
-            c = scale_by(epsilon_ratio(z, s, t, epsilon).mul_(g), s)  # in place: never batched here (see vmap)
+        c = epsilon_scaled(g, z, s, t, epsilon)  # g never batched here (see vmap)
         stride, padding, dilation, groups = conf
         return torch.nn.grad.conv2d_input(input_shape, w, c, stride, padding, dilation, groups)
 
@@ -161,13 +158,8 @@ class EpsilonConvInputGrad(torch.autograd.Function):
         # the gradient at c, the scaled relevance between the two fused steps (d_c's conv only where it is needed)
         d_c = F.conv2d(gg, w, None, stride, padding, dilation, groups) if any(need) else None
         need_w = ctx.needs_input_grad[4]
-        if ctx.fused and kernels.usable():
-            # without d_c (no gradient needed but the weight's) g stands in for it, unused: same shape, no recompile
-            d_g, d_z, d_s, d_t, c = kernels.grads(g if d_c is None else d_c, g, z, s, t, ctx.epsilon, need,
-                                                  need_c=need_w)
-        else:
-            d_g, d_z, d_s, d_t, f = epsilon_step_grads(d_c, g, z, s, t, ctx.epsilon, need, u_scratch=True)
-            c = scale_by(f.mul_(g), s) if need_w else None  # c recomputed in f's memory (f's last use)
+        d_g, d_z, d_s, d_t, c = epsilon_step_grads(d_c, g, z, s, t, ctx.epsilon, need, u_scratch=True, need_c=need_w,
+                                                   fused=ctx.fused)
         d_w = None
         if need_w:
             d_w = torch.nn.grad.conv2d_weight(gg, w.shape, c, stride, padding, dilation, groups)

@@ -11,7 +11,6 @@ from torchvision.models.densenet import DenseNet
 from torchvision.models.resnet import ResNet
 from torchvision.models.vgg import VGG
 
-from . import kernels
 from .config import LRPConfig
 from .densenet import check_densenet, densenet_forward
 from .resnet import check_resnet, resnet_forward
@@ -72,7 +71,7 @@ def _initial_relevance(logits: Tensor, targets: Targets) -> Tensor:
 
 
 def _relevance_grads(logits: Tensor, inputs: list[Tensor], rel: Tensor, create_graph: bool,
-                     batched: bool = False) -> list:
+                     batched: bool = False, fused: bool = False) -> list:
     """Gradients [K, B, ...] of the relevance pass for the K initial relevances ``rel`` [B, K, C].
 
     ``batched``: all K classes in one backward pass, ``torch.func.vmap`` over ``autograd.grad`` of the shared
@@ -83,7 +82,7 @@ def _relevance_grads(logits: Tensor, inputs: list[Tensor], rel: Tensor, create_g
     rule for convolution backward and does not support the custom Functions).
     """
     kwargs = dict(retain_graph=True, create_graph=create_graph, allow_unused=True)
-    with relevance_pass():
+    with relevance_pass(fused):
         if not batched:
             per_map = [torch.autograd.grad(logits, inputs, rel[:, k], **kwargs) for k in range(rel.shape[1])]
             return [None if g[0] is None else torch.stack(g) for g in zip(*per_map)]
@@ -147,15 +146,13 @@ def lrp_heatmaps(
         n_maps = rel.shape[1]
         batched = _batch_classes(x, n_maps, batch_classes)
         try:
-            with kernels.fused(config.compile):
-                grads = _relevance_grads(logits, inputs, rel, create_graph, batched)
+            grads = _relevance_grads(logits, inputs, rel, create_graph, batched, config.compile)
         except (RuntimeError, NotImplementedError) as exc:
             if not batched or batch_classes is not None:
                 raise
             warnings.warn(f"LRP: batched relevance pass failed ({type(exc).__name__}: {exc}); explaining the "
                           f"{n_maps} classes one backward pass each", RuntimeWarning, stacklevel=2)
-            with kernels.fused(config.compile):
-                grads = _relevance_grads(logits, inputs, rel, create_graph, False)
+            grads = _relevance_grads(logits, inputs, rel, create_graph, False, config.compile)
         # each term summed over its own channels: the first-layer rules stack bounds beside the C input channels
         heat = torch.zeros((n_maps, x.shape[0]) + tuple(x.shape[2:]), dtype=logits.dtype, device=x.device)
         for (t, coef), g in zip(tr.heat_terms, grads):

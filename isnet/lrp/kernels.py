@@ -90,37 +90,40 @@ def _grads(u: Tensor, g: Tensor, z: Tensor, s: Optional[Tensor], t: Optional[Ten
     return d_g, d_z, d_s, d_t, c
 
 
-def _run(name: str, fn: Callable, *args):
-    """``fn(*args)`` through its compiled form. Where compilation fails (no C++ compiler, no Triton for the GPU,
-    an inductor limitation), one warning says why and the process runs the same function uncompiled from then on:
-    the heatmaps are the same, only slower."""
+#: the kernels' uncompiled forms, by name
+_PURE: dict[str, Callable] = {"scaled": _scaled, "grads": _grads}
+
+
+def _run(name: str, *args):
+    """The kernel ``name`` on ``args``, compiled. Where compilation fails (no C++ compiler, no Triton for the GPU, an
+    inductor limitation), one warning says why and the process runs the same functions uncompiled from then on: the
+    heatmaps are the same, only slower."""
     calls[name] += 1
     f = _compiled.get(name)
     if f is None:
         # inductor's CPU build looks for a CUDA toolkit and warns "No CUDA runtime is found" on every CPU-only
         # machine: noise in a training log, not a problem
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-        f = _compiled[name] = torch.compile(fn, dynamic=True)
-    if f is fn:
-        return fn(*args)
+        f = _compiled[name] = torch.compile(_PURE[name], dynamic=True)
+    if f is _PURE[name]:
+        return f(*args)
     try:
         return f(*args)
     except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back to the same arithmetic, eagerly
         warnings.warn(f"lrp.compile: torch.compile of the relevance step failed ({type(exc).__name__}: "
                       f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}); running it "
                       f"uncompiled (same heatmaps, slower)", RuntimeWarning, stacklevel=3)
-        for key in ("scaled", "grads"):
-            _compiled[key] = {"scaled": _scaled, "grads": _grads}[key]
-        return fn(*args)
+        _compiled.update(_PURE)
+        return _PURE[name](*args)
 
 
 def scaled(g: Tensor, z: Tensor, s: Optional[Tensor], t: Optional[Tensor], epsilon: float) -> Tensor:
     """The ε step's scaled relevance, fused (call only where :func:`active`)."""
-    return _run("scaled", _scaled, g, z, s, t, epsilon)
+    return _run("scaled", g, z, s, t, epsilon)
 
 
 def grads(u: Tensor, g: Tensor, z: Tensor, s: Optional[Tensor], t: Optional[Tensor], epsilon: float,
           needs: tuple[bool, ...], need_c: bool = False):
     """The ε step's gradients, fused (call only where :func:`active`); ``needs``: (g, z, s, t)."""
     need_g, need_z, need_s, need_t = needs
-    return _run("grads", _grads, u, g, z, s, t, epsilon, need_g, need_z, need_s or need_t, need_c)
+    return _run("grads", u, g, z, s, t, epsilon, need_g, need_z, need_s or need_t, need_c)

@@ -15,7 +15,6 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from . import kernels
 from .batchnorm import BatchNorm
 from .config import LRPConfig
 from .heatmap import Targets, _forward_for, _initial_relevance
@@ -98,7 +97,7 @@ def lrp_relevance_at(
                 raise ValueError(f"LRP relevance at {where}: the output does not depend on it")
             rel = _initial_relevance(logits, targets).detach()
             maps = []
-            with relevance_pass(), kernels.fused(config.compile):
+            with relevance_pass(config.compile):
                 for k in range(rel.shape[1]):
                     (g,) = torch.autograd.grad(logits, tensor, rel[:, k], retain_graph=k + 1 < rel.shape[1],
                                                allow_unused=True)

@@ -27,12 +27,14 @@ _RELEVANCE_DEPTH = 0
 
 
 @contextmanager
-def relevance_pass() -> Iterator[None]:
-    """Switch the LRP Functions to their relevance backward for the duration of the block."""
+def relevance_pass(fused: bool = False) -> Iterator[None]:
+    """Switch the LRP Functions to their relevance backward for the duration of the block; ``fused``: the ε steps
+    recorded in it use the compiled kernels (``lrp.compile``, :mod:`isnet.lrp.kernels`)."""
     global _RELEVANCE_DEPTH
     _RELEVANCE_DEPTH += 1
     try:
-        yield
+        with kernels.fused(fused):
+            yield
     finally:
         _RELEVANCE_DEPTH -= 1
 
@@ -61,6 +63,17 @@ def epsilon_ratio(z: Tensor, s: Optional[Tensor], t: Optional[Tensor], epsilon: 
     """|y| / (|y| + ε) (= y / stab(y)) for ``y = s·z + t`` (or ``y = z``), as a new tensor the caller may overwrite."""
     a = z.abs() if s is None else affine_value(z, s, t).abs_()
     return a.div_(a + epsilon)
+
+
+def epsilon_scaled(g: Tensor, z: Tensor, s: Optional[Tensor], t: Optional[Tensor], epsilon: float) -> Tensor:
+    """The ε step's scaled relevance ``g · |y| / (|y| + ε) · s``, with ``y = s·z + t``, or ``y = z`` where t is None
+    (s then only scales, or is None too): the compiled kernel where :func:`isnet.lrp.kernels.active`, else eager, in
+    the ratio's memory unless ``g`` carries the batched classes (under vmap, or a leading class dimension)."""
+    if kernels.active():
+        return kernels.scaled(g, z, s, t, epsilon)
+    f = epsilon_ratio(z, None, None, epsilon) if t is None else epsilon_ratio(z, s, t, epsilon)
+    own = f.shape == g.shape and not torch._C._are_functorch_transforms_active()
+    return scale_by(f.mul_(g) if own else g * f, s)
 
 
 @dataclass
@@ -110,9 +123,7 @@ class EpsilonScale(_RelevanceStep):
 
     @staticmethod
     def forward(g: Tensor, y: Tensor, s: Optional[Tensor], epsilon: float) -> Tensor:  # type: ignore[override]
-        if kernels.active():
-            return kernels.scaled(g, y, s, None, epsilon)
-        return scale_by(g * epsilon_ratio(y, None, None, epsilon), s)
+        return epsilon_scaled(g, y, s, None, epsilon)
 
     @staticmethod
     def backward(ctx, gg: Optional[Tensor]):  # type: ignore[override]
@@ -120,8 +131,9 @@ class EpsilonScale(_RelevanceStep):
             return None, None, None, None
         g, y, s = ctx.saved_tensors
         need_g, need_y, need_s, _ = ctx.needs_input_grad
-        if s is None and ctx.fused and kernels.usable():
-            return kernels.grads(gg, g, y, None, None, ctx.epsilon, (need_g, need_y, False, False))[:2] + (None, None)
+        if s is None and ctx.fused and kernels.usable():  # the compiled kernel (eager: the formulas below)
+            needs = (need_g, need_y, False, False)
+            return epsilon_step_grads(gg, g, y, None, None, ctx.epsilon, needs, fused=True)[:2] + (None, None)
         a = y.abs()
         den = a + ctx.epsilon
         gs = gg if s is None else gg * s
@@ -158,29 +170,29 @@ class EpsilonAffineScale(_RelevanceStep):
 
     @staticmethod
     def forward(g: Tensor, z: Tensor, s: Tensor, t: Tensor, epsilon: float) -> Tensor:  # type: ignore[override]
-        if kernels.active():
-            return kernels.scaled(g, z, s, t, epsilon)
-        # in place wherever possible: these passes over the activation dominate the cost
-        return (g * epsilon_ratio(z, s, t, epsilon)).mul_(s)
+        return epsilon_scaled(g, z, s, t, epsilon)
 
     @staticmethod
     def backward(ctx, gg: Optional[Tensor]):  # type: ignore[override]
         if gg is None:
             return None, None, None, None, None
         g, z, s, t = ctx.saved_tensors
-        if ctx.fused and kernels.usable():
-            return kernels.grads(gg, g, z, s, t, ctx.epsilon, ctx.needs_input_grad[:4])[:4] + (None,)
-        return epsilon_step_grads(gg, g, z, s, t, ctx.epsilon, ctx.needs_input_grad[:4])[:4] + (None,)
+        return epsilon_step_grads(gg, g, z, s, t, ctx.epsilon, ctx.needs_input_grad[:4], fused=ctx.fused)[:4] + (None,)
 
 
 def epsilon_step_grads(u: Optional[Tensor], g: Tensor, z: Tensor, s: Optional[Tensor], t: Optional[Tensor], epsilon: float,
-                       needs: tuple[bool, ...], u_scratch: bool = False) -> tuple[Optional[Tensor], ...]:
+                       needs: tuple[bool, ...], u_scratch: bool = False, need_c: bool = False,
+                       fused: bool = False) -> tuple[Optional[Tensor], ...]:
     """Gradients (g, z, s, t) of ``c = g · f(y) · s`` for the incoming gradient ``u`` at ``c``, where ``y = s·z + t``
-    (``y = z`` and no scale where s, t are None) and ``f(y) = |y| / (|y| + ε)``; plus ``f`` itself, which a caller
-    may reuse. ``u`` may be None where no gradient is needed; ``u_scratch``: ``u`` is the caller's temporary and may be
-    overwritten. f'(y) = ε·sign(y) / (|y| + ε)². Shared by the ε relevance nodes that recompute ``y``. (In-place
-    operations are used wherever the tensor is a temporary of this function: on CPU every new activation-sized tensor
-    costs fresh pages, about as much as the arithmetic itself.)"""
+    (``y = z`` and no scale where s, t are None) and ``f(y) = |y| / (|y| + ε)``; plus ``c`` itself where ``need_c``
+    (the fused convolution node's weight gradient). ``u`` may be None where no gradient is needed; ``u_scratch``:
+    ``u`` is the caller's temporary and may be overwritten; ``fused``: the node was recorded with ``lrp.compile``
+    (the compiled kernel runs where it may). f'(y) = ε·sign(y) / (|y| + ε)². Shared by the ε relevance nodes that
+    recompute ``y``. (In-place operations are used wherever the tensor is a temporary of this function: on CPU every
+    new activation-sized tensor costs fresh pages, about as much as the arithmetic itself.)"""
+    if fused and kernels.usable():
+        # without u (no gradient needed but the weight's) g stands in for it, unused: same shape, no recompile
+        return kernels.grads(g if u is None else u, g, z, s, t, epsilon, needs, need_c=need_c)
     need_g, need_z, need_s, need_t = needs
     affine = s is not None
     y = affine_value(z, s, t)
@@ -200,7 +212,8 @@ def epsilon_step_grads(u: Optional[Tensor], g: Tensor, z: Tensor, s: Optional[Te
             d_t = d_y.sum(0, keepdim=True).sum_to_size(t.shape)  # a new tensor even where no dimension is summed
         if need_z:
             d_z = d_y.mul_(s) if affine else d_y  # d_y's last use
-    return d_g, d_z, d_s, d_t, f
+    c = scale_by(f.mul_(g), s) if need_c else None  # in f's memory (f's last use)
+    return d_g, d_z, d_s, d_t, c
 
 
 class EpsilonFoldedOut(torch.autograd.Function):
