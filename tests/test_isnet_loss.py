@@ -269,6 +269,43 @@ def test_foreground_upper_scale_option():
         _cfg(fg_upper_scale="C3")
 
 
+def _lung_total(total: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A heatmap whose lung |R| sums to ``total`` (spread evenly), and its mask."""
+    mask = _lung_mask()
+    return mask * (total / mask.sum()), mask
+
+
+@pytest.mark.parametrize("total, l2, hybrid", [
+    (1.0, 0.25, 0.25),                  # below C1 = 2: ((C1 - F)/C1)^2 under both
+    (11.0, 0.25, 0.25),                 # inside (C2, C1 + C2]: ((F - C2)/C1)^2 under both
+    (12.0, 1.0, 1.0),                   # at C1 + C2 both are 1: the two pieces meet
+    (20.0, 25.0, 9.0),                  # beyond: l2 ((20 - 10)/2)^2, hybrid 1 + (20 - 12)
+])
+def test_foreground_hybrid_upper_side_hand_computed(total, l2, hybrid):
+    """fg_upper_loss="hybrid" (Faster ISNet): the square up to C1 + C2, then 1 + (F - C1 - C2)."""
+    r, mask = _lung_total(total)
+    cfg = dict(C1=2.0, C2=10.0, A=0.0)
+    assert isnet_heatmap_loss(r, mask, _cfg(**cfg))["L_fg"].item() == pytest.approx(l2, rel=1e-5)
+    assert isnet_heatmap_loss(r, mask, _cfg(fg_upper_loss="hybrid", **cfg))["L_fg"].item() == \
+        pytest.approx(hybrid, rel=1e-5)
+
+
+def test_foreground_hybrid_pulls_with_a_constant_gradient_far_above_the_band():
+    mask = _lung_mask()
+    n = mask.sum().item()
+    grads = []
+    for total in (20.0, 200.0):
+        r = (mask * (total / n)).requires_grad_(True)
+        isnet_heatmap_loss(r, mask, _cfg(C1=2.0, C2=10.0, A=0.0, fg_upper_loss="hybrid"))["L_fg"].backward()
+        grads.append(r.grad[mask.bool()].mean().item())
+    # dL/dF = 1 (each lung pixel's |R| counts once in F) whatever the overshoot; the square's is (F - C2)/2.
+    assert grads[0] == pytest.approx(1.0, rel=1e-5) and grads[1] == pytest.approx(1.0, rel=1e-5)
+    with pytest.raises(ValueError, match="fg_upper_loss"):
+        _cfg(fg_upper_loss="l1")
+    with pytest.raises(ValueError, match="C1 divisor"):
+        _cfg(fg_upper_loss="hybrid", fg_upper_scale="C2")
+
+
 # ---------------------------------------------------------------- explained classes
 
 
@@ -426,3 +463,15 @@ def test_explain_targets_single_class():
     assert (explain_targets(logits, "stochastic", torch.Generator().manual_seed(0)) == 0).all()
     r = explain_targets(logits, "selective")
     torch.testing.assert_close(r, torch.zeros(3, 1, 1))  # p = 1 for the only class
+
+
+def test_foreground_upper_loss_reaches_the_training_loss_from_the_config():
+    from isnet.config import load_config
+    from isnet.errors import ConfigError
+    from isnet.methods.isnet import ISNetMethod
+
+    cfg = load_config(None, ["methods=[isnet]", "method.isnet.fg_upper_loss=hybrid"])
+    assert ISNetMethod(cfg).loss_config().fg_upper_loss == "hybrid"
+    assert ISNetMethod(load_config(None, ["methods=[isnet]"])).loss_config().fg_upper_loss == "l2"
+    with pytest.raises(ConfigError, match="C1 divisor"):
+        load_config(None, ["methods=[isnet]", "method.isnet.fg_upper_loss=hybrid", "method.isnet.fg_upper_scale=C2"])

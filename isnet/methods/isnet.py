@@ -99,6 +99,10 @@ class ISNetParams(MethodParams):
     fg_upper_scale: Literal["C1", "C2"] = Field(
         "C1", description="divisor of the upper side of the foreground penalty ((F - C2)/C1)^2 as the reference; "
                           "C2: our earlier relative error, which makes overshooting up to 625x cheaper")
+    fg_upper_loss: Literal["l2", "hybrid"] = Field(
+        "l2", description="upper side of the foreground penalty: l2 = ((F - C2)/C1)^2 throughout (the reference's "
+                          "run scripts); hybrid = that square up to F = C1 + C2, then 1 + (F - C1 - C2) (the Faster "
+                          "ISNet paper, the default of the reference's training modules)")
     warmup_epochs: Optional[int] = Field(
         5, ge=1, description="plain epochs of a model copy trained only to tune C1/C2 when they are not set (the "
                              "reference's example: 5); null: as many as optim.epochs")
@@ -159,6 +163,8 @@ class ISNetParams(MethodParams):
     def _band_ordered(self) -> "ISNetParams":
         if self.C1 is not None and self.C2 is not None and self.C1 > self.C2:
             raise ValueError(f"C1 ({self.C1}) must not exceed C2 ({self.C2})")
+        if self.fg_upper_loss == "hybrid" and self.fg_upper_scale != "C1":
+            raise ValueError("fg_upper_loss: hybrid is defined with the C1 divisor; it needs fg_upper_scale: C1")
         keys = {1} | {k for s in (self.P, self.balance) if isinstance(s, dict) for k in s}
         if any(self.balance_at(k) is not None and self.P_at(k) >= 1 for k in keys):
             raise ValueError("balance needs P < 1 in every epoch it is on: at P = 1 there is no cross-entropy "
@@ -200,7 +206,7 @@ class ISNetMethod(Method):
     def loss_config(self) -> ISNetLossConfig:
         c = self.params
         return ISNetLossConfig(P=self.P, d=c.d, E=c.E, A=c.A, B=c.B, C1=self.C1, C2=self.C2, variant=c.variant,
-                               fg_upper_scale=c.fg_upper_scale)
+                               fg_upper_scale=c.fg_upper_scale, fg_upper_loss=c.fg_upper_loss)
 
     def _targets(self, logits: torch.Tensor) -> torch.Tensor:
         c = self.params

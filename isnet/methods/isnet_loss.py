@@ -11,7 +11,11 @@ above it: both sides are scaled by C1, as in the authors' reference code
 (``fg_upper_scale="C1"``, the default).  ``fg_upper_scale="C2"`` divides the
 upper side by C2 instead (relative error on both sides); that makes
 overshooting the band up to (C2/C1)^2 = 625x cheaper and is kept only as a
-named option.
+named option.  ``fg_upper_loss="hybrid"`` is the upper side of the Faster ISNet
+paper (the default of the reference's training modules; its run scripts pass
+the plain square): the square up to F = C1 + C2, where it reaches 1, then
+``1 + (F - C1 - C2)`` in raw relevance units, so an image far above the band
+pulls with a constant gradient instead of one that grows with the overshoot.
 
 Band: the reference tunes C1/C2 from the *whole-image* total ``|R|`` (lungs and
 background) per training image, averaged over the explained classes, from the
@@ -59,6 +63,7 @@ class ISNetLossConfig:
         relevance does not divide by zero.
     mask_threshold: mask values above it count as lung.
     fg_upper_scale: "C1" (reference) or "C2": the divisor of the upper side of the foreground penalty.
+    fg_upper_loss: "l2" (the square on the whole upper side) or "hybrid" (square up to C1 + C2, linear beyond).
     """
 
     P: float = 0.7
@@ -72,6 +77,7 @@ class ISNetLossConfig:
     eps_norm: float = 1e-6
     mask_threshold: float = 0.5
     fg_upper_scale: str = "C1"
+    fg_upper_loss: str = "l2"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.P <= 1.0:
@@ -94,6 +100,11 @@ class ISNetLossConfig:
             raise ValueError(f"ISNetLossConfig needs C1 <= C2, got C1={self.C1}, C2={self.C2}")
         if self.fg_upper_scale not in ("C1", "C2"):
             raise ValueError(f"ISNetLossConfig.fg_upper_scale must be 'C1' or 'C2', got {self.fg_upper_scale!r}")
+        if self.fg_upper_loss not in ("l2", "hybrid"):
+            raise ValueError(f"ISNetLossConfig.fg_upper_loss must be 'l2' or 'hybrid', got {self.fg_upper_loss!r}")
+        if self.fg_upper_loss == "hybrid" and self.fg_upper_scale != "C1":
+            raise ValueError("ISNetLossConfig.fg_upper_loss='hybrid' is defined with the C1 divisor; "
+                             f"set fg_upper_scale='C1' (got {self.fg_upper_scale!r})")
 
 
 def _prepare(heatmaps: Tensor, masks: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
@@ -176,8 +187,7 @@ def isnet_heatmap_loss(heatmaps: Tensor, masks: Tensor, cfg: ISNetLossConfig) ->
     else:
         c1, c2 = float(cfg.C1), float(cfg.C2)  # type: ignore[arg-type]
         below = torch.clamp(c1 - lung_total, min=0.0) / c1
-        above = torch.clamp(lung_total - c2, min=0.0) / (c1 if cfg.fg_upper_scale == "C1" else c2)
-        l_fg = (below.square() + above.square()).mean()
+        l_fg = (below.square() + _upper_penalty(lung_total, c1, c2, cfg)).mean()
 
     l_hm = cfg.A * l_bg + cfg.B * l_fg
 
@@ -195,6 +205,15 @@ def isnet_heatmap_loss(heatmaps: Tensor, masks: Tensor, cfg: ISNetLossConfig) ->
         "bg_share": bg_share.detach(),
         "fg_total": fg_total.detach(),
     }
+
+
+def _upper_penalty(lung_total: Tensor, c1: float, c2: float, cfg: ISNetLossConfig) -> Tensor:
+    """Penalty for a lung total above the band: ((F - C2)/C1)^2, or under "hybrid" linear beyond C1 + C2."""
+    if cfg.fg_upper_loss == "l2":
+        return (torch.clamp(lung_total - c2, min=0.0) / (c1 if cfg.fg_upper_scale == "C1" else c2)).square()
+    square = (torch.clamp(lung_total - c2, min=0.0, max=c1) / c1).square()
+    linear = 1.0 + (lung_total - (c1 + c2))
+    return torch.where(lung_total.detach() > c1 + c2, linear, square)
 
 
 def isnet_total_loss(ce: Tensor, terms: Mapping[str, Tensor] | Tensor, cfg: ISNetLossConfig) -> Tensor:
