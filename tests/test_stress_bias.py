@@ -148,3 +148,23 @@ def test_contrast_polarity_stands_out_from_the_background(background, expect_dar
     assert (out[where].mean() < 0.5) == expect_dark
     bright, where = inject(img, mask, [BiasSpec(kind="shape", intensity=(0.95, 1.0), polarity="bright")], 0, 1)
     assert bright[where].min() >= 0.95
+
+
+def test_token_effect_is_the_paired_change_of_the_target_margin():
+    """Margins are logit differences: log p_target − max over the others of log p, on the images that carry the token."""
+    from isnet.evaluate.stress.scoring import token_effect
+
+    def probs(logits):
+        z = np.asarray(logits, float)
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    clean = probs([[0.0, 2.0, 1.0], [0.0, 0.5, 3.0], [5.0, 0.0, 0.0]])
+    token = probs([[1.5, 2.0, 1.0], [2.0, 0.5, 3.0], [0.0, 0.0, 9.0]])
+    carries = np.array([True, True, False])  # the third image has no token: its change does not count
+    out = token_effect(clean, token, carries, target=0)
+    # margins clean -2, -3; with the token -0.5, -1: shifts 1.5 and 2; gaps 2 and 3
+    assert out["token_shift"] == pytest.approx(1.75) and out["target_gap"] == pytest.approx(2.5)
+    assert np.isnan(token_effect(clean, token, np.zeros(3, bool), 0)["token_shift"])
+    with pytest.raises(ValueError, match="paired"):
+        token_effect(clean, token[:2], carries, 0)

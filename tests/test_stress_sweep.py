@@ -54,6 +54,10 @@ def test_resumed_sweep_skips_finished_cells(phantom, tmp_path, monkeypatch):
     for m in ("accuracy", "balanced_accuracy", "macro_auc"):
         assert {"clean", "aligned", "flipped", "drop"} <= set(first.loc[first["metric"] == m, "test_set"])
     assert {"bg_share", "bias_share"} <= set(first.loc[first["test_set"] == "biased", "metric"])
+    effect = first[first["metric"].isin(["token_shift", "target_gap"])]
+    assert sorted(set(zip(effect["test_set"], effect["metric"]))) == [("clean", "target_gap"), ("flipped", "token_shift")]
+    assert len(effect) == 4 and effect["value"].notna().all()
+    assert "token shift" in Path("out/summary.md").read_text()
     assert Path("out/drop_vs_strength.png").is_file() and Path("out/summary.md").is_file()
     assert len(list(Path("out/heatmaps").glob("*.png"))) == 2
 

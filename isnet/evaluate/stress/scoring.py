@@ -3,6 +3,8 @@ shares, and the heatmap figure with the bias outlined."""
 
 from __future__ import annotations
 
+import math
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -23,15 +25,17 @@ def bias_transform(specs: list[BiasSpec], target: int, mode: str, strength: floa
 
 
 def evaluate_set(model: torch.nn.Module, loader, num_classes: int, device: torch.device, lrp: LRPConfig | None,
-                 keep: int = 0) -> tuple[dict[str, float], dict]:
+                 keep: int = 0) -> tuple[dict[str, float], dict, dict[str, np.ndarray]]:
     """Metrics of one test set, LRP background share (outside the lungs) and bias share (inside the bias
-    footprint, images carrying the bias) of the predicted class; the first ``keep`` images for figures."""
-    probs, labels, bg, on_bias = [], [], [], []
+    footprint, images carrying the bias) of the predicted class; the first ``keep`` images for figures; per image
+    the probabilities and whether it carries the bias (for ``token_effect``)."""
+    probs, labels, bg, on_bias, present = [], [], [], [], []
     kept: dict[str, list] = {"image": [], "mask": [], "heatmap": [], "bias": [], "label": [], "pred": []}
     for out in explained_batches(model, loader, device, lrp):
         b, p, heat = out["batch"], out["probs"].numpy(), out["heat"]
         probs.append(p)
         labels.append(b["label"].numpy())
+        present.append(b["bias_present"].bool().numpy())
         if heat is None:
             continue
         bg.append(out["bg_share"].numpy())
@@ -54,7 +58,29 @@ def evaluate_set(model: torch.nn.Module, loader, num_classes: int, device: torch
         ob = np.concatenate(on_bias)
         if len(ob):
             out["bias_share"] = float(ob.mean())
-    return out, kept
+    return out, kept, {"probs": pr, "bias_present": np.concatenate(present)}
+
+
+def token_effect(clean_probs: np.ndarray, token_probs: np.ndarray, carries: np.ndarray, target: int) -> dict[str, float]:
+    """What the token does to the decision, from the same images without and with it (rows paired).
+
+    The target's margin is log p_target − max over the other classes of log p (= the logit difference).
+    ``target_gap``: median of −margin on the clean images (how far the target class lies below the winner);
+    ``token_shift``: mean change of the margin that the token causes. A token shift comparable to the gap flips
+    predictions, however little relevance LRP puts on the token; NaN where no image carries the token."""
+    if clean_probs.shape != token_probs.shape or len(carries) != len(clean_probs):
+        raise ValueError(f"token_effect needs paired rows: clean {clean_probs.shape}, with token {token_probs.shape}, "
+                         f"{len(carries)} flags")
+    if not carries.any():
+        return {"target_gap": math.nan, "token_shift": math.nan}
+
+    def margin(p: np.ndarray) -> np.ndarray:
+        logp = np.log(np.clip(p[carries], 1e-12, None))
+        others = np.delete(logp, target, axis=1)
+        return logp[:, target] - others.max(axis=1)
+
+    m0, m1 = margin(clean_probs), margin(token_probs)
+    return {"target_gap": float(np.median(-m0)), "token_shift": float(np.mean(m1 - m0))}
 
 
 def bias_heatmap_figure(kept: dict, classes: list[str], title: str):

@@ -23,7 +23,7 @@ from isnet.lrp import run_lrp_config, supports_model  # noqa: E402
 
 from isnet.evaluate.stress.cells import (STATE_FILE, TEST_SETS, Cell, _write_csv_atomic, cells_of,  # noqa: E402
                                           done_keys, fingerprint, parse_method_spec, read_results)
-from isnet.evaluate.stress.scoring import bias_heatmap_figure, bias_transform, evaluate_set  # noqa: E402
+from isnet.evaluate.stress.scoring import bias_heatmap_figure, bias_transform, evaluate_set, token_effect  # noqa: E402
 from isnet.evaluate.stress.summary import drop_plot, summarise, summary_markdown  # noqa: E402
 
 
@@ -132,13 +132,18 @@ class StressTest:
             loader = eval_loader(records, tcfg.data, extra=bias(mode))
             sets[mode] = evaluate_set(model, loader, len(self.classes), device, lrp,
                                       keep=self.cfg.heatmap_examples if mode == "all" else 0)
-        for mode, (m, _) in sets.items():
+        for mode, (m, _, _) in sets.items():
             name = "biased" if mode == "all" else mode
             keep = m if mode != "all" else {k: v for k, v in m.items() if k in ("bg_share", "bias_share")}
             for k, v in keep.items():
                 metrics[f"stress.{name}.{k}"] = v
         for k in ("accuracy", "balanced_accuracy", "macro_auc"):
             metrics[f"stress.drop.{k}"] = sets["clean"][0][k] - sets["flipped"][0][k]
+        flipped = sets["flipped"][2]
+        effect = token_effect(sets["clean"][2]["probs"], flipped["probs"], flipped["bias_present"], self.target)
+        if not math.isnan(effect["token_shift"]):
+            metrics["stress.clean.target_gap"] = effect["target_gap"]
+            metrics["stress.flipped.token_shift"] = effect["token_shift"]
         metrics["stress.train.seconds"] = time.perf_counter() - t0
         for key, v in metrics.items():
             _, test_set, metric = key.split(".", 2)
@@ -157,7 +162,8 @@ class StressTest:
         c, f = sets["clean"][0], sets["flipped"][0]
         self.log(f"cell {cell.name}: accuracy clean {c['accuracy']:.3f}, aligned {sets['aligned'][0]['accuracy']:.3f}, "
                  f"flipped {f['accuracy']:.3f} (drop {100 * (c['accuracy'] - f['accuracy']):+.1f} points); "
-                 f"bg share clean {c.get('bg_share', math.nan):.3f}, biased {sets['all'][0].get('bg_share', math.nan):.3f}")
+                 f"bg share clean {c.get('bg_share', math.nan):.3f}, biased {sets['all'][0].get('bg_share', math.nan):.3f}; "
+                 f"token shift {effect['token_shift']:+.2f} against a target gap of {effect['target_gap']:.2f} (logits)")
         return rows
 
     def _log_child(self, run_id: str | None, checkpoint_dir: Path, metrics: dict[str, float], fig) -> None:
