@@ -1,5 +1,6 @@
 """Scoring one trained cell: the bias transform of each test set, metrics with LRP background and bias
-shares, and the heatmap figure with the bias outlined."""
+shares, the token's effect on the decision (paired clean and flipped images), and the heatmap figure with the
+bias outlined."""
 
 from __future__ import annotations
 
