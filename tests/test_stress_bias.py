@@ -86,6 +86,30 @@ def test_no_room_names_the_image():
         inject(np.zeros((32, 32), np.float32), np.zeros((32, 32)), [BiasSpec()], 0, 3)
 
 
+def test_border_frame_clips_around_lungs_at_the_edge_and_full_refuses():
+    """Lungs reaching the left edge: the default frame is drawn on the other three sides and on the left edge's
+    background, never in the dilated lungs; ``frame: full`` refuses the image; lungs all round leave no frame."""
+    mask = np.zeros((48, 48), np.float32)
+    mask[10:38, 0:20] = 1  # a lung touching the left edge
+    img = np.full((48, 48), 0.2, np.float32)
+    out, where = inject(img, mask, [BiasSpec(kind="border")], seed=0, row=0)
+    zone = forbidden_zone(mask, int(round(0.03 * 48)))
+    assert not (where & zone).any() and not (out != img)[~where].any()
+    assert where[:, -1].all() and where[0].all() and where[-1].all()  # right, top and bottom edges complete
+    assert where[:5, 0].all() and not where[12:36, 0].any()           # left edge: only its background part
+    with pytest.raises(BiasPlacementError, match="reaches the image edge; frame: clip"):
+        inject(img, mask, [BiasSpec(kind="border", frame="full")], seed=0, row=0, name="edge.png")
+    free = np.zeros((48, 48), np.float32)
+    free[12:36, 12:36] = 1
+    full = inject(img, free, [BiasSpec(kind="border", frame="full")], seed=0, row=0)[1]
+    assert full[0].all() and full[:, 0].all() and full[-1].all() and full[:, -1].all()
+    for lungs in (np.ones((48, 48), np.float32), np.pad(np.ones((46, 46), np.float32), 1)):  # corners free
+        with pytest.raises(BiasPlacementError, match="keeps at least half"):
+            inject(img, lungs, [BiasSpec(kind="border")], seed=0, row=0)
+    with pytest.raises(ValueError, match="frame"):
+        BiasSpec(kind="border", frame="half")
+
+
 def _sample(label: int, row: int, size: int = 64) -> dict:
     rng = np.random.default_rng(row)
     return {"image": torch.as_tensor(rng.random((1, size, size)), dtype=torch.float32),

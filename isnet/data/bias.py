@@ -56,6 +56,10 @@ class BiasSpec:
     #: the pixels it covers (dark on a bright background) — a bright token on the bright mediastinum or
     #: abdomen of a normalised radiograph is nearly invisible
     polarity: Literal["bright", "dark", "contrast"] = "contrast"
+    #: border only. "clip": the frame is drawn wherever the image edge is background and left out where the
+    #: dilated lungs reach the edge (cropped radiographs, and 1 in 3 of the 64 px phantoms, have lungs at the
+    #: edge); "full": the whole frame or nothing (narrowed to 1 px if it would touch the lungs, else an error)
+    frame: Literal["clip", "full"] = "clip"
 
     def __post_init__(self) -> None:
         if self.kind not in BIAS_KINDS:
@@ -77,6 +81,8 @@ class BiasSpec:
             raise ValueError(f"polarity {self.polarity!r} must be bright, dark or contrast")
         if not 0 <= self.margin < 0.5:
             raise ValueError(f"margin {self.margin} must be in [0, 0.5)")
+        if self.frame not in ("clip", "full"):
+            raise ValueError(f"frame {self.frame!r} must be clip or full")
 
     @property
     def label(self) -> str:
@@ -202,13 +208,21 @@ def stamp_bias(image: np.ndarray, blocked: np.ndarray, spec: BiasSpec, rng: np.r
         width = max(1, int(round(rng.uniform(*spec.size) * side * 0.25)))
         where[:width], where[-width:], where[:, :width], where[:, -width:] = True, True, True, True
         value = float(rng.uniform(*spec.intensity))
-        if (where & blocked).any():
+        if spec.frame == "clip":
+            kept = where & ~blocked
+            if kept.sum() < 0.5 * where.sum():  # a few corner pixels are not a frame
+                raise BiasPlacementError(f"{name}: no room for a border bias — the lung mask dilated by "
+                                         f"{spec.margin:g}×side covers {1 - kept.sum() / where.sum():.0%} of the "
+                                         f"{width}-px frame (a clipped frame keeps at least half)")
+            where = kept
+        elif (where & blocked).any():
             width = 1
             where[:] = False
             where[:1], where[-1:], where[:, :1], where[:, -1:] = True, True, True, True
-            if (where & blocked).any():
-                raise BiasPlacementError(f"{name}: no room for a border bias — the lung mask dilated by "
-                                         f"{spec.margin:g}×side reaches the image edge")
+        if not where.any() or (where & blocked).any():
+            raise BiasPlacementError(f"{name}: no room for a border bias — the lung mask dilated by "
+                                     f"{spec.margin:g}×side reaches the image edge"
+                                     "; frame: clip draws the frame where the edge is background")
         image[where] = _polarised(np.full(int(where.sum()), value, np.float32), image[where], spec.polarity)
         return where
     tried = []
