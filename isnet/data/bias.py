@@ -57,8 +57,8 @@ class BiasSpec:
     #: abdomen of a normalised radiograph is nearly invisible
     polarity: Literal["bright", "dark", "contrast"] = "contrast"
     #: border only. "clip": the frame is drawn wherever the image edge is background and left out where the
-    #: dilated lungs reach the edge (cropped radiographs, and 1 in 3 of the 64 px phantoms, have lungs at the
-    #: edge); "full": the whole frame or nothing (narrowed to 1 px if it would touch the lungs, else an error)
+    #: dilated lungs reach the edge (cropped radiographs, and two in three of our 64 px stress phantoms, have
+    #: lungs at the edge); "full": the whole frame or nothing (narrowed to 1 px if it would touch the lungs, else an error)
     frame: Literal["clip", "full"] = "clip"
 
     def __post_init__(self) -> None:
