@@ -58,7 +58,8 @@ class BiasSpec:
     polarity: Literal["bright", "dark", "contrast"] = "contrast"
     #: border only. "clip": the frame is drawn wherever the image edge is background and left out where the
     #: dilated lungs reach the edge (cropped radiographs, and two in three of our 64 px stress phantoms, have
-    #: lungs at the edge); "full": the whole frame or nothing (narrowed to 1 px if it would touch the lungs, else an error)
+    #: lungs at the edge); "full": the whole frame or nothing (narrowed to 1 px if it would touch the lungs,
+    #: else an error)
     frame: Literal["clip", "full"] = "clip"
 
     def __post_init__(self) -> None:
