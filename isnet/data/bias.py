@@ -199,6 +199,13 @@ def _free_positions(blocked: np.ndarray, fh: int, fw: int, region: tuple[float, 
     return np.stack([ys + y0, xs + x0], 1)
 
 
+def _frame(shape: tuple[int, int], width: int) -> np.ndarray:
+    """The outermost ``width`` pixels of every edge."""
+    where = np.zeros(shape, bool)
+    where[:width], where[-width:], where[:, :width], where[:, -width:] = True, True, True, True
+    return where
+
+
 def stamp_bias(image: np.ndarray, blocked: np.ndarray, spec: BiasSpec, rng: np.random.Generator,
                name: str = "image") -> np.ndarray:
     """Draw one bias into ``image`` (H×W, modified in place) outside ``blocked``; returns its footprint."""
@@ -207,7 +214,7 @@ def stamp_bias(image: np.ndarray, blocked: np.ndarray, spec: BiasSpec, rng: np.r
     where = np.zeros((H, W), bool)
     if spec.kind == "border":
         width = max(1, int(round(rng.uniform(*spec.size) * side * 0.25)))
-        where[:width], where[-width:], where[:, :width], where[:, -width:] = True, True, True, True
+        where = _frame((H, W), width)
         value = float(rng.uniform(*spec.intensity))
         if spec.frame == "clip":
             kept = where & ~blocked
@@ -217,13 +224,11 @@ def stamp_bias(image: np.ndarray, blocked: np.ndarray, spec: BiasSpec, rng: np.r
                                          f"{width}-px frame (a clipped frame keeps at least half)")
             where = kept
         elif (where & blocked).any():
-            width = 1
-            where[:] = False
-            where[:1], where[-1:], where[:, :1], where[:, -1:] = True, True, True, True
-        if not where.any() or (where & blocked).any():
-            raise BiasPlacementError(f"{name}: no room for a border bias — the lung mask dilated by "
-                                     f"{spec.margin:g}×side reaches the image edge"
-                                     "; frame: clip draws the frame where the edge is background")
+            where = _frame((H, W), 1)
+            if (where & blocked).any():
+                raise BiasPlacementError(f"{name}: no room for a border bias — the lung mask dilated by "
+                                         f"{spec.margin:g}×side reaches the image edge; frame: clip draws the "
+                                         f"frame where the edge is background")
         image[where] = _polarised(np.full(int(where.sum()), value, np.float32), image[where], spec.polarity)
         return where
     tried = []
