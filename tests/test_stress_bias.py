@@ -192,3 +192,56 @@ def test_token_effect_is_the_paired_change_of_the_target_margin():
     assert np.isnan(token_effect(clean, token, np.zeros(3, bool), 0)["token_shift"])
     with pytest.raises(ValueError, match="paired"):
         token_effect(clean, token[:2], carries, 0)
+
+
+def test_heatmap_account_is_the_paired_change_of_the_logit_and_of_the_heatmap_total():
+    from isnet.evaluate.stress.scoring import heatmap_account
+
+    clean = {"logit": np.array([-1.0, -2.0, 0.5]), "total": np.array([1.0, 0.5, 0.2])}
+    token = {"logit": np.array([1.0, 1.0, 9.0]), "total": np.array([0.5, 1.5, 9.0])}
+    out = heatmap_account(clean, token, np.array([True, True, False]))  # the third image carries no token
+    assert out["logit_shift"] == pytest.approx(2.5) and out["heatmap_shift"] == pytest.approx(0.25)
+    assert np.isnan(heatmap_account(clean, token, np.zeros(3, bool))["logit_shift"])
+    with pytest.raises(ValueError, match="paired"):
+        heatmap_account(clean, {"logit": token["logit"][:2], "total": token["total"][:2]}, np.ones(3, bool))
+
+
+def test_target_totals_follow_the_logit_only_where_no_bias_absorbs_relevance():
+    """With ε → 0 and no biases the LRP heatmap of a ReLU network sums to its logit (conservation), so the heatmap
+    shows all of a token's effect; a bias that a token switches on moves the logit without moving the heatmap."""
+    import torch
+    from torch import nn
+    from isnet.evaluate.stress.scoring import heatmap_account, target_totals
+    from isnet.lrp import LRPConfig
+
+    torch.manual_seed(0)
+    lrp = LRPConfig(epsilon=1e-9, first_rule="epsilon")
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 3, bias=False)).double()
+    x = torch.rand(6, 1, 8, 8, dtype=torch.float64)
+    token = x.clone()
+    token[:, :, 0, :] = 1.0  # a bright top row
+    loaders = {k: [{"image": v[:3]}, {"image": v[3:]}] for k, v in (("clean", x), ("token", token))}
+    tot = {k: target_totals(net, ld, 1, torch.device("cpu"), lrp) for k, ld in loaders.items()}
+    np.testing.assert_allclose(tot["clean"]["total"], tot["clean"]["logit"], rtol=1e-6)
+    shown = heatmap_account(tot["clean"], tot["token"], np.ones(6, bool))
+    assert shown["heatmap_shift"] == pytest.approx(shown["logit_shift"], rel=1e-6)
+
+    # a unit that only the token switches on: it sums one image row (weights 1) against a bias of -7.5, so it fires
+    # only for the token's all-ones row (z = 8 - 7.5 = 0.5); through the mean over the 8 rows and a weight of 10 the
+    # target logit rises by 10 * 0.5 / 8 = 0.625. LRP-ε hands that relevance to the row's pixels in proportion to
+    # x_i w_i / z = 1 / 0.5 each, 8 / 0.5 x 0.625 = 10 in all; the bias takes the other -9.375
+    gated = nn.Sequential(nn.Conv2d(1, 1, (1, 8), bias=True), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(1, 3, bias=False)).double()
+    with torch.no_grad():
+        gated[0].weight.fill_(1.0)
+        gated[0].bias.fill_(-7.5)
+        gated[4].weight.copy_(torch.tensor([[0.0], [10.0], [0.0]], dtype=torch.float64))
+    dim = {"clean": 0.9 * x, "token": 0.9 * x}
+    dim["token"][:, :, 0, :] = 1.0  # every clean row sums to at most 7.2: the unit is off without the token
+    loaders = {k: [{"image": v}] for k, v in dim.items()}
+    tot = {k: target_totals(gated, ld, 1, torch.device("cpu"), lrp) for k, ld in loaders.items()}
+    np.testing.assert_allclose(tot["clean"]["logit"], 0.0, atol=1e-12)
+    shown = heatmap_account(tot["clean"], tot["token"], np.ones(6, bool))
+    assert shown["logit_shift"] == pytest.approx(0.625, rel=1e-9)
+    assert shown["heatmap_shift"] == pytest.approx(10.0, rel=1e-6)

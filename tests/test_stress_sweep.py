@@ -58,6 +58,9 @@ def test_resumed_sweep_skips_finished_cells(phantom, tmp_path, monkeypatch):
     assert sorted(set(zip(effect["test_set"], effect["metric"]))) == [("clean", "target_gap"), ("flipped", "token_shift")]
     assert len(effect) == 4 and effect["value"].notna().all()
     assert "token shift" in Path("out/summary.md").read_text()
+    shown = first[first["metric"].isin(["logit_shift", "heatmap_shift"])]  # how much of it the heatmap shows
+    assert set(shown["test_set"]) == {"flipped"} and len(shown) == 4 and shown["value"].notna().all()
+    assert "heatmap shift" in Path("out/summary.md").read_text()
     assert Path("out/drop_vs_strength.png").is_file() and Path("out/summary.md").is_file()
     assert len(list(Path("out/heatmaps").glob("*.png"))) == 2
 

@@ -1,6 +1,6 @@
 """Scoring one trained cell: the bias transform of each test set, metrics with LRP background and bias
-shares, the token's effect on the decision (paired clean and flipped images), and the heatmap figure with the
-bias outlined."""
+shares, the token's effect on the decision (paired clean and flipped images) and how much of it the heatmap
+shows, and the heatmap figure with the bias outlined."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from isnet.data.bias import BiasSpec, InjectBiasd  # noqa: E402
 from isnet.measure.figures import heatmap_grid  # noqa: E402
 from isnet.measure.metrics import classification_metrics  # noqa: E402
 from isnet.measure.relevance import explained_batches  # noqa: E402
-from isnet.lrp import LRPConfig  # noqa: E402
+from isnet.lrp import LRPConfig, lrp_heatmaps  # noqa: E402
 
 
 # -- evaluation ---------------------------------------------------------------------------------------
@@ -82,6 +82,36 @@ def token_effect(clean_probs: np.ndarray, token_probs: np.ndarray, carries: np.n
 
     m0, m1 = margin(clean_probs), margin(token_probs)
     return {"target_gap": float(np.median(-m0)), "token_shift": float(np.mean(m1 - m0))}
+
+
+def target_totals(model: torch.nn.Module, loader, target: int, device: torch.device, lrp: LRPConfig) -> dict[str, np.ndarray]:
+    """Per image (in loader order) the target class's logit and the signed total Σ R of the target's LRP heatmap."""
+    model.eval()
+    logit, total = [], []
+    for batch in loader:
+        x = batch["image"].to(device)
+        t = torch.full((x.shape[0], 1), target, dtype=torch.long, device=device)
+        z, heat = lrp_heatmaps(model, x, t, config=lrp)
+        logit.append(z[:, target].detach().double().cpu().numpy())
+        total.append(heat[:, 0].detach().double().sum((-2, -1)).cpu().numpy())
+    return {"logit": np.concatenate(logit), "total": np.concatenate(total)}
+
+
+def heatmap_account(clean: dict[str, np.ndarray], token: dict[str, np.ndarray], carries: np.ndarray) -> dict[str, float]:
+    """How much of the token's effect on the target logit its heatmap shows (rows paired as in ``token_effect``).
+
+    ``logit_shift``: mean change of the target logit that the token causes; ``heatmap_shift``: mean change of the
+    total Σ R of the target's heatmap. Relevance that the rules give to no pixel (biases and BatchNorm shifts,
+    ε stabilisers) makes up the difference; a shortcut acting through it is invisible in the heatmap and to any
+    loss built on the heatmap. NaN where no image carries the token."""
+    n = len(carries)
+    if any(len(d[k]) != n for d in (clean, token) for k in ("logit", "total")):
+        raise ValueError(f"heatmap_account needs paired rows: {n} flags, clean {len(clean['logit'])}, "
+                         f"with token {len(token['logit'])}")
+    if not carries.any():
+        return {"logit_shift": math.nan, "heatmap_shift": math.nan}
+    return {k: float(np.mean((token[src] - clean[src])[carries]))
+            for k, src in (("logit_shift", "logit"), ("heatmap_shift", "total"))}
 
 
 def bias_heatmap_figure(kept: dict, classes: list[str], title: str):

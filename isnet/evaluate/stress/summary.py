@@ -16,7 +16,8 @@ from isnet.evaluate.stress.config import StressConfig  # noqa: E402
 # -- summaries ----------------------------------------------------------------------------------------
 SUMMARY_METRICS = [("clean", "accuracy"), ("aligned", "accuracy"), ("flipped", "accuracy"), ("drop", "accuracy"),
                    ("clean", "macro_auc"), ("flipped", "macro_auc"), ("clean", "bg_share"), ("biased", "bg_share"),
-                   ("biased", "bias_share"), ("clean", "target_gap"), ("flipped", "token_shift")]
+                   ("biased", "bias_share"), ("clean", "target_gap"), ("flipped", "token_shift"),
+                   ("flipped", "logit_shift"), ("flipped", "heatmap_shift")]
 
 
 def summarise(results: pd.DataFrame) -> pd.DataFrame:
@@ -51,11 +52,14 @@ def summary_markdown(summary: pd.DataFrame, cfg: StressConfig) -> str:
     biases = ", ".join(b.spec().label for b in cfg.biases)
     lines = [f"Bias: {biases} on class `{cfg.target_class}`; accuracies in %, drop = clean − flipped accuracy in "
              f"points; mean ± sd over seeds. Token shift: how much the token raises the target class's logit "
-             f"margin on the other classes' images; target gap: how far below the winner the target lies without it.",
+             f"margin on the other classes' images; target gap: how far below the winner the target lies without it. "
+             f"Logit / heatmap shift: how much the token changes the target class's logit, and the total of its LRP "
+             f"heatmap, on the same images; the difference went through relevance LRP gives to no pixel (biases, ε).",
              "",
              "| method | strength | seeds | clean acc | aligned acc | flipped acc | drop (points) | clean AUC | "
-             "flipped AUC | bg share clean | bg share biased | share on bias | target gap | token shift |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "flipped AUC | bg share clean | bg share biased | share on bias | target gap | token shift | logit shift | "
+             "heatmap shift |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in summary.iterrows():
         lines.append(
             f"| {r['method']} | {r['strength']:g} | {r['seed list']} | {_pm(r, 'clean.accuracy', 100)} | "
@@ -63,7 +67,8 @@ def summary_markdown(summary: pd.DataFrame, cfg: StressConfig) -> str:
             f"{_pm(r, 'clean.macro_auc', 1, '{:.3f}')} | {_pm(r, 'flipped.macro_auc', 1, '{:.3f}')} | "
             f"{_pm(r, 'clean.bg_share', 1, '{:.2f}')} | {_pm(r, 'biased.bg_share', 1, '{:.2f}')} | "
             f"{_pm(r, 'biased.bias_share', 1, '{:.2f}')} | {_pm(r, 'clean.target_gap', 1, '{:.2f}')} | "
-            f"{_pm(r, 'flipped.token_shift', 1, '{:.2f}')} |")
+            f"{_pm(r, 'flipped.token_shift', 1, '{:.2f}')} | {_pm(r, 'flipped.logit_shift', 1, '{:.2f}')} | "
+            f"{_pm(r, 'flipped.heatmap_shift', 1, '{:.2f}')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -23,7 +23,8 @@ from isnet.lrp import run_lrp_config, supports_model  # noqa: E402
 
 from isnet.evaluate.stress.cells import (STATE_FILE, TEST_SETS, Cell, _write_csv_atomic, cells_of,  # noqa: E402
                                           done_keys, fingerprint, parse_method_spec, read_results)
-from isnet.evaluate.stress.scoring import bias_heatmap_figure, bias_transform, evaluate_set, token_effect  # noqa: E402
+from isnet.evaluate.stress.scoring import (bias_heatmap_figure, bias_transform, evaluate_set, heatmap_account,  # noqa: E402
+                                           target_totals, token_effect)
 from isnet.evaluate.stress.summary import drop_plot, summarise, summary_markdown  # noqa: E402
 
 
@@ -144,6 +145,11 @@ class StressTest:
         if not math.isnan(effect["token_shift"]):
             metrics["stress.clean.target_gap"] = effect["target_gap"]
             metrics["stress.flipped.token_shift"] = effect["token_shift"]
+        if lrp is not None and flipped["bias_present"].any():
+            totals = {m: target_totals(model, eval_loader(records, tcfg.data, extra=bias(m)), self.target, device, lrp)
+                      for m in ("clean", "flipped")}
+            for k, v in heatmap_account(totals["clean"], totals["flipped"], flipped["bias_present"]).items():
+                metrics[f"stress.flipped.{k}"] = v
         metrics["stress.train.seconds"] = time.perf_counter() - t0
         for key, v in metrics.items():
             _, test_set, metric = key.split(".", 2)
@@ -163,7 +169,9 @@ class StressTest:
         self.log(f"cell {cell.name}: accuracy clean {c['accuracy']:.3f}, aligned {sets['aligned'][0]['accuracy']:.3f}, "
                  f"flipped {f['accuracy']:.3f} (drop {100 * (c['accuracy'] - f['accuracy']):+.1f} points); "
                  f"bg share clean {c.get('bg_share', math.nan):.3f}, biased {sets['all'][0].get('bg_share', math.nan):.3f}; "
-                 f"token shift {effect['token_shift']:+.2f} against a target gap of {effect['target_gap']:.2f} (logits)")
+                 f"token shift {effect['token_shift']:+.2f} against a target gap of {effect['target_gap']:.2f} (logits); "
+                 f"target logit {metrics.get('stress.flipped.logit_shift', math.nan):+.2f}, its heatmap's total "
+                 f"{metrics.get('stress.flipped.heatmap_shift', math.nan):+.2f}")
         return rows
 
     def _log_child(self, run_id: str | None, checkpoint_dir: Path, metrics: dict[str, float], fig) -> None:
