@@ -475,3 +475,46 @@ def test_foreground_upper_loss_reaches_the_training_loss_from_the_config():
     assert ISNetMethod(load_config(None, ["methods=[isnet]"])).loss_config().fg_upper_loss == "l2"
     with pytest.raises(ConfigError, match="C1 divisor"):
         load_config(None, ["methods=[isnet]", "method.isnet.fg_upper_loss=hybrid", "method.isnet.fg_upper_scale=C2"])
+
+
+def test_conservation_term_hand_computed():
+    """L_cons = mean over maps of ((seed − Σ R) / C1)², Σ R signed; G·L_cons joins L_hm; off (0) by default."""
+    heat = torch.zeros(2, 2, H, W)
+    heat[0, 0, 0, 0], heat[0, 0, 1, 1] = 3.0, -1.0   # Σ R = 2
+    heat[0, 1, 2, 2] = 4.0                            # Σ R = 4
+    heat[1, 0, 3, 3] = 1.0                            # Σ R = 1; map (1, 1) sums to 0
+    seeds = torch.tensor([[6.0, 4.0], [1.0, -2.0]])   # missing 4, 0, 0, -2
+    mask = _lung_mask(2)
+    off = isnet_heatmap_loss(heat, mask, _cfg(C1=2.0, C2=50.0))
+    on = isnet_heatmap_loss(heat, mask, _cfg(C1=2.0, C2=50.0, conservation=0.5), seeds=seeds)
+    # ((4/2)² + 0 + 0 + (-2/2)²) / 4 = 5/4
+    assert float(on["L_cons"]) == pytest.approx(1.25)
+    assert float(off["L_cons"]) == 0.0
+    assert float(on["L_hm"]) == pytest.approx(float(off["L_hm"]) + 0.5 * 1.25)
+    with pytest.raises(ValueError, match="seeds of shape"):
+        isnet_heatmap_loss(heat, mask, _cfg(C1=2.0, C2=50.0, conservation=0.5))
+    with pytest.raises(ValueError, match="conservation must be >= 0"):
+        _cfg(conservation=-1.0)
+
+
+def test_conservation_trains_through_the_config(tmp_path, monkeypatch):
+    """`method.isnet.conservation` reaches the training loss: the run logs train_L_cons, and a second run without it
+    does not."""
+    from mlflow.tracking import MlflowClient
+    from conftest import make_toy_set
+    from isnet.config import load_config
+    from isnet.tracking import store_uri
+    from isnet.train.run import train
+
+    manifest = make_toy_set(tmp_path / "toy", n_per_class=8, size=32, seed=2)
+    monkeypatch.chdir(tmp_path)
+    base = ["methods=[isnet]", "model.backbone=small_cnn", "model.width=4", "data.image_size=32", "optim.epochs=1",
+            "data.batch_size=8", "data.augment.enabled=false", "train.heatmap_every=0", "train.val_bg_share=false",
+            "tracking.log_model=false", "train.threads=1", "method.isnet.warmup_epochs=1"]
+    client = MlflowClient(store_uri())
+    for g, logged in ((1.0, True), (0.0, False)):
+        result = train(load_config(None, base + [f"method.isnet.conservation={g}"]), manifest, progress=False)
+        metrics = client.get_run(result.run_id).data.metrics
+        assert ("train_L_cons" in metrics) == logged
+        if logged:
+            assert math.isfinite(metrics["train_L_cons"]) and metrics["train_L_cons"] > 0

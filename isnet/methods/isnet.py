@@ -129,6 +129,11 @@ class ISNetParams(MethodParams):
                           "term's gradient is many times the CE's and the classifier stays near chance. A number, "
                           "or a schedule {epoch: ratio or null} like P's, e.g. {1: 0.5, 5: null}: balanced while "
                           "the features form, the published loss from epoch 5 on")
+    conservation: float = Field(0.0, ge=0, description="ours, 0 (off) in the reference: weight G of L_cons = "
+                                "mean ((logit - sum R) / C1)^2 over the explained maps, added to the heatmap loss. "
+                                "Relevance a heatmap does not account for went through biases (BatchNorm shifts) or "
+                                "epsilon; a shortcut acting there is invisible to the background term "
+                                "(docs/stress-test.md, 'Biases, not epsilon')")
     collapse_check: bool = Field(True, description="warn once when training CE stays above 0.9·ln K after a "
                                                    "third of the epochs while L_bg falls")
 
@@ -206,7 +211,8 @@ class ISNetMethod(Method):
     def loss_config(self) -> ISNetLossConfig:
         c = self.params
         return ISNetLossConfig(P=self.P, d=c.d, E=c.E, A=c.A, B=c.B, C1=self.C1, C2=self.C2, variant=c.variant,
-                               fg_upper_scale=c.fg_upper_scale, fg_upper_loss=c.fg_upper_loss)
+                               fg_upper_scale=c.fg_upper_scale, fg_upper_loss=c.fg_upper_loss,
+                               conservation=c.conservation)
 
     def _targets(self, logits: torch.Tensor) -> torch.Tensor:
         c = self.params
@@ -271,12 +277,22 @@ class ISNetMethod(Method):
         return c1, c2, model
 
     def forward(self, model: torch.nn.Module, batch: dict, trainer: "TrainContext") -> StepOutput:
-        logits, heat = lrp_heatmaps(model, batch["image"], self._targets, config=self.lrp, create_graph=True)
-        return StepOutput(logits=logits, extras={"heatmaps": heat})
+        chosen: list[torch.Tensor] = []
+
+        def targets(z: torch.Tensor) -> torch.Tensor:  # the variant's draw, kept for the conservation seeds
+            chosen.append(self._targets(z))
+            return chosen[-1]
+
+        logits, heat = lrp_heatmaps(model, batch["image"], targets, config=self.lrp, create_graph=True)
+        extras = {"heatmaps": heat}
+        if self.params.conservation > 0:
+            t = chosen[-1]
+            extras["seeds"] = logits.gather(1, t) if not t.is_floating_point() else t.sum(-1)
+        return StepOutput(logits=logits, extras=extras)
 
     def loss(self, ce, out, batch, trainer) -> LossTerms:
         cfg = self.loss_config()
-        terms = isnet_heatmap_loss(out.extras["heatmaps"], batch["mask"], cfg)
+        terms = isnet_heatmap_loss(out.extras["heatmaps"], batch["mask"], cfg, seeds=out.extras.get("seeds"))
         if self._measure_grads:
             self._measure_grads = False
             self._grad_norms = self._term_grad_norms(trainer.model, ce, terms, cfg)
@@ -286,6 +302,7 @@ class ISNetMethod(Method):
         return LossTerms(ce_weight=1.0 - cfg.P, terms={"isnet": cfg.P * terms["L_hm"]},
                          metrics={"L_bg": float(terms["L_bg"].detach()), "L_fg": float(terms["L_fg"].detach()),
                                   "L_hm": float(terms["L_hm"].detach()), "bg_share": float(terms["bg_share"]),
+                                  **({"L_cons": float(terms["L_cons"].detach())} if cfg.conservation > 0 else {}),
                                   "logit_spread": float((logits.max(1).values - logits.min(1).values).mean()),
                                   "F_over_C1": fg / float(self.C1), "F_over_C2": fg / float(self.C2),
                                   "P": self.P})

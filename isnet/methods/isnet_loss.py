@@ -64,6 +64,9 @@ class ISNetLossConfig:
     mask_threshold: mask values above it count as lung.
     fg_upper_scale: "C1" (reference) or "C2": the divisor of the upper side of the foreground penalty.
     fg_upper_loss: "l2" (the square on the whole upper side) or "hybrid" (square up to C1 + C2, linear beyond).
+    conservation: weight G of ``L_cons`` = mean over maps of ((s − Σ R) / C1)², s the relevance seeded at the output
+        (the explained logit), Σ R the heatmap's signed total. Ours, 0 (off) in the reference: what the heatmap does
+        not account for went through biases or ε stabilisers, a route the background term cannot see.
     """
 
     P: float = 0.7
@@ -78,6 +81,7 @@ class ISNetLossConfig:
     mask_threshold: float = 0.5
     fg_upper_scale: str = "C1"
     fg_upper_loss: str = "l2"
+    conservation: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.P <= 1.0:
@@ -102,6 +106,8 @@ class ISNetLossConfig:
             raise ValueError(f"ISNetLossConfig.fg_upper_scale must be 'C1' or 'C2', got {self.fg_upper_scale!r}")
         if self.fg_upper_loss not in ("l2", "hybrid"):
             raise ValueError(f"ISNetLossConfig.fg_upper_loss must be 'l2' or 'hybrid', got {self.fg_upper_loss!r}")
+        if not self.conservation >= 0.0:
+            raise ValueError(f"ISNetLossConfig.conservation must be >= 0, got {self.conservation}")
         if self.fg_upper_loss == "hybrid" and self.fg_upper_scale != "C1":
             raise ValueError("ISNetLossConfig.fg_upper_loss='hybrid' is defined with the C1 divisor; "
                              f"set fg_upper_scale='C1' (got {self.fg_upper_scale!r})")
@@ -154,12 +160,14 @@ def image_relevance_totals(heatmaps: Tensor) -> Tensor:
     return heatmaps.detach().to(dtype).abs().sum(dim=(-2, -1)).mean(dim=1)
 
 
-def isnet_heatmap_loss(heatmaps: Tensor, masks: Tensor, cfg: ISNetLossConfig) -> dict[str, Tensor]:
-    """Background (L_bg), foreground (L_fg) and combined (L_hm) heatmap losses.
+def isnet_heatmap_loss(heatmaps: Tensor, masks: Tensor, cfg: ISNetLossConfig,
+                       seeds: Tensor | None = None) -> dict[str, Tensor]:
+    """Background (L_bg), foreground (L_fg), conservation (L_cons) and combined (L_hm) heatmap losses.
 
-    Returns batch means ``L_bg``, ``L_fg``, ``L_hm`` (differentiable) and the
+    Returns batch means ``L_bg``, ``L_fg``, ``L_cons``, ``L_hm`` (differentiable) and the
     detached diagnostics ``bg_share`` (share of |R| in the background) and
-    ``fg_total`` (mean raw lung |R|).  Raises ValueError when the foreground band
+    ``fg_total`` (mean raw lung |R|).  ``seeds`` [B, K]: the relevance seeded at the output for each map (needed
+    when ``cfg.conservation > 0``).  Raises ValueError when the foreground band
     is not set and ``cfg.B != 0``.
     """
     if cfg.B != 0 and (cfg.C1 is None or cfg.C2 is None):
@@ -190,6 +198,16 @@ def isnet_heatmap_loss(heatmaps: Tensor, masks: Tensor, cfg: ISNetLossConfig) ->
         l_fg = (below.square() + _upper_penalty(lung_total, c1, c2, cfg)).mean()
 
     l_hm = cfg.A * l_bg + cfg.B * l_fg
+    l_cons = torch.zeros((), dtype=abs_r.dtype, device=abs_r.device)
+    if cfg.conservation > 0:
+        if seeds is None or tuple(seeds.shape) != (batch, n_maps):
+            got = None if seeds is None else tuple(seeds.shape)
+            raise ValueError(f"ISNet conservation term needs seeds of shape [B, K] = {(batch, n_maps)}, got {got}")
+        if cfg.C1 is None:
+            raise ValueError("ISNet conservation term is scaled by C1: tune or set the foreground band first")
+        missing = seeds.to(abs_r.dtype) - heatmaps.to(abs_r.dtype).sum(dim=(-2, -1))
+        l_cons = (missing / float(cfg.C1)).square().mean()
+        l_hm = l_hm + cfg.conservation * l_cons
 
     with torch.no_grad():
         total = abs_r.sum(dim=(-2, -1))
@@ -201,6 +219,7 @@ def isnet_heatmap_loss(heatmaps: Tensor, masks: Tensor, cfg: ISNetLossConfig) ->
     return {
         "L_bg": l_bg,
         "L_fg": l_fg,
+        "L_cons": l_cons,
         "L_hm": l_hm,
         "bg_share": bg_share.detach(),
         "fg_total": fg_total.detach(),
