@@ -211,8 +211,15 @@ def test_target_totals_follow_the_logit_only_where_no_bias_absorbs_relevance():
     shows all of a token's effect; a bias that a token switches on moves the logit without moving the heatmap."""
     import torch
     from torch import nn
-    from isnet.evaluate.stress.scoring import heatmap_account, target_totals
+    from isnet.evaluate.stress.scoring import heatmap_account
     from isnet.lrp import LRPConfig
+    from isnet.measure.relevance import explained_batches
+
+    def target_totals(net, batches, target, device, lrp):  # the class explained beside the predicted one
+        loader = [{"image": b, "mask": torch.ones_like(b), "has_mask": torch.ones(len(b))} for b in batches]
+        out = list(explained_batches(net, loader, device, lrp, also=target))
+        return {"logit": np.concatenate([o["also_logit"].numpy() for o in out]),
+                "total": np.concatenate([o["also_total"].numpy() for o in out])}
 
     torch.manual_seed(0)
     lrp = LRPConfig(epsilon=1e-9, first_rule="epsilon")
@@ -221,7 +228,7 @@ def test_target_totals_follow_the_logit_only_where_no_bias_absorbs_relevance():
     x = torch.rand(6, 1, 8, 8, dtype=torch.float64)
     token = x.clone()
     token[:, :, 0, :] = 1.0  # a bright top row
-    loaders = {k: [{"image": v[:3]}, {"image": v[3:]}] for k, v in (("clean", x), ("token", token))}
+    loaders = {k: [v[:3], v[3:]] for k, v in (("clean", x), ("token", token))}
     tot = {k: target_totals(net, ld, 1, torch.device("cpu"), lrp) for k, ld in loaders.items()}
     np.testing.assert_allclose(tot["clean"]["total"], tot["clean"]["logit"], rtol=1e-6)
     shown = heatmap_account(tot["clean"], tot["token"], np.ones(6, bool))
@@ -239,7 +246,7 @@ def test_target_totals_follow_the_logit_only_where_no_bias_absorbs_relevance():
         gated[4].weight.copy_(torch.tensor([[0.0], [10.0], [0.0]], dtype=torch.float64))
     dim = {"clean": 0.9 * x, "token": 0.9 * x}
     dim["token"][:, :, 0, :] = 1.0  # every clean row sums to at most 7.2: the unit is off without the token
-    loaders = {k: [{"image": v}] for k, v in dim.items()}
+    loaders = {k: [v] for k, v in dim.items()}
     tot = {k: target_totals(gated, ld, 1, torch.device("cpu"), lrp) for k, ld in loaders.items()}
     np.testing.assert_allclose(tot["clean"]["logit"], 0.0, atol=1e-12)
     shown = heatmap_account(tot["clean"], tot["token"], np.ones(6, bool))

@@ -29,26 +29,35 @@ def predicted_class(logits: torch.Tensor) -> torch.Tensor:
 
 
 def explained_batches(model: torch.nn.Module, loader: DataLoader, device: torch.device,
-                      config: LRPConfig | None) -> Iterator[dict]:
+                      config: LRPConfig | None, also: int | None = None) -> Iterator[dict]:
     """The one LRP pass over a loader (eval mode, heatmap of the predicted class): per batch the batch itself,
     ``probs`` [B, K], ``heat`` [B, 1, H, W] and ``bg_share`` [B] (NaN for images without a mask), on the CPU.
     ``config=None`` (a backbone without LRP support) gives probabilities only (``heat``/``bg_share`` None).
+    ``also``: one more class explained in the same pass (same forward); its logit and the signed total Σ R of its
+    heatmap come as ``also_logit`` and ``also_total`` [B] (float64).
     Used by validation diagnostics, ``isnet explain``, the report and the stress test."""
     model.eval()
+    targets = predicted_class if also is None else (
+        lambda z: torch.cat([predicted_class(z), torch.full_like(predicted_class(z), also)], 1))
     for batch in loader:
         x = batch["image"].to(device)
+        extra = {}
         if config is None:
             with torch.no_grad():
                 logits = model(x)
             heat = share = None
         else:
-            logits, heat = lrp_heatmaps(model, x, predicted_class, config=config)
+            logits, heat = lrp_heatmaps(model, x, targets, config=config)
             heat = heat.detach()
+            if also is not None:
+                extra = {"also_logit": logits[:, also].detach().double().cpu(),
+                         "also_total": heat[:, 1].double().sum((-2, -1)).cpu()}
+                heat = heat[:, :1]
             share = background_share(heat, batch["mask"].to(device))[:, 0]
             share = torch.where(batch["has_mask"].bool().to(device), share, torch.full_like(share, float("nan")))
             heat, share = heat.cpu(), share.cpu()
         yield {"batch": batch, "probs": torch.softmax(logits.detach().float(), 1).cpu(), "heat": heat,
-               "bg_share": share}
+               "bg_share": share, **extra}
 
 
 def explain_loader(model: torch.nn.Module, loader: DataLoader, device: torch.device, config: LRPConfig,

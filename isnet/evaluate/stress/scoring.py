@@ -16,7 +16,7 @@ from isnet.data.bias import BiasSpec, InjectBiasd  # noqa: E402
 from isnet.measure.figures import heatmap_grid  # noqa: E402
 from isnet.measure.metrics import classification_metrics  # noqa: E402
 from isnet.measure.relevance import explained_batches  # noqa: E402
-from isnet.lrp import LRPConfig, lrp_heatmaps  # noqa: E402
+from isnet.lrp import LRPConfig  # noqa: E402
 
 
 # -- evaluation ---------------------------------------------------------------------------------------
@@ -26,19 +26,24 @@ def bias_transform(specs: list[BiasSpec], target: int, mode: str, strength: floa
 
 
 def evaluate_set(model: torch.nn.Module, loader, num_classes: int, device: torch.device, lrp: LRPConfig | None,
-                 keep: int = 0) -> tuple[dict[str, float], dict, dict[str, np.ndarray]]:
+                 keep: int = 0, target: int | None = None) -> tuple[dict[str, float], dict, dict[str, np.ndarray]]:
     """Metrics of one test set, LRP background share (outside the lungs) and bias share (inside the bias
     footprint, images carrying the bias) of the predicted class; the first ``keep`` images for figures; per image
-    the probabilities and whether it carries the bias (for ``token_effect``)."""
+    the probabilities and whether it carries the bias (for ``token_effect``), and with ``target`` (and LRP) that
+    class's logit and heatmap total Σ R from the same pass (``logit``, ``total``, for ``heatmap_account``)."""
     probs, labels, bg, on_bias, present = [], [], [], [], []
+    totals: dict[str, list] = {"logit": [], "total": []}
     kept: dict[str, list] = {"image": [], "mask": [], "heatmap": [], "bias": [], "label": [], "pred": []}
-    for out in explained_batches(model, loader, device, lrp):
+    for out in explained_batches(model, loader, device, lrp, also=target):
         b, p, heat = out["batch"], out["probs"].numpy(), out["heat"]
         probs.append(p)
         labels.append(b["label"].numpy())
         present.append(b["bias_present"].bool().numpy())
         if heat is None:
             continue
+        if target is not None:
+            totals["logit"].append(out["also_logit"].numpy())
+            totals["total"].append(out["also_total"].numpy())
         bg.append(out["bg_share"].numpy())
         a = heat[:, 0].abs()
         share = (a * b["bias_region"][:, 0].to(a.dtype)).sum((-2, -1)) / a.sum((-2, -1)).clamp_min(1e-12)
@@ -59,7 +64,9 @@ def evaluate_set(model: torch.nn.Module, loader, num_classes: int, device: torch
         ob = np.concatenate(on_bias)
         if len(ob):
             out["bias_share"] = float(ob.mean())
-    return out, kept, {"probs": pr, "bias_present": np.concatenate(present)}
+    per_image = {"probs": pr, "bias_present": np.concatenate(present)}
+    per_image.update({k: np.concatenate(v) for k, v in totals.items() if v})
+    return out, kept, per_image
 
 
 def token_effect(clean_probs: np.ndarray, token_probs: np.ndarray, carries: np.ndarray, target: int) -> dict[str, float]:
@@ -84,21 +91,9 @@ def token_effect(clean_probs: np.ndarray, token_probs: np.ndarray, carries: np.n
     return {"target_gap": float(np.median(-m0)), "token_shift": float(np.mean(m1 - m0))}
 
 
-def target_totals(model: torch.nn.Module, loader, target: int, device: torch.device, lrp: LRPConfig) -> dict[str, np.ndarray]:
-    """Per image (in loader order) the target class's logit and the signed total Σ R of the target's LRP heatmap."""
-    model.eval()
-    logit, total = [], []
-    for batch in loader:
-        x = batch["image"].to(device)
-        t = torch.full((x.shape[0], 1), target, dtype=torch.long, device=device)
-        z, heat = lrp_heatmaps(model, x, t, config=lrp)
-        logit.append(z[:, target].detach().double().cpu().numpy())
-        total.append(heat[:, 0].detach().double().sum((-2, -1)).cpu().numpy())
-    return {"logit": np.concatenate(logit), "total": np.concatenate(total)}
-
-
 def heatmap_account(clean: dict[str, np.ndarray], token: dict[str, np.ndarray], carries: np.ndarray) -> dict[str, float]:
-    """How much of the token's effect on the target logit its heatmap shows (rows paired as in ``token_effect``).
+    """How much of the token's effect on the target logit its heatmap shows (rows paired as in ``token_effect``;
+    ``logit`` and ``total`` per image, as ``evaluate_set`` gives them with ``target``).
 
     ``logit_shift``: mean change of the target logit that the token causes; ``heatmap_shift``: mean change of the
     total Σ R of the target's heatmap. Relevance that the rules give to no pixel (biases and BatchNorm shifts,

@@ -24,7 +24,7 @@ from isnet.lrp import run_lrp_config, supports_model  # noqa: E402
 from isnet.evaluate.stress.cells import (STATE_FILE, TEST_SETS, Cell, _write_csv_atomic, cells_of,  # noqa: E402
                                           done_keys, fingerprint, parse_method_spec, read_results)
 from isnet.evaluate.stress.scoring import (bias_heatmap_figure, bias_transform, evaluate_set, heatmap_account,  # noqa: E402
-                                           target_totals, token_effect)
+                                           token_effect)
 from isnet.evaluate.stress.summary import drop_plot, summarise, summary_markdown  # noqa: E402
 
 
@@ -132,7 +132,8 @@ class StressTest:
         for mode in (*TEST_SETS, "all"):
             loader = eval_loader(records, tcfg.data, extra=bias(mode))
             sets[mode] = evaluate_set(model, loader, len(self.classes), device, lrp,
-                                      keep=self.cfg.heatmap_examples if mode == "all" else 0)
+                                      keep=self.cfg.heatmap_examples if mode == "all" else 0,
+                                      target=self.target if mode in ("clean", "flipped") else None)
         for mode, (m, _, _) in sets.items():
             name = "biased" if mode == "all" else mode
             keep = m if mode != "all" else {k: v for k, v in m.items() if k in ("bg_share", "bias_share")}
@@ -145,10 +146,8 @@ class StressTest:
         if not math.isnan(effect["token_shift"]):
             metrics["stress.clean.target_gap"] = effect["target_gap"]
             metrics["stress.flipped.token_shift"] = effect["token_shift"]
-        if lrp is not None and flipped["bias_present"].any():
-            totals = {m: target_totals(model, eval_loader(records, tcfg.data, extra=bias(m)), self.target, device, lrp)
-                      for m in ("clean", "flipped")}
-            for k, v in heatmap_account(totals["clean"], totals["flipped"], flipped["bias_present"]).items():
+        if "logit" in flipped and flipped["bias_present"].any():  # with LRP: the same pass gave the target's totals
+            for k, v in heatmap_account(sets["clean"][2], flipped, flipped["bias_present"]).items():
                 metrics[f"stress.flipped.{k}"] = v
         metrics["stress.train.seconds"] = time.perf_counter() - t0
         for key, v in metrics.items():
