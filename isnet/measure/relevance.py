@@ -37,8 +37,11 @@ def explained_batches(model: torch.nn.Module, loader: DataLoader, device: torch.
     heatmap come as ``also_logit`` and ``also_total`` [B] (float64).
     Used by validation diagnostics, ``isnet explain``, the report and the stress test."""
     model.eval()
-    targets = predicted_class if also is None else (
-        lambda z: torch.cat([predicted_class(z), torch.full_like(predicted_class(z), also)], 1))
+
+    def targets(z: torch.Tensor) -> torch.Tensor:  # the predicted class, then ``also``
+        top = predicted_class(z)
+        return top if also is None else torch.cat([top, torch.full_like(top, also)], 1)
+
     for batch in loader:
         x = batch["image"].to(device)
         extra = {}
