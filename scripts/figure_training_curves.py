@@ -5,13 +5,13 @@ curves show when it catches up with the standard model and whether it was still 
 
 Usage: python scripts/figure_training_curves.py OUT.png LABEL=RUN [LABEL=RUN ...]
        RUN: a run id or a run name (the latest run of that name)
-       (tracking store: MLFLOW_TRACKING_URI, default sqlite:///mlflow/mlflow.db)
+       (tracking store: as for `isnet train`, $MLFLOW_TRACKING_URI or the local mlflow/mlflow.db)
 """
 
 from __future__ import annotations
 
+import ast
 import math
-import os
 import sys
 
 import matplotlib
@@ -19,6 +19,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
+
+from isnet.tracking.store import store_uri  # noqa: E402
 
 PANELS = (("val_accuracy", "validation accuracy"), ("val_bg_share", "validation background share"),
           ("train_ce", "training cross-entropy"))
@@ -43,13 +45,15 @@ def _resolve(client: MlflowClient, run: str) -> str:
 def main(out: str, specs: list[str]) -> None:
     if not specs:
         raise SystemExit(__doc__)
-    client = MlflowClient(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow/mlflow.db"))
+    client = MlflowClient(tracking_uri=store_uri())
+    n_classes: set[int] = set()
     fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.4))
     for spec in specs:
         label, _, run = spec.partition("=")
         if not run:
             raise SystemExit(f"expected LABEL=RUN, got {spec!r}")
         run_id = _resolve(client, run)
+        n_classes.add(len(ast.literal_eval(client.get_run(run_id).data.params["data.classes"])))
         style = "--" if "standard" in label else "-"
         for ax, (key, _) in zip(axes, PANELS):
             steps, values = _history(client, run_id, key)
@@ -59,8 +63,9 @@ def main(out: str, specs: list[str]) -> None:
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
         ax.tick_params(labelsize=7)
-        if key == "train_ce":
-            ax.axhline(math.log(3), color="grey", linewidth=0.6, linestyle=":")
+        if key == "train_ce":  # ln K: the CE of a classifier at chance
+            for k in sorted(n_classes):
+                ax.axhline(math.log(k), color="grey", linewidth=0.6, linestyle=":")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
