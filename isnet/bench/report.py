@@ -84,6 +84,29 @@ def evaluate_targets(train_rows: list[dict], loader_rows: list[dict] | None = No
     return out
 
 
+#: (description, field, comparison, limit) for every ISNet recipe run of the convergence suite
+CONVERGENCE_TARGETS = [
+    ("time to the standard model's accuracy <= 3x", "seconds_ratio", "<=", 3.0),
+    ("test accuracy within 2 points of standard", "test_accuracy_gap", ">=", -0.02),
+    ("validation background share <= 5 %", "val_bg_share", "<=", 0.05),
+]
+
+
+def convergence_targets(rows: list[dict]) -> list[dict]:
+    """The issue's goals per recipe run; a run that never reached the target accuracy misses the time goal."""
+    out = []
+    for r in rows:
+        if r["run"] == "standard":
+            continue
+        for desc, fld, op, lim in CONVERGENCE_TARGETS:
+            value = r.get(fld)
+            met = (fld == "seconds_ratio" and r["epochs_to_target"] is not None) if value is None else (
+                value <= lim if op == "<=" else value >= lim)
+            out.append({"where": f"{r['backbone']} s{r['seed']} {r['run']}", "target": desc, "value": value,
+                        "met": met})
+    return out
+
+
 def _f(v, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
@@ -111,6 +134,24 @@ def loader_table(rows: list[dict]) -> str:
                      f"{_f(r.get('first_batch_s'), '.3f'):>13}{_f(r.get('peak_rss_mb'), '.0f'):>13}")
         if r.get("error"):
             lines.append(f"  error: {r['error']}")
+    return "\n".join(lines)
+
+
+def convergence_table(rows: list[dict]) -> str:
+    """One line per run; "to target" = until the validation accuracy first reaches the standard run's best − the
+    tolerance (epochs include a warm-up; seconds include it and validation); x std = ratio to the standard run of
+    the same backbone and seed."""
+    head = (f"{'backbone':<10}{'seed':>5}  {'run':<14}{'epochs':>7}{'to target':>10}{'s to target':>12}"
+            f"{'x std':>7}{'total s':>9}{'x std':>7}{'test acc':>9}{'gap':>7}{'AUC':>7}{'val bg':>8}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        epochs = f"{r['warmup_epochs']}+{r['epochs']}" if r["warmup_epochs"] else str(r["epochs"])
+        reached = _f(r["epochs_to_target"], "d") if r["epochs_to_target"] is not None else "never"
+        lines.append(f"{r['backbone']:<10}{r['seed']:>5}  {r['run']:<14}{epochs:>7}{reached:>10}"
+                     f"{_f(r['seconds_to_target'], '.0f'):>12}{_f(r['seconds_ratio'], '.2f'):>7}"
+                     f"{_f(r['total_seconds'], '.0f'):>9}{_f(r['total_seconds_ratio'], '.2f'):>7}"
+                     f"{_f(r['test_accuracy'], '.3f'):>9}{_f(r['test_accuracy_gap'], '+.3f'):>7}"
+                     f"{_f(r['test_macro_auc'], '.3f'):>7}{_f(r['val_bg_share'], '.3f'):>8}")
     return "\n".join(lines)
 
 
@@ -145,6 +186,11 @@ def render(result: dict) -> str:
                  f"{s['num_workers']} workers, cache dtype {s.get('cache_dtype', '?')}, one fresh process per "
                  f"cache mode; peak RSS above the process baseline, main process only; step: {s['backbone']}):")
         parts += ["", title, loader_table(ld["rows"])]
+    cv = result.get("convergence")
+    if cv:
+        s = cv["settings"]
+        parts += ["", f"Time to accuracy ({s['manifest']}, {s['size']} px, config {s['config']}; target: the standard "
+                      f"run's best validation accuracy − {s['tolerance']:.2f}):", convergence_table(cv["rows"])]
     if result.get("targets"):
         parts += ["", "Targets:", targets_table(result["targets"])]
     return "\n".join(parts)

@@ -47,6 +47,8 @@ class FitResult:
     test_metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
     already_finished: bool = False  # ``--resume`` of a run that had finished: nothing was run or written
+    #: seconds the methods' ``on_fit_start`` hooks took (ISNet's band warm-up), not part of any epoch's time
+    fit_start_seconds: float = 0.0
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -106,6 +108,7 @@ class Trainer:
         self.best_epoch = 0
         self.bad_epochs = 0
         self.history: list[dict[str, float]] = []
+        self.fit_start_seconds = 0.0
         self._build_data()
         use_amp = device.type == "cuda" and cfg.train.amp != "off"
         self.amp_dtype = (torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -157,6 +160,7 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs,
             "history": self.history,
+            "fit_start_seconds": self.fit_start_seconds,
             "methods": {m.name: m.state_dict() for m in self.methods},
             "config": config_to_dict(self.cfg),
             "classes": list(self.cfg.data.classes),
@@ -176,6 +180,7 @@ class Trainer:
         self.best_epoch = int(state["best_epoch"])
         self.bad_epochs = int(state["bad_epochs"])
         self.history = list(state["history"])
+        self.fit_start_seconds = float(state.get("fit_start_seconds", 0.0))
         for m in self.methods:
             m.load_state_dict(state["methods"].get(m.name, {}))
 
@@ -295,8 +300,12 @@ class Trainer:
     def fit(self) -> FitResult:
         """Train until the configured epochs or early stopping; checkpoint after every epoch."""
         self.tracker.set_tags({"loss.composition": LOSS_RULE})
+        t0 = time.perf_counter()
         for m in self.methods:
             m.on_fit_start(self)
+        if self.epoch == 0:  # what the methods spend before the first epoch (e.g. ISNet's warm-up) is paid too
+            self.fit_start_seconds = time.perf_counter() - t0
+            self.tracker.log_metrics({"fit_start_seconds": self.fit_start_seconds})
         self.dist.sync_methods(self.methods)  # every rank starts from rank 0's method state
         patience = self.cfg.optim.early_stopping_patience
         while self.epoch < self.cfg.optim.epochs:
@@ -335,7 +344,7 @@ class Trainer:
         for m in self.methods:
             m.on_fit_end(self)
         return FitResult(self.tracker.run_id, self.epoch, self.best_epoch, self.best_val_loss,
-                         self.checkpoint_dir, history=self.history)
+                         self.checkpoint_dir, history=self.history, fit_start_seconds=self.fit_start_seconds)
 
     def best_weights_state(self) -> dict[str, Any]:
         return {"format": CHECKPOINT_FORMAT, "model": self.model.state_dict(), "epoch": self.epoch,
