@@ -22,6 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                            ("--run-name", "tracking.run_name", str)]:
         p.add_argument(flag, dest=key, type=typ, default=None, help=f"shortcut for --set {key}=...")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--run-id-file", type=Path, default=None, metavar="PATH",
+                   help="write the run id to PATH when training ends (for scripts: no parsing of the output)")
     p.add_argument("--nproc", type=int, default=None, metavar="N",
                    help="data-parallel training on N processes of this machine (one per GPU; gloo on CPU): "
                         "re-launches itself through torchrun")
@@ -77,6 +79,8 @@ def _run_train(args: argparse.Namespace) -> int:
     result = train(cfg, args.manifest, resume=args.resume, progress=False if args.no_progress else None)
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports
         return 0
+    if args.run_id_file is not None:
+        _write_run_id(args.run_id_file, result.run_id)
     if result.already_finished:
         print(f"run {result.run_id} had already finished ({result.epochs_run} epochs, best epoch {result.best_epoch}); "
               f"nothing to do, nothing written")
@@ -90,3 +94,13 @@ def _run_train(args: argparse.Namespace) -> int:
     print(f"MLflow run {result.run_id} in {uri}" + (f"  (view: mlflow ui --backend-store-uri {uri})"
                                                     if uri == DEFAULT_URI else ""))
     return 0
+
+
+def _write_run_id(path: Path, run_id: str) -> None:
+    """The run id and a newline, written atomically: a script never reads half an id."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(run_id + "\n")
+    os.replace(tmp, path)
