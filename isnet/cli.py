@@ -15,7 +15,8 @@ from typing import Sequence
 
 from isnet.errors import UserError
 
-COMMANDS = ("phantom", "manifest", "train", "explain", "predict", "export", "stress-test", "report", "segmenter", "bench", "tracking")
+COMMANDS = ("phantom", "manifest", "train", "explain", "compare", "predict", "export", "stress-test", "report",
+            "segmenter", "bench", "tracking")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -57,3 +57,36 @@ def heatmap_grid(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], heat
             a_img.set_title(titles[i], fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def comparison_grid(images: Sequence[np.ndarray], masks: Sequence[np.ndarray | None],
+                    heatmap_rows: Sequence[Sequence[np.ndarray]], image_titles: Sequence[str],
+                    heatmap_titles: Sequence[Sequence[str]], value_range: tuple[float, float] | None = None,
+                    row_masks: Sequence[Sequence[np.ndarray | None]] | None = None):
+    """Several models on the same images, one column per image: row 1 the radiograph with the lung outline,
+    then one row of LRP heatmaps per model (each scaled on its own, red = for the explained class), so that
+    where each model looks is compared image by image. ``row_masks``: the outline per heatmap row when a
+    model saw the images at another size (default: ``masks``)."""
+    vmin, vmax = value_range if value_range is not None else display_range(images)
+    n = max(len(images), 1)
+    rows = 1 + len(heatmap_rows)
+    fig, axes = plt.subplots(rows, n, figsize=(1.9 * n, 2.0 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+
+    def outline(ax, mask) -> None:
+        if mask is not None and np.any(mask > 0.5):
+            ax.contour(mask > 0.5, levels=[0.5], colors="lime", linewidths=0.6)
+
+    for j, img in enumerate(images):
+        axes[0, j].imshow(img, cmap="gray", vmin=vmin, vmax=vmax)
+        outline(axes[0, j], masks[j])
+        axes[0, j].set_title(image_titles[j], fontsize=7)
+    for i, heats in enumerate(heatmap_rows, start=1):
+        for j, h in enumerate(heats):
+            v = _symmetric(h)
+            axes[i, j].imshow(h, cmap="bwr", vmin=-v, vmax=v)
+            outline(axes[i, j], (row_masks[i - 1] if row_masks is not None else masks)[j])
+            axes[i, j].set_title(heatmap_titles[i - 1][j], fontsize=7)
+    fig.tight_layout()
+    return fig
