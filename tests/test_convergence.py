@@ -25,6 +25,7 @@ def test_time_to_target_counts_warmup_and_every_epoch_until_first_reach() -> Non
     assert time_to_target(curve, 0.9) == (2, 20.0)
     assert time_to_target(curve, 0.9, start_seconds=7.0, extra_epochs=3) == (5, 27.0)
     assert time_to_target(curve, 0.96) == (None, None)
+    assert time_to_target(curve, 0.9, from_epoch=3) == (4, 40.0)  # epoch 2 reached it before it counted
 
 
 def test_targets_and_ratios_are_relative_to_the_standard_run_of_the_group() -> None:

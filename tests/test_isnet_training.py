@@ -84,6 +84,22 @@ def test_isnet_can_start_from_the_warmup_weights(toy_manifest, tmp_path, monkeyp
     assert params["method.isnet.init_from_warmup"] == "True"
 
 
+def test_the_isnet_phase_of_a_warm_start_runs_its_own_cosine_schedule_from_finetune_lr(toy_manifest, tmp_path,
+                                                                                       monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, [
+        "methods=[isnet]", "method.isnet.recipe=warm_start", "method.isnet.finetune_lr=0.0003", "optim.lr=0.002",
+        "optim.scheduler=cosine", "optim.epochs=3", "model.backbone=small_cnn", "model.width=4",
+        "data.image_size=32", "train.heatmap_every=0", "tracking.log_model=false", "train.threads=1",
+    ])
+    assert cfg.method.isnet.warmup_epochs == 1 and cfg.method.isnet.init_from_warmup
+    result = train(cfg, toy_manifest, progress=False)
+    lrs = [h["lr"] for h in result.history]
+    assert lrs[0] == pytest.approx(3e-4)
+    assert lrs == pytest.approx([3e-4 * (1 + math.cos(math.pi * e / 3)) / 2 for e in range(3)])
+    assert result.fit_start_seconds > 0
+
+
 def test_collapse_detector_warns_once_with_the_cause(capsys):
     """CE still above 0.9·ln K after a third of the epochs while L_bg falls: one warning naming cause and remedy."""
     from types import SimpleNamespace

@@ -62,19 +62,26 @@ def background_share_of(cfg: TrainConfig, checkpoint: Path, manifest: str | Path
 
 
 def time_to_target(history: Sequence[dict], target: float, start_seconds: float = 0.0,
-                   extra_epochs: int = 0) -> tuple[int | None, float | None]:
+                   extra_epochs: int = 0, from_epoch: int = 1) -> tuple[int | None, float | None]:
     """(epochs, seconds) until the validation accuracy first reaches ``target``; (None, None) if it never does.
-    ``start_seconds``/``extra_epochs``: what the run spent before its first epoch (a warm-up) counts too."""
+    ``start_seconds``/``extra_epochs``: what the run spent before its first epoch (a warm-up) counts too.
+    ``from_epoch``: earlier epochs cost time but do not count (e.g. before a P schedule reaches its final P, the
+    model is not yet the configured ISNet)."""
     seconds = start_seconds
     for row in history:
         seconds += float(row["epoch_seconds"])
-        if float(row["val_accuracy"]) >= target - 1e-9:
+        if int(row["epoch"]) >= from_epoch and float(row["val_accuracy"]) >= target - 1e-9:
             return extra_epochs + int(row["epoch"]), seconds
     return None, None
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if (a is not None and b) else None
+
+
+def _first_counted_epoch(cfg: TrainConfig) -> int:
+    """The first epoch at which the run is the configured model (ISNet: its P and balance schedules' final values)."""
+    return cfg.method.isnet.final_epoch_key() if "isnet" in cfg.methods else 1
 
 
 def _warmup_epochs(cfg: TrainConfig) -> int:
@@ -103,6 +110,7 @@ def convergence_suite(manifest: str | Path, *, config: str | Path, recipes: Sequ
                 group.append({
                     "backbone": backbone, "size": size, "seed": seed, "run": name, "run_id": res.run_id,
                     "epochs": cfg.optim.epochs, "warmup_epochs": warm, "best_epoch": res.best_epoch,
+                    "first_counted_epoch": _first_counted_epoch(cfg),
                     "start_seconds": res.fit_start_seconds,
                     "total_seconds": res.fit_start_seconds + sum(float(h["epoch_seconds"]) for h in res.history),
                     "best_val_accuracy": max(float(h["val_accuracy"]) for h in res.history),
@@ -127,7 +135,7 @@ def _with_targets(group: list[dict], tolerance: float) -> list[dict]:
     for r in group:
         r["target_val_accuracy"] = target
         r["epochs_to_target"], r["seconds_to_target"] = time_to_target(
-            r["curve"], target, r["start_seconds"], r["warmup_epochs"])
+            r["curve"], target, r["start_seconds"], r["warmup_epochs"], r.get("first_counted_epoch", 1))
     for r in group:
         r["seconds_ratio"] = _ratio(r["seconds_to_target"], base["seconds_to_target"])
         r["epochs_ratio"] = _ratio(r["epochs_to_target"], base["epochs_to_target"])

@@ -24,14 +24,15 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class TrainContext(Protocol):
-    """What a method's hooks see of the run being trained (the trainer provides it): the model and its
-    optimiser, the run config, the device, the training and validation loaders, the manifest, the tracker and the run's LRP
+    """What a method's hooks see of the run being trained (the trainer provides it): the model, its
+    optimiser and learning-rate schedule, the run config, the device, the training and validation loaders, the manifest, the tracker and the run's LRP
     rules. Nothing else of the training loop is part of the method interface."""
 
     cfg: "TrainConfig"
     model: torch.nn.Module
     device: torch.device
     optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     train_loader: Iterable[dict]
     val_loader: Iterable[dict]
     manifest: Any

@@ -72,6 +72,13 @@ def scheduled(value: Any, epoch: int) -> Any:
     return value[max(k for k in value if k <= max(epoch, 1))]
 
 
+def _set_peak_lr(trainer: "TrainContext", lr: float) -> None:
+    """Restart the run's optimiser and schedule at peak rate ``lr`` (before the first epoch)."""
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = group["initial_lr"] = lr
+    trainer.scheduler.base_lrs = [lr] * len(trainer.optimizer.param_groups)
+
+
 def _same_optimizer(opt: torch.optim.Optimizer, params) -> torch.optim.Optimizer:
     """A fresh optimiser of ``opt``'s class and settings over ``params`` (the warm-up trains like the run)."""
     accepted = inspect.signature(type(opt)).parameters
@@ -132,6 +139,9 @@ class ISNetParams(MethodParams):
                              "(reference), or eval mode after the warm-up")
     init_from_warmup: bool = Field(False, description="start ISNet training from the warm-up weights instead of "
                                                       "the initial ones (the reference discards the warm-up)")
+    finetune_lr: Optional[float] = Field(
+        None, gt=0, description="ours, with init_from_warmup: the peak learning rate of the ISNet phase (the "
+                                "warm-up keeps optim.lr); null: optim.lr for both")
     stochastic_top_prob: float = Field(5 / 11, ge=0, le=1, description="stochastic variant: probability of "
                                                                        "explaining the top class (reference 5/11)")
     selective_eps: float = Field(0.01, gt=0, description="selective variant: eps_s in log(p+eps_s) - log(1-p+eps_s)")
@@ -258,6 +268,8 @@ class ISNetMethod(Method):
             self.C1, self.C2, warm = self._tune_band(trainer)
             if self.params.init_from_warmup:
                 trainer.model.load_state_dict(warm.state_dict())
+                if self.params.finetune_lr is not None:
+                    _set_peak_lr(trainer, self.params.finetune_lr)
                 print("isnet: training starts from the warm-up weights", flush=True)
             print(f"isnet: foreground band tuned from a {self.params.warmup_epochs}-epoch plain warm-up "
                   f"({self.params.band_statistic} totals, {self.params.band_mode} mode): "
