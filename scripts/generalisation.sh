@@ -2,9 +2,9 @@
 # Generalisation under confounding, one seed (recipe: pipelines/generalisation.yaml; data: docs/phantom.md).
 #   bash scripts/generalisation.sh [SEED] [OUT]
 # 1. generates the confounded phantoms at 64 px in OUT/phantom (unless OUT/phantom/manifest.csv exists),
-# 2. trains standard, isnet (original), isnet (stochastic), isnet+sgdrop (the ISNet runs fine-tune a warm-up as
-#    long as the run, the recipe that delivered in docs/generalisation.md), rrr and isnet_published (the
-#    reference's recipe: 5-epoch warm-up thrown away, ISNet from the initial weights) on the training sites;
+# 2. trains standard, isnet, isnet (stochastic), isnet+sgdrop (the ISNet runs use the config's recipe,
+#    method.isnet.recipe), rrr and isnet_published (the reference's recipe: 5-epoch warm-up thrown away, ISNet
+#    from the initial weights) on the training sites;
 #    isnet_balanced (not in the default RUNS) is the published recipe with method.isnet.balance=0.5 (the
 #    heatmap loss's gradient capped at half the cross-entropy's on every step); isnet_stochastic_published and
 #    isnet_sgdrop_published are the published recipe with those methods,
@@ -37,14 +37,14 @@ CONFIG=pipelines/generalisation.yaml
 overrides_for() {  # the run's own overrides on top of the config
   case "$1" in
     standard)         echo "--set methods=[standard]" ;;
-    isnet)            echo "--set methods=[isnet] --set method.isnet.variant=original" ;;
+    isnet)            echo "--set methods=[isnet]" ;;
     isnet_stochastic) echo "--set methods=[isnet] --set method.isnet.variant=stochastic" ;;
     isnet_sgdrop)     echo "--set methods=[isnet,sgdrop]" ;;
     rrr)              echo "--set methods=[rrr]" ;;
-    isnet_published)  echo "--set methods=[isnet] --set method.isnet.warmup_epochs=5 --set method.isnet.init_from_warmup=false" ;;
-    isnet_balanced)   echo "--set methods=[isnet] --set method.isnet.warmup_epochs=5 --set method.isnet.init_from_warmup=false --set method.isnet.balance=0.5" ;;
-    isnet_stochastic_published) echo "--set methods=[isnet] --set method.isnet.variant=stochastic --set method.isnet.warmup_epochs=5 --set method.isnet.init_from_warmup=false" ;;
-    isnet_sgdrop_published)     echo "--set methods=[isnet,sgdrop] --set method.isnet.warmup_epochs=5 --set method.isnet.init_from_warmup=false" ;;
+    isnet_published)  echo "--set methods=[isnet] --set method.isnet.recipe=published" ;;
+    isnet_balanced)   echo "--set methods=[isnet] --set method.isnet.recipe=published --set method.isnet.balance=0.5" ;;
+    isnet_stochastic_published) echo "--set methods=[isnet] --set method.isnet.variant=stochastic --set method.isnet.recipe=published" ;;
+    isnet_sgdrop_published)     echo "--set methods=[isnet,sgdrop] --set method.isnet.recipe=published" ;;
     *) echo "unknown run '$1' in RUNS (known: standard isnet isnet_stochastic isnet_sgdrop rrr isnet_published isnet_balanced isnet_stochastic_published isnet_sgdrop_published)" >&2; return 1 ;;
   esac
 }

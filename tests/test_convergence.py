@@ -51,9 +51,9 @@ def test_targets_and_ratios_are_relative_to_the_standard_run_of_the_group() -> N
 def test_published_recipe_is_the_reference_and_warm_start_fills_only_unset_keys() -> None:
     assert RECIPES["published"] == {}
     pub = load_config(PIPELINE, ["method.isnet.recipe=published", "optim.epochs=12"]).method.isnet
-    assert (pub.variant, pub.init_from_warmup, pub.warmup_epochs) == ("original", False, 5)
+    assert (pub.variant, pub.init_from_warmup, pub.warmup_epochs, pub.P) == ("original", False, 5, 0.7)
     ws = load_config(PIPELINE, ["method.isnet.recipe=warm_start", "optim.epochs=12"]).method.isnet
-    assert (ws.variant, ws.init_from_warmup, ws.warmup_epochs) == ("selective", True, 4)  # a third of 12
+    assert (ws.variant, ws.init_from_warmup, ws.warmup_epochs, ws.P) == ("selective", True, 4, 0.5)  # a third of 12
     own = load_config(PIPELINE, ["method.isnet.recipe=warm_start", "optim.epochs=12",
                                  "method.isnet.warmup_epochs=2", "method.isnet.variant=original"]).method.isnet
     assert (own.variant, own.init_from_warmup, own.warmup_epochs) == ("original", True, 2)

@@ -23,6 +23,22 @@ TARGETS = [
 ]
 
 
+def _git_commit() -> str | None:
+    """The checkout's commit (with '+dirty' when tracked files changed), so that a result names its code."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def machine_info() -> dict:
     cpu = platform.processor() or platform.machine()
     try:
@@ -43,6 +59,7 @@ def machine_info() -> dict:
             return None
 
     info = {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "cpu": cpu,
+            "commit": _git_commit(),
             "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "load_avg": load,
             "platform": platform.platform(), "python": platform.python_version(),
             "versions": {p: ver(p) for p in ("torch", "torchvision", "zennit", "monai", "isnet")}}

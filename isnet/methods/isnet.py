@@ -95,7 +95,7 @@ def _third_of_the_run(cfg: "TrainConfig") -> int:
 #: defaults); the others are ours, measured against it in docs/methods.md ("Recipes").
 RECIPES: dict[str, dict[str, Any]] = {
     "published": {},
-    "warm_start": {"warmup_epochs": _third_of_the_run, "init_from_warmup": True, "variant": "selective"},
+    "warm_start": {"warmup_epochs": _third_of_the_run, "init_from_warmup": True, "variant": "selective", "P": 0.5},
 }
 
 
@@ -106,7 +106,8 @@ class ISNetParams(MethodParams):
     recipe: Literal[tuple(RECIPES)] = Field(  # type: ignore[valid-type]
         "published", description="a named set of defaults for the keys below that the config leaves unset: "
                                  "published = the authors' reference; warm_start (ours) = a plain warm-up a third "
-                                 "as long as the ISNet phase, kept (init_from_warmup), then the selective variant")
+                                 "as long as the ISNet phase, kept (init_from_warmup), then the selective variant "
+                                 "at P 0.5")
     variant: Literal["original", "stochastic", "selective", "selective_top"] = Field(
         "original", description="classes explained per image: original = all; stochastic = one (top class with "
                                 "probability stochastic_top_prob, else a random other); selective = the lowest-"
