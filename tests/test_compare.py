@@ -4,6 +4,7 @@ errors a user can make (unknown run, missing manifest, a run without a checkpoin
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -20,26 +21,33 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory) -> dict:
-    """A standard and an ISNet run (1 epoch each) trained through the CLI into a store of their own."""
+    """A standard and an ISNet run (1 epoch each) trained through the CLI into a store of their own (from the
+    temporary folder: MLflow puts a non-default store's artifacts under ./mlruns)."""
     root = tmp_path_factory.mktemp("compare")
     manifest = make_toy_set(root / "toy")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     ckpt = root / "checkpoints"
     ids = {}
-    for method in ("standard", "isnet"):
-        id_file = root / f"{method}.id"
-        rc = main(["train", "--manifest", str(manifest), "--epochs", "1", *FAST_TRAIN,
-                   "--set", f"methods=[{method}]", "--set", "method.isnet.C1=0.01", "--set", "method.isnet.C2=10",
-                   "--set", "train.heatmap_every=0", "--set", f"tracking.tracking_uri={uri}",
-                   "--set", f"train.checkpoint_dir={ckpt}", "--run-id-file", str(id_file)])
-        assert rc == 0
-        ids[method] = id_file.read_text().strip()
-        assert len(ids[method]) == 32
+    here = os.getcwd()
+    os.chdir(root)
+    try:
+        for method in ("standard", "isnet"):
+            id_file = root / f"{method}.id"
+            rc = main(["train", "--manifest", str(manifest), "--epochs", "1", *FAST_TRAIN,
+                       "--set", f"methods=[{method}]", "--set", "method.isnet.C1=0.01", "--set", "method.isnet.C2=10",
+                       "--set", "train.heatmap_every=0", "--set", f"tracking.tracking_uri={uri}",
+                       "--set", f"train.checkpoint_dir={ckpt}", "--run-id-file", str(id_file)])
+            assert rc == 0
+            ids[method] = id_file.read_text().strip()
+            assert len(ids[method]) == 32
+    finally:
+        os.chdir(here)
     return {"root": root, "manifest": manifest, "uri": uri, "ckpt": ckpt, **ids}
 
 
 @pytest.fixture
 def store(two_runs, monkeypatch) -> dict:
+    monkeypatch.chdir(two_runs["root"])
     monkeypatch.setenv("MLFLOW_TRACKING_URI", two_runs["uri"])
     return two_runs
 
