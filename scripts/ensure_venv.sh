@@ -27,4 +27,5 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   done
   echo "$want" > "$stamp"
 fi
-export PATH="$PWD/$VENV/bin:$PATH"
+case "$VENV" in /*) ;; *) VENV="$PWD/$VENV" ;; esac   # ISNET_VENV may be absolute or relative to the repository
+export PATH="$VENV/bin:$PATH"

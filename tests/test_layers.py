@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "isnet"
 
 #: bottom to top; a package may import its own layer's packages and the layers below
 LAYERS = [
-    {"errors", "tracking_names"},  # leaf modules: import nothing of isnet
+    {"errors", "tracking_names", "files"},  # leaf modules: import nothing of isnet
     {"config"},
     {"data", "tracking"},
     {"models", "lrp"},

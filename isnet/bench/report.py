@@ -1,16 +1,12 @@
 """Table (stdout) and JSON output of the benchmark, with the machine it ran on and the performance targets."""
 from __future__ import annotations
 
-import datetime as _dt
 import json
-import os
-import platform
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-import torch
-
 from isnet.bench.steps import COMPILED
+from isnet.files import atomic_write_text
+from isnet.tracking.provenance import machine_info  # noqa: F401 - the bench's machine record (re-exported)
 
 #: (description, case, field, comparison, limit) — benchmarks, not tests: the report says what was reached
 TARGETS = [
@@ -21,51 +17,6 @@ TARGETS = [
     ("ISNet selective peak memory <= 2.0x standard", "isnet-selective", "memory_ratio", "<=", 2.0),
     ("ISNet original peak memory <= 3.0x standard", "isnet-original", "memory_ratio", "<=", 3.0),
 ]
-
-
-def _git_commit() -> str | None:
-    """The checkout's commit (with '+dirty' when tracked files changed), so that a result names its code."""
-    import subprocess
-
-    here = Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if head.returncode != 0:
-        return None
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = None
-
-    def ver(pkg: str) -> str | None:
-        try:
-            return version(pkg)
-        except PackageNotFoundError:
-            return None
-
-    info = {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "cpu": cpu,
-            "commit": _git_commit(),
-            "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "load_avg": load,
-            "platform": platform.platform(), "python": platform.python_version(),
-            "versions": {p: ver(p) for p in ("torch", "torchvision", "zennit", "monai", "isnet")}}
-    if torch.cuda.is_available():
-        info["cuda_device"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def evaluate_targets(train_rows: list[dict], loader_rows: list[dict] | None = None) -> list[dict]:
@@ -214,8 +165,4 @@ def render(result: dict) -> str:
 
 
 def write_json(result: dict, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=str))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(result, indent=2, default=str))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from isnet.errors import UserError
@@ -93,10 +94,24 @@ def _bias_fields(spec) -> dict:
     return {"kind": spec.kind, "shape": spec.shape, "text": spec.text}
 
 
+def _write_run_info(cfg, out: Path) -> None:
+    """run_info.json beside results.csv: the command, the resolved sweep config, the commit and the machine, so
+    that a committed copy of the two files is a complete result (scripts/results.py reads them)."""
+    import json
+
+    from isnet.files import atomic_write_text
+    from isnet.tracking.provenance import machine_info
+
+    info = {"command": "isnet " + " ".join(sys.argv[1:]), "machine": machine_info(),
+            "stress": cfg.model_dump(mode="json")}
+    atomic_write_text(out / "run_info.json", json.dumps(info, indent=2, default=str))
+
+
 def _run(args: argparse.Namespace) -> int:
     from isnet.evaluate.stress import StressTest
 
     cfg = build_config(args)
+    _write_run_info(cfg, Path(cfg.out_dir))
     summary = StressTest(cfg, args.manifest, progress=False if args.no_progress else None).run()
     text = (Path(cfg.out_dir) / "summary.md").read_text()
     print("\nstress-test summary\n" + text)

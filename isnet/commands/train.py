@@ -98,9 +98,6 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _write_run_id(path: Path, run_id: str) -> None:
     """The run id and a newline, written atomically: a script never reads half an id."""
-    import os
+    from isnet.files import atomic_write_text
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(run_id + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, run_id + "\n")
