@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv if it is missing and (re)install isnet with its dev extra (and, where they install, the postgres
-# and xrv extras) when pyproject.toml changed.
+# Create .venv if it is missing and (re)install isnet with its dev extra (and, where they install, the onnx,
+# postgres and xrv extras) when pyproject.toml or this script changed.
 # Sourced by quickstart.sh and test.sh; a second run installs nothing.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -14,14 +14,14 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 stamp="$VENV/.isnet-installed"
-want="$(sha256sum pyproject.toml | cut -c1-16)"
+want="$(cat pyproject.toml scripts/ensure_venv.sh | sha256sum | cut -c1-16)"   # a new extra below reinstalls too
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "installing isnet and its dependencies into $VENV (first time: several minutes, torch is large)"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
-  # optional extras: the tests that need one are skipped without it (postgres: the slow PostgreSQL tracking
-  # test; xrv: reading torchxrayvision's weight files)
-  for extra in postgres xrv; do
+  # optional extras: the tests that need one are skipped without it (onnx: isnet export --format onnx and its
+  # tests; postgres: the slow PostgreSQL tracking test; xrv: reading torchxrayvision's weight files)
+  for extra in onnx postgres xrv; do
     "$VENV/bin/python" -m pip install --quiet -e ".[dev,$extra]" \
       || echo "note: the $extra extra could not be installed; the tests that need it will be skipped" >&2
   done

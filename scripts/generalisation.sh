@@ -13,6 +13,7 @@
 #
 # Environment (defaults in brackets):
 #   SEED [0]  OUT [runs/generalisation/seed$SEED]  PER_CLASS [200]  WORKERS [2] (phantom rendering)
+#   SEVERITY [medium]  the markers' severity (isnet phantom --severity low|medium|high; docs/phantom.md)
 #   EPOCHS [the config's, 12]  DEVICE [auto] (training and report)  RESAMPLES [1000] (report bootstrap)
 #   RUNS [standard isnet isnet_stochastic isnet_sgdrop rrr isnet_published]  a subset to train, in this order
 #   REUSE [0]  1: keep the runs already listed in OUT/runs.tsv (e.g. to redo only the report)
@@ -28,6 +29,7 @@ SEED="${1:-${SEED:-0}}"
 OUT="${2:-${OUT:-$REPO/runs/generalisation/seed$SEED}}"   # a relative OUT is relative to the current folder
 PER_CLASS="${PER_CLASS:-200}"
 WORKERS="${WORKERS:-2}"
+SEVERITY="${SEVERITY:-medium}"
 DEVICE="${DEVICE:-auto}"
 RESAMPLES="${RESAMPLES:-1000}"
 RUNS="${RUNS:-standard isnet isnet_stochastic isnet_sgdrop rrr isnet_published}"
@@ -65,9 +67,15 @@ fi
 
 start=$SECONDS
 if [ ! -f "$PHANTOM/manifest.csv" ]; then
-  echo "== generating the confounded phantoms (seed $SEED, $PER_CLASS per class and site, 64 px) in $PHANTOM"
+  echo "== generating the confounded phantoms (seed $SEED, $PER_CLASS per class and site, 64 px, severity $SEVERITY)" \
+       "in $PHANTOM"
   "${ISNET_CMD[@]}" phantom --scenario confounded --out "$PHANTOM" --size 64 --per-class "$PER_CLASS" \
-    --seed "$SEED" --workers "$WORKERS"
+    --seed "$SEED" --workers "$WORKERS" --severity "$SEVERITY"
+  echo "$SEVERITY" > "$PHANTOM/severity"
+elif [ "$(cat "$PHANTOM/severity" 2>/dev/null || echo medium)" != "$SEVERITY" ]; then
+  echo "$PHANTOM holds phantoms of another severity ($(cat "$PHANTOM/severity" 2>/dev/null || echo medium));" \
+       "use another OUT or delete the folder" >&2
+  exit 2
 else
   echo "== using the existing phantoms in $PHANTOM (delete the folder to regenerate)"
 fi
@@ -110,3 +118,6 @@ echo "seed $SEED: runs (name, MLflow run id; also in $OUT/runs.tsv)"
 column -t -s $'\t' "$OUT/runs.tsv" 2>/dev/null || cat "$OUT/runs.tsv"
 echo "report: $OUT/report.html (numbers: $OUT/report.json)"
 echo "took $((SECONDS - start)) s"
+python -m isnet.tracking.provenance "$OUT/run_info.json" "SEED=$SEED SEVERITY=$SEVERITY RUNS='$RUNS' bash scripts/generalisation.sh" \
+  "seed=$SEED" "severity=$SEVERITY" "per_class=$PER_CLASS" "runs=$RUNS" "epochs=${EPOCHS:-config}" \
+  "train_args=${TRAIN_ARGS:-}" "seconds=$((SECONDS - start))"

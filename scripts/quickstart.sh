@@ -9,7 +9,8 @@
 #   QUICKSTART_SIZE [64]                  image side the models train at
 #   QUICKSTART_STD_EPOCHS [24]            epochs of the standard model
 #   QUICKSTART_ISNET_EPOCHS [18]          epochs of ISNet's phase (its recipe's kept warm-up comes on top: 6)
-#   QUICKSTART_OUT [runs/quickstart]      the comparison figure and table (compare.png, compare.json)
+#   QUICKSTART_OUT [runs/quickstart]      the comparison figure and table (compare.png, compare.json) and
+#                                         quickstart.json (the table, the settings, seconds, commit, machine)
 # The MLflow store is the default one or $MLFLOW_TRACKING_URI (choose it there rather than with
 # --set tracking.tracking_uri: `isnet compare` reads the runs from the same store).
 set -euo pipefail
@@ -48,3 +49,17 @@ echo "== standard vs ISNet"
 isnet compare --runs "$std_run" "$isnet_run" --labels standard,ISNet --manifest "$DATA/manifest.csv" \
   --out "$OUT/compare.png" --json "$OUT/compare.json"
 echo "MLflow runs: standard $std_run, ISNet $isnet_run in ${MLFLOW_TRACKING_URI:-sqlite:///mlflow/mlflow.db}"
+# what this quick-start measured, with its settings, commit and machine (a result file: docs/results.md)
+python - "$OUT" "$SECONDS" "$PER_CLASS" "$SIZE" "$STD_EPOCHS" "$ISNET_EPOCHS" "$*" <<'PY'
+import json, sys
+from pathlib import Path
+from isnet.files import atomic_write_text
+from isnet.tracking.provenance import machine_info
+out, seconds, per_class, size, std_epochs, isnet_epochs, extra = sys.argv[1:]
+record = {"quickstart": {"seconds": int(seconds), "rows": json.loads((Path(out) / "compare.json").read_text()),
+                         "settings": {"per_class": int(per_class), "size": int(size), "std_epochs": int(std_epochs),
+                                      "isnet_epochs": int(isnet_epochs), "extra_args": extra}},
+          "command": "bash scripts/quickstart.sh" + (f" {extra}" if extra else ""), "machine": machine_info()}
+atomic_write_text(Path(out) / "quickstart.json", json.dumps(record, indent=2))
+print(f"quick-start took {int(seconds) // 60} min {int(seconds) % 60} s; record: {out}/quickstart.json")
+PY

@@ -147,23 +147,98 @@ def _pm(row, col: str) -> str:
     return text if sd is None or sd != sd else f"{text} ± {100 * sd:.1f}"
 
 
+SEVERITY_ORDER = {"low": 0, "medium": 1, "high": 2}
+
+
+def _severity_dirs() -> list[Path]:
+    found = [p.parent for p in RESULTS.glob("severity/*/run_info.json")]
+    return sorted(found, key=lambda d: (SEVERITY_ORDER.get(json.loads((d / "run_info.json").read_text())["severity"], 9),
+                                        d.name))
+
+
+def _paired(report: dict, a: str, b: str, group: str, metric: str = "macro_auc") -> tuple | None:
+    """a − b of ``metric`` on ``group`` with its paired-bootstrap 95 % CI (the report stores one order)."""
+    for p in report["paired"]:
+        if (p["group"], p["metric"]) != (group, metric) or {p["a"], p["b"]} != {a, b}:
+            continue
+        sign = 1 if p["a"] == a else -1
+        lo, hi = sorted((sign * p["ci_low"], sign * p["ci_high"]))
+        return sign * p["difference"], lo, hi
+    return None
+
+
+def severity_section(folders: list[Path]) -> str:
+    """The external gain over shortcut severity: per (severity, seed), ISNet − standard external macro AUC with
+    its paired CI, the sites where ISNet is significantly below, and how much the standard model loses on
+    external_reversed against external_clean (does it use the markers at all?)."""
+    lines = ["## External gain over shortcut severity (confounded phantoms)", "",
+             "`SEVERITY=<s> RUNS=\"standard isnet\" bash scripts/generalisation.sh <seed> <out>`: the confounded "
+             "scenario at each marker severity (docs/phantom.md, \"Severity\"), standard and ISNet (the pipeline's "
+             "recipe) trained on the three training sites, scored on the three external sites. Macro AUC on all "
+             "external images; Δ = ISNet − standard with its patient-level paired-bootstrap 95 % CI; "
+             "\"reversed − clean\": the standard model's macro AUC on external_reversed minus external_clean (how much "
+             "it follows the markers).", "",
+             "| severity | seed | standard external AUC | ISNet external AUC | Δ [95 % CI] | ISNet significantly below "
+             "on | standard: reversed − clean | ISNet: reversed − clean |",
+             "|---|---|---|---|---|---|---|---|"]
+    for folder in folders:
+        info = json.loads((folder / "run_info.json").read_text())
+        report = json.loads((folder / "report.json").read_text())
+        names = dict(line.split("\t") for line in (folder / "runs.tsv").read_text().splitlines() if line.strip())
+        by_id = {m["run_id"]: m["name"] for m in report["methods"]}
+        std, isn = by_id[names["standard"]], by_id[names["isnet"]]
+        auc = {n: {g: report["metrics"][n][g]["values"]["macro_auc"] for g in report["groups"]} for n in (std, isn)}
+        d = _paired(report, isn, std, "overall")
+        below = [g for g in report["groups"] if g != "overall" and (_paired(report, isn, std, g) or (0, 0, 0))[2] < 0]
+        shift = {n: auc[n]["external_reversed"] - auc[n]["external_clean"] for n in (std, isn)}
+        lines.append(f"| {info['severity']} | {info['seed']} | {auc[std]['overall']:.3f} | {auc[isn]['overall']:.3f} "
+                     f"| {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}] | {', '.join(below) or 'none'} "
+                     f"| {shift[std]:+.3f} | {shift[isn]:+.3f} |")
+    cmds = sorted({json.loads((f / "run_info.json").read_text())["command"] for f in folders})
+    first = json.loads((folders[0] / "run_info.json").read_text())
+    return "\n".join(lines + ["", f"- result files: `results/severity/<severity>_seed<seed>/` (report.json, runs.tsv, "
+                                  f"run_info.json)", *[f"- command: `{c}`" for c in cmds]]
+                      + _provenance(first, folders[0] / "run_info.json")[2:])
+
+
 #: README blocks kept up to date from the result files: name → renderer over all files
 README_BLOCKS: dict[str, Callable[[list[tuple[dict, Path]]], str]] = {"recipes": recipes_summary,
                                                                       "stress": stress_headline}
 README = ROOT / "README.md"
 
+def quickstart(data: dict, path: Path) -> str:
+    """The quick-start's comparison: one row per model, and how long the whole script took."""
+    q = data["quickstart"]
+    s = q["settings"]
+    lines = [f"## Quick-start: standard model and ISNet ({s['size']} px, {q['rows'][0]['backbone']})", "",
+             f"`bash scripts/quickstart.sh`: the phantom set ({s['per_class']} images per site and class), the "
+             f"standard model ({s['std_epochs']} epochs) and ISNet ({s['isnet_epochs']} epochs of its phase, its "
+             f"recipe's warm-up on top), then `isnet compare`; the whole script took "
+             f"{q['seconds'] // 60} min {q['seconds'] % 60} s (the virtual environment already installed).", "",
+             "| model | methods | epochs | test acc. | test macro AUC | val bg share | test bg share |",
+             "|---|---|---|---|---|---|---|"]
+    for r in q["rows"]:
+        lines.append(f"| {r['label']} | {', '.join(r['methods'])} | {r['epochs']} | {_f(r['test_accuracy'], '.3f')} "
+                     f"| {_f(r['test_macro_auc'], '.3f')} | {_f(r['val_bg_share'], '.3f')} "
+                     f"| {_f(r['test_bg_share'], '.3f')} |")
+    return "\n".join(lines + [""] + _provenance(data, path))
+
+
 #: result kind (a top-level key of the file) → its section
-RENDERERS: dict[str, Callable[[dict, Path], str]] = {"convergence": convergence}
+RENDERERS: dict[str, Callable[[dict, Path], str]] = {"quickstart": quickstart, "convergence": convergence}
 
 
 def _files() -> list[tuple[dict, Path]]:
     """The JSON result files (stress-test folders hold run_info.json beside results.csv: read separately)."""
-    return [(json.loads(p.read_text()), p) for p in sorted(RESULTS.rglob("*.json")) if p.name != "run_info.json"]
+    return [(json.loads(p.read_text()), p) for p in sorted(RESULTS.rglob("*.json"))
+            if p.name not in ("run_info.json", "report.json")]
 
 
 def render() -> str:
     sections = [fn(data, path) for data, path in _files() for kind, fn in RENDERERS.items() if kind in data]
     sections += [stress_section(folder) for folder in _stress_dirs()]
+    if _severity_dirs():
+        sections.append(severity_section(_severity_dirs()))
     return "\n\n".join([HEADER.rstrip("\n"), *sections]) + "\n"
 
 

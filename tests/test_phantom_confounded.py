@@ -153,3 +153,49 @@ def test_cli_help_and_errors(tmp_path, capsys):
         assert needle in text, needle
     assert main(["phantom", "--scenario", "confounded", "--sites", "4", "--out", str(tmp_path)]) == 2
     assert "leave sites at 3" in capsys.readouterr().err
+
+
+def _stamp(**marker) -> np.ndarray:
+    """Where and how bright a covid image's circle marker is: the image with it minus the same case without it
+    (the marker's draws come from their own generator, so nothing else of the case changes)."""
+    kw = dict(label="covid", site=0, size=128)
+    with_marker = render_case(np.random.SeedSequence(11), marker="circle", marker_rate=1.0, **kw, **marker)
+    without = render_case(np.random.SeedSequence(11), marker="circle", marker_rate=0.0, **kw)
+    assert with_marker.meta["marker"] == "circle" and without.meta["marker"] == ""
+    return with_marker.image - without.image
+
+
+def test_marker_size_and_contrast_change_only_the_marker():
+    small, big = _stamp(marker_size=0.03), _stamp(marker_size=0.08)
+    assert (big > 1e-6).sum() > 3 * (small > 1e-6).sum() > 0
+    # strokes are drawn as max(image, contrast): a faint marker raises pixels to at most 0.5, a full one to 1
+    without = render_case(np.random.SeedSequence(11), label="covid", site=0, size=128, marker="circle",
+                          marker_rate=0.0).image
+    faint = _stamp(marker_contrast=0.5) + without
+    bright = _stamp() + without
+    raised_faint, raised_bright = _stamp(marker_contrast=0.5) > 1e-6, _stamp() > 1e-6
+    assert raised_faint.any() and faint[raised_faint].max() <= 0.5 + 1e-3
+    assert bright[raised_bright].max() == pytest.approx(1.0, abs=1e-3)
+    assert raised_faint.sum() <= raised_bright.sum()
+
+
+def test_high_severity_marks_every_image_of_the_dominant_class_and_no_other(tmp_path):
+    rc = main(["phantom", "--scenario", "confounded", "--severity", "high", "--out", str(tmp_path),
+               "--per-class", "3", "--size", str(SIZE), "--seed", "2"])
+    assert rc == 0
+    df = _read(tmp_path / "manifest.csv")
+    train = df[df["site"].isin(TRAINING)]
+    dominant = train["label"] == train["site"].map({"site_a": "covid", "site_b": "tb", "site_c": "normal"})
+    assert (train.loc[dominant, "marker"] != "").mean() >= 0.9  # 1.0 unless a corner had no room
+    assert (train.loc[~dominant, "marker"] == "").all()
+    reversed_ = df[df["site"] == "external_reversed"]
+    assert (reversed_["marker"] != "").mean() >= 0.9 and _marker_accuracy(reversed_) == 0.0
+
+
+def test_severity_is_refused_outside_the_confounded_scenario_and_out_of_range(tmp_path, capsys):
+    assert main(["phantom", "--out", str(tmp_path / "a"), "--severity", "low", "--per-class", "1"]) == 2
+    assert "--scenario confounded" in capsys.readouterr().err
+    assert main(["phantom", "--scenario", "confounded", "--out", str(tmp_path / "b"), "--marker-rate", "0.3",
+                 "--per-class", "2", "--size", "64"]) == 2
+    assert "marker rate must be in [0.5, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "b" / "manifest.csv").exists()

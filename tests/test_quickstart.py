@@ -24,7 +24,9 @@ def _copy_with_this_venv(dest: Path) -> Path:
     """scripts/, pipelines/ and pyproject.toml in ``dest``, .venv a link to the running environment; skips
     when that environment was not installed by scripts/ensure_venv.sh (the script would install into it)."""
     venv = Path(sys.prefix)
-    want = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()[:16]
+    # the stamp scripts/ensure_venv.sh writes: the hash of pyproject.toml followed by the script itself
+    want = hashlib.sha256((REPO / "pyproject.toml").read_bytes()
+                          + (REPO / "scripts" / "ensure_venv.sh").read_bytes()).hexdigest()[:16]
     stamp = venv / ".isnet-installed"
     if not stamp.is_file() or stamp.read_text().strip() != want:
         pytest.skip(f"{venv} is not an environment installed by scripts/ensure_venv.sh for this pyproject.toml")

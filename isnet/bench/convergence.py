@@ -14,18 +14,15 @@ on the tested checkpoint.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-
-import numpy as np
 
 from isnet.config.load import load_config
 from isnet.config.schema import TrainConfig
 from isnet.data.dataset import eval_loader
 from isnet.data.manifest import load_manifest
 from isnet.lrp import run_lrp_config, supports_model
-from isnet.measure.relevance import explain_loader
+from isnet.measure.relevance import mean_background_share
 from isnet.train.checkpoint import BEST_NAME, load_checkpoint
 from isnet.train.loading import model_from_state
 from isnet.train.run import resolve_device, train
@@ -49,16 +46,13 @@ def run_config(config: str | Path, name: str, *, backbone: str, size: int, seed:
                                 "train.heatmap_every=0", "tracking.log_model=false", *overrides])
 
 
-def background_share_of(cfg: TrainConfig, checkpoint: Path, manifest: str | Path, split: str = "val") -> float:
+def background_share_of(checkpoint: Path, manifest: str | Path, device: str, split: str = "val") -> float:
     """Mean background share (LRP of the predicted class, the run's rules) of a checkpoint on one split."""
-    model, mcfg = model_from_state(load_checkpoint(checkpoint), resolve_device(cfg.train.device))
-    if not supports_model(model):
-        return math.nan
+    model, mcfg = model_from_state(load_checkpoint(checkpoint), resolve_device(device))
     man = load_manifest(manifest, mcfg.data.classes, split_fractions=mcfg.data.split_fractions,
                         split_seed=mcfg.data.split_seed)
-    loader = eval_loader(man.records(split), mcfg.data)
-    shares = explain_loader(model, loader, next(model.parameters()).device, run_lrp_config(mcfg))["bg_share"]
-    return float(np.nanmean(shares)) if len(shares) else math.nan
+    return mean_background_share(model, eval_loader(man.records(split), mcfg.data), next(model.parameters()).device,
+                                 run_lrp_config(mcfg) if supports_model(model) else None)
 
 
 def time_to_target(history: Sequence[dict], target: float, start_seconds: float = 0.0,
@@ -116,7 +110,8 @@ def convergence_suite(manifest: str | Path, *, config: str | Path, recipes: Sequ
                     "best_val_accuracy": max(float(h["val_accuracy"]) for h in res.history),
                     "test_accuracy": res.test_metrics.get("test_accuracy"),
                     "test_macro_auc": res.test_metrics.get("test_macro_auc"),
-                    "val_bg_share": background_share_of(cfg, Path(res.checkpoint_dir) / BEST_NAME, manifest),
+                    "val_bg_share": background_share_of(Path(res.checkpoint_dir) / BEST_NAME, manifest,
+                                                        cfg.train.device),
                     "curve": [{"epoch": int(h["epoch"]), "val_accuracy": float(h["val_accuracy"]),
                                "epoch_seconds": float(h["epoch_seconds"])} for h in res.history],
                     "config": {"method.isnet": cfg.method.isnet.model_dump() if name != STANDARD else None},

@@ -19,7 +19,7 @@ from isnet.data.manifest import Manifest, load_manifest
 from isnet.errors import ManifestError, UserError
 from isnet.lrp import run_lrp_config, supports_model
 from isnet.measure.figures import comparison_grid
-from isnet.measure.relevance import explained_batches
+from isnet.measure.relevance import explained_batches, mean_background_share
 from isnet.tracking import read_run
 from isnet.train.loading import load_run_model
 
@@ -87,16 +87,13 @@ def _labels(run_ids: Sequence[str], labels: Sequence[str] | None) -> list[str]:
 
 
 def _mean_share(model: torch.nn.Module, cfg: TrainConfig, records: list[dict], batch_size: int) -> float:
-    """The mean per-image background share of the predicted class's heatmap, as the validation diagnostic of
-    training computes it (``isnet/train/diagnostics.py``), but on the evaluation pipeline's unrounded images:
-    training's logged ``val_bg_share`` reads its cached ones, so the two can differ in the third decimal.
-    NaN without LRP support or masks."""
-    if not records or not supports_model(model):
+    """As training's validation diagnostic (``isnet/train/diagnostics.py``), but on the evaluation pipeline's
+    unrounded images: training's logged ``val_bg_share`` reads its cached ones, so the two can differ in the third
+    decimal. NaN without LRP support, records or masks."""
+    if not records:
         return float("nan")
-    shares = [out["bg_share"].numpy() for out in explained_batches(
-        model, eval_loader(records, cfg.data, batch_size=batch_size), torch.device("cpu"), run_lrp_config(cfg))]
-    values = np.concatenate(shares)
-    return float(np.nanmean(values)) if not np.isnan(values).all() else float("nan")
+    return mean_background_share(model, eval_loader(records, cfg.data, batch_size=batch_size), torch.device("cpu"),
+                                 run_lrp_config(cfg) if supports_model(model) else None)
 
 
 def pick_images(manifest: Manifest, split: str, n: int) -> list[dict]:

@@ -90,3 +90,14 @@ def explain_loader(model: torch.nn.Module, loader: DataLoader, device: torch.dev
     cat = lambda v: np.concatenate(v) if v else np.zeros(0)  # noqa: E731
     return {"bg_share": cat(shares), "rows": rows, "pred": cat(preds), "label": cat(labels),
             "probs": cat(probs), "kept": kept}
+
+
+def mean_background_share(model: torch.nn.Module, loader: DataLoader, device: torch.device,
+                          config: LRPConfig | None) -> float:
+    """The mean per-image background share of the predicted class's heatmap over a loader: the number a run's
+    "val bg share" reports. NaN without LRP support (``config=None``) or without any lung mask."""
+    if config is None:
+        return float("nan")
+    shares = [out["bg_share"].numpy() for out in explained_batches(model, loader, device, config)]
+    values = np.concatenate(shares) if shares else np.array([np.nan])
+    return float(np.nanmean(values)) if not np.isnan(values).all() else float("nan")

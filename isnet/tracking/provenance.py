@@ -55,3 +55,20 @@ def machine_info() -> dict:
     return info
 
 
+
+
+def write_run_info(path: str | Path, command: str, **extra: object) -> Path:
+    """``run_info.json``: the command, the machine (with the commit) and ``extra`` settings, beside a result."""
+    import json
+
+    from isnet.files import atomic_write_text
+
+    return atomic_write_text(path, json.dumps({"command": command, "machine": machine_info(), **extra}, indent=2,
+                                              default=str))
+
+
+if __name__ == "__main__":  # scripts: python -m isnet.tracking.provenance PATH COMMAND [KEY=VALUE ...]
+    import sys
+
+    target, cmd, *pairs = sys.argv[1:]
+    write_run_info(target, cmd, **dict(p.split("=", 1) for p in pairs))

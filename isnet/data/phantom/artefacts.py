@@ -118,10 +118,12 @@ def attenuating(rng: np.random.Generator, style: SiteStyle, a: Anatomy, g: Grid,
 
 
 def burn_in(rng: np.random.Generator, style: SiteStyle, img: np.ndarray, fields: dict, marker: str,
-            marker_rate: float, any_corner: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
+            marker_rate: float, any_corner: bool = False, marker_size: float = 0.05,
+            marker_contrast: float = 1.0) -> tuple[np.ndarray, np.ndarray, dict]:
     """Burn text tags, a border frame and, with probability ``marker_rate``, the marker shape ``marker``
-    (one of ``SHAPES``, or "" for none) into the processed image. The marker goes to a random corner; with
-    ``any_corner`` it tries the other corners in turn when that one has no room outside the lungs."""
+    (one of ``SHAPES``, or "" for none; side ``marker_size`` of the image's, strokes at ``marker_contrast``)
+    into the processed image. The marker goes to a random corner; with ``any_corner`` it tries the other
+    corners in turn when that one has no room outside the lungs."""
     n = img.shape[0]
     bg = background_map(fields)
     over = np.zeros((n, n), np.float32)
@@ -134,7 +136,7 @@ def burn_in(rng: np.random.Generator, style: SiteStyle, img: np.ndarray, fields:
     marker_draw = rng.random()
     corner_m = int(rng.integers(4))
     if marker and marker_draw < marker_rate:
-        stamp = _shape(marker, max(int(n * 0.05), 5))
+        stamp = _shape(marker, max(int(n * marker_size), 5)) * np.float32(marker_contrast)
         for k in range(4 if any_corner else 1):
             if _place(over, stamp, bg, rng, (corner_m + k) % 4, max(n // 20, 1)):
                 meta["marker"] = marker

@@ -20,7 +20,7 @@ from ..dicom import write_dicom
 from .artefacts import SHAPES
 from .lesions import LABELS
 from .render import DEFAULT_LESION_CONTRAST, PhantomCase, render_case
-from .scenarios import CONFOUNDED, RANDOM, SCENARIOS, class_counts
+from .scenarios import RANDOM, SCENARIOS, Severity, class_counts, confounded_plan
 from .sites import SiteStyle, site_styles
 
 MANIFEST_COLUMNS = ("image", "mask", "label", "site", "patient_id", "split", "view", "sex", "age")
@@ -43,6 +43,7 @@ class PhantomSpec:
     class_marker_rate: float = 0.0
     workers: int = 1
     scenario: str = "default"
+    severity: Severity = Severity()  # confounded scenario: how strongly its site markers give the class away
 
     def validate(self) -> None:
         def is_int(v) -> bool:
@@ -74,6 +75,9 @@ class PhantomSpec:
                                  f"leave sites at 3, got {self.sites}")
             if self.class_marker_rate:
                 raise ValueError("the confounded scenario sets its own markers; leave class_marker_rate at 0")
+            self.severity.validate()
+        elif self.severity != Severity():
+            raise ValueError("a marker severity applies to the confounded scenario only")
 
 
 def patient_id(seed: int, site: int, label: int, index: int) -> str:
@@ -123,7 +127,8 @@ def _job(args: tuple) -> dict:
         kw = dict(class_marker_rate=spec.class_marker_rate)
     else:
         shape, rate = marker
-        kw = dict(marker=shape, marker_rate=rate) if shape else {}
+        kw = dict(marker=shape, marker_rate=rate, marker_size=spec.severity.size,
+                  marker_contrast=spec.severity.contrast) if shape else {}
     case = render_case(ss, label=LABELS[li], site=style, size=spec.size, lesion_contrast=spec.lesion_contrast, **kw)
     pid = patient_id(spec.seed, si, li, i)
     img_rel, mask_rel = write_case(case, style, Path(out_dir), pid, spec.size)
@@ -137,14 +142,14 @@ def _default_jobs(spec: PhantomSpec, out: str) -> list[tuple]:
 
 
 def _confounded_jobs(spec: PhantomSpec, out: str) -> list[tuple]:
-    """Every site of ``CONFOUNDED`` with ``len(LABELS) * per_class`` images in its class mix; training sites
+    """Every site of the confounded plan (at the spec's severity) with ``len(LABELS) * per_class`` images in its class mix; training sites
     split train/val/test (patient-grouped, stratified by class and site, seeded), external sites test."""
     import pandas as pd
 
     from isnet.data.splits import SPLITS, assign_splits
 
     cells = []
-    for si, plan in enumerate(CONFOUNDED):
+    for si, plan in enumerate(confounded_plan(spec.severity)):
         for li, n in enumerate(class_counts(plan.mix, len(LABELS) * spec.per_class)):
             shape, rate = plan.markers[li]
             for i in range(n):
@@ -172,15 +177,17 @@ def _write_manifest(path: Path, rows: list[dict], columns: tuple[str, ...]) -> N
 
 def generate_dataset(out_dir: str | Path, *, sites: int = 3, per_class: int = 200, seed: int = 0, size: int = 256,
                      lesion_contrast: float = DEFAULT_LESION_CONTRAST, class_marker_rate: float = 0.0,
-                     workers: int = 1, progress: bool = False, scenario: str = "default") -> Path:
+                     workers: int = 1, progress: bool = False, scenario: str = "default",
+                     severity: Severity = Severity()) -> Path:
     """Render a phantom data set into ``out_dir``; returns ``out_dir/manifest.csv``.
 
     ``default``: sites x 3 classes x per_class cases, empty splits. ``confounded``: 3 training and 3 external
     sites of 3 x per_class cases each in the scenario's class mix, splits filled in, a ``marker`` column,
-    and the subsets ``manifest_internal.csv`` (training sites) and ``manifest_external.csv`` beside it.
+    and the subsets ``manifest_internal.csv`` (training sites) and ``manifest_external.csv`` beside it;
+    ``severity`` sets the markers' size, contrast and rate (``scenarios.SEVERITIES`` has the named ones).
     """
     spec = PhantomSpec(sites=sites, per_class=per_class, seed=seed, size=size, lesion_contrast=lesion_contrast,
-                       class_marker_rate=class_marker_rate, workers=workers, scenario=scenario)
+                       class_marker_rate=class_marker_rate, workers=workers, scenario=scenario, severity=severity)
     spec.validate()
     out = Path(out_dir)
     jobs = _confounded_jobs(spec, str(out)) if scenario == "confounded" else _default_jobs(spec, str(out))
@@ -210,7 +217,7 @@ def generate_dataset(out_dir: str | Path, *, sites: int = 3, per_class: int = 20
         bar.close()
     manifest = out / "manifest.csv"
     if scenario == "confounded":
-        external = {p.name for p in CONFOUNDED if p.external}
+        external = {p.name for p in confounded_plan(severity) if p.external}
         _write_manifest(manifest, rows, CONFOUNDED_COLUMNS)
         _write_manifest(out / INTERNAL_MANIFEST, [r for r in rows if r["site"] not in external], CONFOUNDED_COLUMNS)
         _write_manifest(out / EXTERNAL_MANIFEST, [r for r in rows if r["site"] in external], CONFOUNDED_COLUMNS)

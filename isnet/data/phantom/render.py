@@ -51,7 +51,8 @@ def _clean_mask(m: np.ndarray) -> np.ndarray:
 
 def render_case(seed: int | np.random.SeedSequence, *, label: str, site: SiteStyle | int = 0, size: int = 256,
                 lesion_contrast: float = DEFAULT_LESION_CONTRAST, class_marker_rate: float = 0.0,
-                marker: str | None = None, marker_rate: float = 0.0) -> PhantomCase:
+                marker: str | None = None, marker_rate: float = 0.0, marker_size: float = 0.05,
+                marker_contrast: float = 1.0) -> PhantomCase:
     """Render one image, its lung mask and metadata, fully determined by ``seed``.
 
     Separate child generators drive anatomy, lesions, artefacts and noise, so changing one knob (for example
@@ -60,8 +61,9 @@ def render_case(seed: int | np.random.SeedSequence, *, label: str, site: SiteSty
     The background marker is the class marker by default (a ring on covid, a triangle on tb, with
     probability ``class_marker_rate``). ``marker`` (one of ``SHAPES``) replaces it by that shape with
     probability ``marker_rate`` whatever the label: the confounded scenario's site markers (which try every
-    corner before giving up). ``meta["marker"]`` is the shape actually drawn ("" if none, or if it found no
-    room outside the lungs).
+    corner before giving up), with side ``marker_size`` (fraction of the image side) and stroke intensity
+    ``marker_contrast``. ``meta["marker"]`` is the shape actually drawn ("" if none, or if it found no room
+    outside the lungs).
     """
     if label not in LABELS:
         raise ValueError(f"label must be one of {LABELS}, got {label!r}")
@@ -118,7 +120,7 @@ def render_case(seed: int | np.random.SeedSequence, *, label: str, site: SiteSty
     art, meta_a = attenuating(r_art, style, a, g, fields, box)
     P += art
     img = expose(P, fld, style, r_noise, shift=shift)
-    img, over, meta_b = burn_in(r_burn, style, img, fields, shape, rate, any_corner)
+    img, over, meta_b = burn_in(r_burn, style, img, fields, shape, rate, any_corner, marker_size, marker_contrast)
 
     image = np.clip(_resize(img, size), 0.0, 1.0)
     mask = _clean_mask(_resize(margin, size) > 0)

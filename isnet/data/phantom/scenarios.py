@@ -23,10 +23,42 @@ from .sites import SITE_TABLE, SiteStyle
 SCENARIOS = ("default", "confounded")
 
 DOMINANT = 0.70            # share of a training site's images in its dominant class (the rest split evenly)
-MARKER_ON_DOMINANT = 0.90  # probability of the site marker on an image of the site's dominant class
+MARKER_ON_DOMINANT = 0.90  # probability of the site marker on an image of the site's dominant class ("medium")
 MARKER_ON_OTHERS = 0.10    # ... on the site's other classes
 #: the share of marked images on every training site (0.7 * 0.9 + 0.3 * 0.1); external_unbiased uses it
 MARKED_SHARE = DOMINANT * MARKER_ON_DOMINANT + (1 - DOMINANT) * MARKER_ON_OTHERS
+
+
+@dataclass(frozen=True)
+class Severity:
+    """How strongly the confounded scenario's site markers give the class away: the marker's side as a fraction
+    of the image side, its intensity in the processed [0, 1] image (drawn as max(image, contrast) on its
+    strokes), and the probability that an image of a site's dominant class carries it (1 − rate on the site's
+    other classes; external_reversed uses the same rate, external_unbiased the resulting marked share)."""
+
+    size: float = 0.05
+    contrast: float = 1.0
+    rate: float = MARKER_ON_DOMINANT
+
+    def validate(self) -> None:
+        if not 0.01 <= self.size <= 0.25:
+            raise ValueError(f"marker size must be in [0.01, 0.25] of the image side, got {self.size}")
+        if not 0.05 <= self.contrast <= 1.0:
+            raise ValueError(f"marker contrast must be in [0.05, 1], got {self.contrast}")
+        if not 0.5 <= self.rate <= 1.0:
+            raise ValueError(f"marker rate must be in [0.5, 1] (the dominant class must carry it more often than "
+                             f"the others), got {self.rate}")
+
+    @property
+    def marked_share(self) -> float:
+        """The share of marked images on every training site."""
+        return DOMINANT * self.rate + (1 - DOMINANT) * (1 - self.rate)
+
+
+#: named severities of ``isnet phantom --scenario confounded --severity``; "medium" is the scenario's default
+SEVERITIES = {"low": Severity(size=0.03, contrast=0.5, rate=0.7),
+              "medium": Severity(),
+              "high": Severity(size=0.08, contrast=1.0, rate=1.0)}
 #: the site marker of each class's training site; external_reversed puts it on the next class instead
 CLASS_SHAPE = {"covid": "circle", "tb": "triangle", "normal": "square"}
 RANDOM = "random"          # marker cell: one of the three shapes, chosen independently of the class
@@ -52,9 +84,9 @@ def _mix(dominant: str) -> tuple[float, ...]:
     return tuple(DOMINANT if c == dominant else other for c in LABELS)
 
 
-def _training_site(style: SiteStyle, dominant: str) -> SitePlan:
+def _training_site(style: SiteStyle, dominant: str, rate: float) -> SitePlan:
     shape = CLASS_SHAPE[dominant]
-    markers = tuple((shape, MARKER_ON_DOMINANT if c == dominant else MARKER_ON_OTHERS) for c in LABELS)
+    markers = tuple((shape, rate if c == dominant else 1 - rate) for c in LABELS)
     return SitePlan(style, _mix(dominant), markers)
 
 
@@ -66,16 +98,24 @@ def _reversed_shape(label: str) -> str:
 UNIFORM = tuple(1 / len(LABELS) for _ in LABELS)
 EXTERNAL_STYLE = SITE_TABLE[3]
 
-CONFOUNDED: tuple[SitePlan, ...] = (
-    _training_site(SITE_TABLE[0], "covid"),
-    _training_site(SITE_TABLE[1], "tb"),
-    _training_site(SITE_TABLE[2], "normal"),
-    SitePlan(replace(EXTERNAL_STYLE, name="external_clean"), UNIFORM, tuple(("", 0.0) for _ in LABELS), True),
-    SitePlan(replace(EXTERNAL_STYLE, name="external_unbiased"), UNIFORM,
-             tuple((RANDOM, MARKED_SHARE) for _ in LABELS), True),
-    SitePlan(replace(EXTERNAL_STYLE, name="external_reversed"), UNIFORM,
-             tuple((_reversed_shape(c), MARKER_ON_DOMINANT) for c in LABELS), True),
-)
+
+def confounded_plan(severity: Severity = Severity()) -> tuple[SitePlan, ...]:
+    """The confounded scenario's sites with markers drawn at ``severity``'s rate (size and contrast are applied
+    when the markers are drawn)."""
+    rate = severity.rate
+    return (
+        _training_site(SITE_TABLE[0], "covid", rate),
+        _training_site(SITE_TABLE[1], "tb", rate),
+        _training_site(SITE_TABLE[2], "normal", rate),
+        SitePlan(replace(EXTERNAL_STYLE, name="external_clean"), UNIFORM, tuple(("", 0.0) for _ in LABELS), True),
+        SitePlan(replace(EXTERNAL_STYLE, name="external_unbiased"), UNIFORM,
+                 tuple((RANDOM, severity.marked_share) for _ in LABELS), True),
+        SitePlan(replace(EXTERNAL_STYLE, name="external_reversed"), UNIFORM,
+                 tuple((_reversed_shape(c), rate) for c in LABELS), True),
+    )
+
+
+CONFOUNDED: tuple[SitePlan, ...] = confounded_plan()
 
 
 def class_counts(mix: tuple[float, ...], total: int) -> list[int]:
