@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Sequence
@@ -37,6 +38,8 @@ from isnet.evaluate.report_html import render_html  # noqa: E402
 from isnet.tracking import Tracker, store_uri  # noqa: E402
 from isnet.train.evaluation import predict  # noqa: E402
 from isnet.train.loading import load_run_model  # noqa: E402
+
+logger = logging.getLogger(__name__)
 
 
 def _in_distribution(run_id: str, tracking_uri: str, classes: Sequence[str]) -> tuple[pd.DataFrame | None, dict, str]:
@@ -237,8 +240,7 @@ def _score_and_write(run_ids, loaded, df, classes, sites, manifest, out: Path, j
     for run_id, (model, cfg) in zip(run_ids, loaded):
         name = f"{'+'.join(cfg.methods)} {run_id[:8]}"
         names_seen.add(name)
-        print(f"scoring run {run_id} ({'+'.join(cfg.methods)}, {cfg.model.backbone}) on {len(records)} images",
-              flush=True)
+        logger.info(f"scoring run {run_id} ({'+'.join(cfg.methods)}, {cfg.model.backbone}) on {len(records)} images")
         pred = predict(model, eval_loader(records, cfg.data, batch_size=batch_size), dev)
         if pred["rows"] != [r["row"] for r in records]:
             raise RuntimeError("loader changed the order of the manifest rows")

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import copy
 import inspect
+import logging
 import math
-import sys
 import warnings
 from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
@@ -35,6 +35,8 @@ from isnet.methods.isnet_loss import (
 if TYPE_CHECKING:  # pragma: no cover
     from isnet.config.schema import TrainConfig
     from isnet.methods.base import TrainContext
+
+logger = logging.getLogger(__name__)
 
 #: training CE above this fraction of ln K after a third of the epochs, while L_bg falls, is a collapse
 COLLAPSE_CE_FRACTION = 0.9
@@ -271,10 +273,10 @@ class ISNetMethod(Method):
                 trainer.model.load_state_dict(warm.state_dict())
                 if self.params.finetune_lr is not None:
                     _set_peak_lr(trainer, self.params.finetune_lr)
-                print("isnet: training starts from the warm-up weights", flush=True)
-            print(f"isnet: foreground band tuned from a {self.params.warmup_epochs}-epoch plain warm-up "
-                  f"({self.params.band_statistic} totals, {self.params.band_mode} mode): "
-                  f"C1={self.C1:.4g}, C2={self.C2:.4g}", flush=True)
+                logger.info("isnet: training starts from the warm-up weights")
+            logger.info(f"isnet: foreground band tuned from a {self.params.warmup_epochs}-epoch plain warm-up "
+                        f"({self.params.band_statistic} totals, {self.params.band_mode} mode): "
+                        f"C1={self.C1:.4g}, C2={self.C2:.4g}")
             trainer.tracker.log_params({"method.isnet.C1_tuned": self.C1, "method.isnet.C2_tuned": self.C2})
 
     def on_epoch_start(self, epoch: int, trainer: "TrainContext") -> None:
@@ -385,7 +387,7 @@ class ISNetMethod(Method):
         if ce > COLLAPSE_CE_FRACTION * math.log(self.n_classes) and l_bg < self._first_l_bg:
             self._warned = True
             msg = collapse_message(epoch, ce, self.n_classes, self._first_l_bg, l_bg)
-            print(msg, file=sys.stderr, flush=True)
+            # a Python warning, nothing printed: the isnet command shows it as one line on stderr (isnet.cli)
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
             trainer.tracker.set_tags({"isnet.collapse_warning": f"epoch {epoch}"})
 

@@ -22,6 +22,7 @@ batch-level draw it is skipped for the batches that are not occluded.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
@@ -37,6 +38,8 @@ from isnet.methods.base import LossTerms, Method, register
 if TYPE_CHECKING:  # pragma: no cover
     from isnet.config.schema import TrainConfig
     from isnet.methods.base import TrainContext
+
+logger = logging.getLogger(__name__)
 
 #: tries to draw a box that fits inside the image before giving up on that image
 BOX_TRIES = 100
@@ -227,8 +230,8 @@ class RelDropMethod(Method):
                 raise ValueError(f"method.reldrop.engine=zennit: {e}") from None
         if self.params.fill == "dataset_mean" and self.fill_value is None:  # not set, nor restored on resume
             self.fill_value = dataset_mean(trainer)
-            print(f"reldrop: occluded pixels are filled with the training split's mean "
-                  f"{', '.join(f'{v:.4g}' for v in self.fill_value)}", flush=True)
+            logger.info(f"reldrop: occluded pixels are filled with the training split's mean "
+                        f"{', '.join(f'{v:.4g}' for v in self.fill_value)}")
             if getattr(trainer, "tracker", None) is not None:
                 trainer.tracker.log_params({"method.reldrop.fill_value_measured": self.fill_value[0]
                                             if len(self.fill_value) == 1 else str(self.fill_value)})

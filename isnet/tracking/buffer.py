@@ -5,15 +5,17 @@ with ``isnet tracking sync``)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any, Mapping
 
 from mlflow.tracking import MlflowClient
 
 from isnet.tracking.store import with_lock_retry
+
+logger = logging.getLogger(__name__)
 
 BUFFER_NAME = "tracking_buffer.jsonl"
 
@@ -48,7 +50,7 @@ def read_buffer(path: Path) -> list[dict]:
         try:
             out.append(json.loads(line))
         except json.JSONDecodeError:  # a line cut by a crash while it was written: the rest is still good
-            print(f"warning: {path}:{i + 1} is not a complete record; skipped", file=sys.stderr)
+            logger.warning(f"warning: {path}:{i + 1} is not a complete record; skipped")
     return out
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -20,6 +20,8 @@ from isnet.tracking.store import (DEFAULT_ARTIFACTS, DEFAULT_URI, _absolute_sqli
                                   git_commit, is_unreachable, package_versions, resolve_tracking_uri, with_lock_retry)
 from isnet.tracking_names import (MAX_EXPERIMENT_NAME_LENGTH, MAX_PARAM_LENGTH, MAX_RUN_NAME_LENGTH, clean_name,
                                   clean_value, safe_key, site_keys)
+
+logger = logging.getLogger(__name__)
 
 RETRY_SECONDS = 30.0
 
@@ -129,9 +131,9 @@ class Tracker:
             return
         self._record({"op": "terminate", "status": status})
         if self._buffered:
-            print(f"warning: MLflow server {self.uri} still unreachable; run {self.run_id}'s remaining records "
-                  f"are kept in {self._buffer()} — send them with `isnet tracking sync {self._buffer()}` "
-                  f"once the server is back", file=sys.stderr, flush=True)
+            logger.warning(f"warning: MLflow server {self.uri} still unreachable; run {self.run_id}'s remaining "
+                           f"records are kept in {self._buffer()} — send them with "
+                           f"`isnet tracking sync {self._buffer()}` once the server is back")
 
     # -- resilient records ----------------------------------------------------------------------------
     def _buffer(self) -> Path:
@@ -157,9 +159,8 @@ class Tracker:
         self._buffered = True
         self._retry_at = time.monotonic() + RETRY_SECONDS
         if first:
-            print(f"warning: MLflow server {self.uri} unreachable ({str(exc)[:160]}); training continues and "
-                  f"tracking records are buffered in {self._buffer()} until it answers again",
-                  file=sys.stderr, flush=True)
+            logger.warning(f"warning: MLflow server {self.uri} unreachable ({str(exc)[:160]}); training continues and "
+                           f"tracking records are buffered in {self._buffer()} until it answers again")
 
     def _append(self, rec: dict[str, Any]) -> None:
         path = self._buffer()
@@ -187,7 +188,7 @@ class Tracker:
             self._retry_at = time.monotonic() + RETRY_SECONDS
             return False
         self._buffered = False
-        print(f"MLflow server {self.uri} reachable again: {sent} buffered records sent", file=sys.stderr, flush=True)
+        logger.info(f"MLflow server {self.uri} reachable again: {sent} buffered records sent")
         return True
 
     # -- what every run records ------------------------------------------------------------------------
@@ -225,7 +226,7 @@ class Tracker:
         """Names are built escaped (:mod:`isnet.tracking_names`); one that is not never reaches MLflow as is."""
         safe = safe_key(key)
         if safe != key:
-            print(f"warning: MLflow name {key!r} recorded as {safe!r}", file=sys.stderr, flush=True)
+            logger.warning(f"warning: MLflow name {key!r} recorded as {safe!r}")
         return safe
 
     def log_site_keys(self, sites) -> dict[str, str]:
@@ -271,8 +272,8 @@ class Tracker:
         if not self.enabled:
             return False
         if self._buffered and not self.flush():
-            print("warning: MLflow server unreachable; the model export is skipped (checkpoints/best.pt is "
-                  "buffered as an artifact)", file=sys.stderr, flush=True)
+            logger.warning("warning: MLflow server unreachable; the model export is skipped (checkpoints/best.pt is "
+                           "buffered as an artifact)")
             return False
         import mlflow.pytorch
 

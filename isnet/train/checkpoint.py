@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
-import sys
 import zipfile
 import zlib
 from pathlib import Path
 from typing import Any
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 CHECKSUM_RECORD = ".isnet_sha256"
 #: the file names of a run's checkpoints, in ``<checkpoint_dir>/<run id>/`` and under the MLflow artifact
@@ -140,7 +142,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     """Load and verify a checkpoint; a checksum mismatch or unreadable file raises ``CheckpointError``.
 
     A file without any checksum (neither embedded nor a sidecar) raises too with ``require_checksum``,
-    else it is loaded with a warning on stderr."""
+    else it is loaded with a logged warning (on stderr in the isnet command)."""
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
@@ -154,7 +156,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
                 f"sidecar is missing), so damage cannot be detected")
         if require_checksum:
             raise CheckpointError(what + "; restore the sidecar or start a new run")
-        print(f"warning: {what}; loading it unverified", file=sys.stderr, flush=True)
+        logger.warning(f"warning: {what}; loading it unverified")
     try:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as exc:
@@ -162,8 +164,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
 
 
 def load_latest_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path]:
-    """Load ``path``, or its ``.prev`` copy when ``path`` is missing, damaged or unverifiable (saying so on
-    stderr): what a run resumes from must carry a checksum."""
+    """Load ``path``, or its ``.prev`` copy when ``path`` is missing, damaged or unverifiable (saying so
+    in a logged warning): what a run resumes from must carry a checksum."""
     p = Path(path)
     try:
         return load_checkpoint(p, map_location, require_checksum=True), p
@@ -171,5 +173,5 @@ def load_latest_checkpoint(path: str | Path, map_location: str | torch.device = 
         prev = previous_path(p)
         if not prev.is_file():
             raise
-        print(f"warning: {first}; using the previous checkpoint {prev}", file=sys.stderr, flush=True)
+        logger.warning(f"warning: {first}; using the previous checkpoint {prev}")
         return load_checkpoint(prev, map_location, require_checksum=True), prev

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -25,6 +26,8 @@ from isnet.train.checkpoint import ARTIFACT_DIR, BEST_NAME, CheckpointError, LAS
 from isnet.train.distributed import distribute_trainer, init_distributed
 from isnet.train.seeding import seed_everything
 from isnet.train.trainer import FitResult, Trainer, TrainingDiverged
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -52,7 +55,7 @@ def _finished(cfg: TrainConfig, run_id: str) -> FitResult | None:
             return FitResult(run_id, int(m["epochs_run"]), int(m["best_epoch"]), float(m["best_val_loss"]), ckpt_dir,
                              test_metrics=dict(m.get("test_metrics", {})), already_finished=True)
         except (ValueError, KeyError, TypeError):
-            print(f"warning: {marker} is unreadable; checking the run's checkpoint instead", flush=True)
+            logger.warning(f"warning: {marker} is unreadable; checking the run's checkpoint instead")
     return None
 
 
@@ -97,7 +100,7 @@ def _resume_state(cfg: TrainConfig, run_id: str) -> tuple[TrainConfig, dict, Pat
         raise UserError(f"cannot resume run {run_id}: {exc}") from None
     saved = TrainConfig.model_validate(state["config"])
     if config_to_dict(saved) != config_to_dict(cfg):
-        print(f"note: resuming run {run_id} with the configuration it was started with", flush=True)
+        logger.info(f"note: resuming run {run_id} with the configuration it was started with")
     return saved, state, ckpt_dir
 
 
@@ -163,7 +166,7 @@ def _train(cfg, manifest_path, device, ctx, *, resume, state, progress, extra_tr
         if state is not None:
             trainer.load_state_dict(state)
             if main:
-                print(f"resuming run {run_id} after epoch {trainer.epoch}", flush=True)
+                logger.info(f"resuming run {run_id} after epoch {trainer.epoch}")
         elif main:
             tracker.log_run_context(config_to_dict(cfg), manifest.sha256, str(manifest_path))
             tracker.log_params(_cache_params(trainer.cache_info))
@@ -173,11 +176,11 @@ def _train(cfg, manifest_path, device, ctx, *, resume, state, progress, extra_tr
                 tracker.log_dict(init_report, "model_init.json")
                 tracker.set_tags({"isnet.init_loaded": len(init_report["loaded"]),
                                   "isnet.init_skipped": len(init_report["skipped"])})
-                print(describe_init(init_report), flush=True)
+                logger.info(describe_init(init_report))
             counts = manifest.counts()
-            print(_describe_cache(trainer), flush=True)
-            print(f"run {run_id} started; checkpoints in {ckpt_dir}\n"
-                  f"images per split and class:\n{counts.to_string()}", flush=True)
+            logger.info(_describe_cache(trainer))
+            logger.info(f"run {run_id} started; checkpoints in {ckpt_dir}\n"
+                        f"images per split and class:\n{counts.to_string()}")
         result = trainer.fit()
         if not main:  # rank 0 tests and exports
             tracker.end("FINISHED")
@@ -193,8 +196,8 @@ def _train(cfg, manifest_path, device, ctx, *, resume, state, progress, extra_tr
                 if tracker.log_model(trainer.model.cpu().eval(), example):
                     tracker.set_tags({MODEL_TAG: "true"})
             except Exception as exc:  # the weights are already logged as checkpoints/best.pt
-                print(f"warning: MLflow could not export the model ({type(exc).__name__}: {exc}); "
-                      f"the best checkpoint is logged under {ARTIFACT_DIR}/{BEST_NAME}", flush=True)
+                logger.warning(f"warning: MLflow could not export the model ({type(exc).__name__}: {exc}); "
+                               f"the best checkpoint is logged under {ARTIFACT_DIR}/{BEST_NAME}")
     except TrainingDiverged:
         tracker.end("FAILED")
         raise
@@ -245,7 +248,7 @@ def _send_buffered(buffer: Path, run_id: str) -> None:
             raise
         raise UserError(f"cannot resume run {run_id}: its buffered tracking records ({buffer}) cannot be sent, "
                         f"the MLflow server is unreachable ({str(exc)[:160]}); resume once it answers") from None
-    print(f"sent {sent} tracking records run {run_id} had buffered", flush=True)
+    logger.info(f"sent {sent} tracking records run {run_id} had buffered")
 
 
 def _log_splits(tracker: Tracker, frame: pd.DataFrame) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import sys
 import time
@@ -29,6 +30,8 @@ from isnet.train.distributed import DistContext, SingleProcess
 from isnet.train.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint, save_checkpoint
 from isnet.train.evaluation import per_site_accuracy, predict, score
 from isnet.train.seeding import epoch_seed
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
 
@@ -335,12 +338,12 @@ class Trainer:
             if improved:
                 save_checkpoint(self.best_weights_state(), self.best_path)
             save_checkpoint(self.state_dict(), self.last_path, keep_previous=True)
-            print(f"epoch {self.epoch}/{self.cfg.optim.epochs}  train loss {metrics['train_loss']:.4f} "
-                  f"acc {metrics['train_accuracy']:.3f}  val loss {metrics['val_loss']:.4f} "
-                  f"acc {metrics['val_accuracy']:.3f} auc {metrics['val_macro_auc']:.3f}  "
-                  f"({metrics['epoch_seconds']:.0f}s){'  *best' if improved else ''}", flush=True)
+            logger.info(f"epoch {self.epoch}/{self.cfg.optim.epochs}  train loss {metrics['train_loss']:.4f} "
+                        f"acc {metrics['train_accuracy']:.3f}  val loss {metrics['val_loss']:.4f} "
+                        f"acc {metrics['val_accuracy']:.3f} auc {metrics['val_macro_auc']:.3f}  "
+                        f"({metrics['epoch_seconds']:.0f}s){'  *best' if improved else ''}")
         if patience and self.bad_epochs >= patience and self.epoch < self.cfg.optim.epochs:
-            print(f"early stopping: no validation-loss improvement for {patience} epochs", flush=True)
+            logger.info(f"early stopping: no validation-loss improvement for {patience} epochs")
         for m in self.methods:
             m.on_fit_end(self)
         return FitResult(self.tracker.run_id, self.epoch, self.best_epoch, self.best_val_loss,
