@@ -68,8 +68,9 @@ def _main(argv: list[str]) -> int:
     req = json.loads(argv[0])
     if req.get("threads"):
         torch.set_num_threads(int(req["threads"]))
-    for row in _rows(req):
-        print(json.dumps(row), flush=True)
+    for row in _rows(req):  # the result rows, one JSON object a line, for the parent process (bench.suites)
+        sys.stdout.write(json.dumps(row) + "\n")
+        sys.stdout.flush()
     return 0
 
 

@@ -140,7 +140,8 @@ def _main(argv: list[str]) -> int:
             rec = {"peak_bytes": None, "error": f"{type(exc).__name__}: {exc}"[:300]}
         fn = None
         trim_heap()
-        print(json.dumps({"case": name, **rec}), flush=True)
+        sys.stdout.write(json.dumps({"case": name, **rec}) + "\n")  # read by measure_cases_subprocess
+        sys.stdout.flush()
     return 0
 
 
