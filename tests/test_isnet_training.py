@@ -134,6 +134,7 @@ def test_collapse_detector_warns_once_with_the_cause(capsys):
 
 
 def _toy_isnet(tmp_path, monkeypatch, overrides: list[str]):
+    """The ISNet pipeline on the toy set with the published recipe (from the initial weights) unless overridden."""
     from conftest import make_toy_set
 
     manifest = make_toy_set(tmp_path / "toy", n_per_class=24, size=64, seed=1)
@@ -141,7 +142,7 @@ def _toy_isnet(tmp_path, monkeypatch, overrides: list[str]):
     cfg = load_config(str(Path(__file__).resolve().parents[1] / "pipelines" / "isnet_covid_tb.yaml"), [
         "model.backbone=small_cnn", "model.width=8", "data.image_size=64", "optim.epochs=8", "data.batch_size=8",
         "data.augment.enabled=false", "optim.early_stopping_patience=0", "train.heatmap_every=0",
-        "tracking.log_model=false", "train.threads=2", *overrides])
+        "tracking.log_model=false", "train.threads=2", "method.isnet.recipe=published", *overrides])
     result = train(cfg, manifest, progress=False)
     client = MlflowClient(store_uri())
     ce = [m.value for m in sorted(client.get_metric_history(result.run_id, "train_ce"), key=lambda m: m.step)]
