@@ -7,6 +7,7 @@ number typed by hand.
 Usage:
     python scripts/results.py           # rewrite docs/results.md and README's <!-- results:NAME --> blocks
     python scripts/results.py --check   # exit 1 if either differs from what the files give
+    python scripts/results.py --add runs/stress/triangle_covid runs/severity/low_seed0   # keep runs, then rewrite
 """
 
 from __future__ import annotations
@@ -253,10 +254,38 @@ def render_readme(text: str) -> str:
     return text
 
 
+def add_run(folder: Path) -> Path:
+    """Copy a finished stress-test sweep (results.csv, run_info.json) or generalisation run (report.json without
+    its per-image predictions and gallery, runs.tsv, run_info.json) into results/, named after its settings."""
+    import shutil
+
+    info = json.loads((folder / "run_info.json").read_text())
+    if "stress" in info:
+        dest = RESULTS / "stress" / folder.name
+        files = ["results.csv", "run_info.json"]
+    else:
+        dest = RESULTS / "severity" / f"{info['severity']}_seed{info['seed']}"
+        files = ["runs.tsv", "run_info.json"]
+        report = json.loads((folder / "report.json").read_text())
+        for key in ("predictions", "gallery"):  # per-image data: large, and no table reads it
+            report.pop(key, None)
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / "report.json").write_text(json.dumps(report, indent=1))
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        shutil.copy2(folder / name, dest / name)
+    return dest
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="compare instead of writing; exit 1 on a difference")
+    parser.add_argument("--add", type=Path, nargs="+", metavar="RUN_DIR",
+                        help="first copy these finished runs into results/ (an isnet stress-test --out folder, or "
+                             "a scripts/generalisation.sh OUT folder)")
     args = parser.parse_args(argv)
+    for folder in args.add or []:
+        print(f"added {add_run(folder).relative_to(ROOT)}")
     wanted = {PAGE: render(), README: render_readme(README.read_text())}
     if args.check:
         stale = [p.relative_to(ROOT) for p, text in wanted.items() if not p.is_file() or p.read_text() != text]
