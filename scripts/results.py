@@ -41,7 +41,7 @@ def _provenance(data: dict, path: Path) -> list[str]:
             f"- commit: `{m.get('commit') or 'unknown'}`; run {m['date']}",
             f"- machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads"
             + (f", CUDA: {m['cuda_device']}" if m.get("cuda_device") else ", CPU only")
-            + (f"; load average at the start {load[0]:.1f}" if load else "")
+            + (f"; load average when recorded {load[0]:.1f}" if load else "")
             + f"; torch {m['versions'].get('torch')}"]
 
 
