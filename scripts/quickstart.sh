@@ -53,13 +53,12 @@ echo "MLflow runs: standard $std_run, ISNet $isnet_run in ${MLFLOW_TRACKING_URI:
 python - "$OUT" "$SECONDS" "$PER_CLASS" "$SIZE" "$STD_EPOCHS" "$ISNET_EPOCHS" "$*" <<'PY'
 import json, sys
 from pathlib import Path
-from isnet.files import atomic_write_text
-from isnet.tracking.provenance import machine_info
+from isnet.tracking.provenance import write_run_info
 out, seconds, per_class, size, std_epochs, isnet_epochs, extra = sys.argv[1:]
-record = {"quickstart": {"seconds": int(seconds), "rows": json.loads((Path(out) / "compare.json").read_text()),
-                         "settings": {"per_class": int(per_class), "size": int(size), "std_epochs": int(std_epochs),
-                                      "isnet_epochs": int(isnet_epochs), "extra_args": extra}},
-          "command": "bash scripts/quickstart.sh" + (f" {extra}" if extra else ""), "machine": machine_info()}
-atomic_write_text(Path(out) / "quickstart.json", json.dumps(record, indent=2))
+rows = json.loads((Path(out) / "compare.json").read_text())
+write_run_info(Path(out) / "quickstart.json", "bash scripts/quickstart.sh" + (f" {extra}" if extra else ""),
+               quickstart={"seconds": int(seconds), "rows": rows,
+                           "settings": {"per_class": int(per_class), "size": int(size), "std_epochs": int(std_epochs),
+                                        "isnet_epochs": int(isnet_epochs), "extra_args": extra}})
 print(f"quick-start took {int(seconds) // 60} min {int(seconds) % 60} s; record: {out}/quickstart.json")
 PY

@@ -61,5 +61,9 @@ def test_quickstart_trains_both_models_and_compares_them(tmp_path):
     assert f"MLflow runs: standard {std_run}, ISNet {isnet_run}" in out
     rows = json.loads((repo / "runs/quickstart/compare.json").read_text())
     assert [(r["backbone"], r["image_size"], r["epochs"]) for r in rows] == [("small_cnn", 32, 2)] * 2
+    record = json.loads((repo / "runs/quickstart/quickstart.json").read_text())  # the result file it leaves
+    assert record["quickstart"]["rows"] == rows and record["quickstart"]["seconds"] >= 0
+    assert record["quickstart"]["settings"]["isnet_epochs"] == 2 and record["command"].startswith("bash scripts/")
+    assert {"cpu", "commit", "date"} <= set(record["machine"])
     assert (tmp_path / "mlflow.db").is_file() and (repo / "data/phantom/manifest.csv").is_file()
     assert not (repo / "mlflow").exists()  # the store given by MLFLOW_TRACKING_URI, not the default one

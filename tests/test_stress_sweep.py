@@ -152,3 +152,8 @@ def test_no_room_for_a_bias_is_one_line_through_the_cli(tmp_path):
     assert "Traceback" not in res.stderr and "no room for a border bias" in res.stderr
     [line] = [ln for ln in res.stderr.splitlines() if not ln.split(" INFO ")[0].startswith("20")]  # MLflow's log
     assert line.startswith("isnet: error:") and "manifest row" in line
+    # the sweep's run_info.json (written before any cell: command, resolved sweep config, machine and commit)
+    info = __import__("json").loads((tmp_path / "out" / "run_info.json").read_text())
+    assert info["command"].startswith("isnet stress-test --manifest") and "--bias border" in info["command"]
+    assert info["stress"]["target_class"] == "covid" and info["stress"]["seeds"] == [0]
+    assert {"cpu", "cores", "commit", "date"} <= set(info["machine"])

@@ -97,14 +97,9 @@ def _bias_fields(spec) -> dict:
 def _write_run_info(cfg, out: Path) -> None:
     """run_info.json beside results.csv: the command, the resolved sweep config, the commit and the machine, so
     that a committed copy of the two files is a complete result (scripts/results.py reads them)."""
-    import json
+    from isnet.tracking.provenance import write_run_info
 
-    from isnet.files import atomic_write_text
-    from isnet.tracking.provenance import machine_info
-
-    info = {"command": "isnet " + " ".join(sys.argv[1:]), "machine": machine_info(),
-            "stress": cfg.model_dump(mode="json")}
-    atomic_write_text(out / "run_info.json", json.dumps(info, indent=2, default=str))
+    write_run_info(out / "run_info.json", "isnet " + " ".join(sys.argv[1:]), stress=cfg.model_dump(mode="json"))
 
 
 def _run(args: argparse.Namespace) -> int:
