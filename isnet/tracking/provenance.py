@@ -27,6 +27,7 @@ def _git_commit() -> str | None:
 
 
 def machine_info() -> dict:
+    """The CPU, cores, threads, load, platform, library versions, GPU and commit of this run."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -53,8 +54,6 @@ def machine_info() -> dict:
     if torch.cuda.is_available():
         info["cuda_device"] = torch.cuda.get_device_name(0)
     return info
-
-
 
 
 def write_run_info(path: str | Path, command: str, **extra: object) -> Path:
