@@ -21,6 +21,11 @@ CASES = {
     "isnet,sgdrop": ([], ["train_L_bg", "train_sgdrop_drop_fraction", "train_loss_isnet", "train_ce_weight"]),
     "sgdrop/lrp": (["method.sgdrop.attribution=lrp"], ["train_sgdrop_drop_fraction"]),
     "reldrop/zennit": (["method.reldrop.engine=zennit", "method.reldrop.prob=1"], ["train_reldrop_fraction"]),
+    "bg_swap": ([], ["train_bg_swap_swapped"]),
+    "bg_swap/noise": (["method.bg_swap.source=noise", "method.bg_swap.prob=0.5"], ["train_bg_swap_swapped"]),
+    "bg_consistency": ([], ["train_bg_consistency_kl", "train_loss_bg_consistency"]),
+    "group_dro": ([], ["train_group_dro_worst_loss", "train_group_dro_max_q", "train_loss_group_dro"]),
+    "isnet,bg_swap": ([], ["train_L_bg", "train_bg_swap_swapped"]),
 }
 
 
@@ -57,6 +62,12 @@ def test_one_epoch(case, phantoms, tmp_path, monkeypatch):
         from isnet.config.schema import TrainConfig
         saved = TrainConfig.model_validate(state["config"])
         assert saved.data.input_mask is not None and saved.data.input_mask.dilation_px == 5
+    if methods == "group_dro":  # the group weights travel with the checkpoint; (site, label) groups by default
+        groups = state["methods"]["group_dro"]["groups"]
+        assert {tuple(g) for g in groups} <= {(s, c) for s in ("site_a", "site_b", "site_c") for c in range(3)}
+        assert len(groups) >= 3 and len(state["methods"]["group_dro"]["log_q"]) == len(groups)
+    if case == "bg_swap":  # every training image got another's background (p = 1), unless paired with itself
+        assert 0.5 < metrics["train_bg_swap_swapped"] <= 1.0
     if "sgdrop" in methods:
         assert 0 < metrics["train_sgdrop_drop_fraction"] <= 0.1 + 1e-6
     assert torch.isfinite(torch.tensor(metrics["train_loss"]))

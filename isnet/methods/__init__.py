@@ -14,12 +14,15 @@ from isnet.methods.isnet_loss import (
 
 # importing a method module registers it under its name
 from isnet.methods.isnet import ISNetMethod  # noqa: E402
+from isnet.methods.bg_swap import BgSwapMethod  # noqa: E402
+from isnet.methods.consistency import BgConsistencyMethod, consistency_divergence  # noqa: E402
+from isnet.methods.group_dro import GroupDROMethod  # noqa: E402
 from isnet.methods.masked_input import MaskedInputMethod  # noqa: E402
 from isnet.methods.reldrop import RelDropMethod  # noqa: E402
 from isnet.methods.rrr import RRRMethod, rrr_penalty  # noqa: E402
 from isnet.methods.sgdrop import SGDropMethod  # noqa: E402
 
-__all__ = ["ISNetMethod", "MaskedInputMethod", "RelDropMethod", "RRRMethod", "SGDropMethod", "rrr_penalty", "LOSS_RULE",
+__all__ = ["BgSwapMethod", "BgConsistencyMethod", "consistency_divergence", "GroupDROMethod", "ISNetMethod", "MaskedInputMethod", "RelDropMethod", "RRRMethod", "SGDropMethod", "rrr_penalty", "LOSS_RULE",
            "LossTerms", "Method", "StepOutput", "combine_losses", "build_methods", "register", "unregister", "gwrp",
            "ISNetLossConfig", "explain_targets", "isnet_heatmap_loss", "isnet_total_loss", "image_relevance_totals",
            "lung_relevance_totals", "tune_foreground_band"]

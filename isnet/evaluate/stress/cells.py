@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from isnet.config.load import config_to_dict
-from isnet.config.registry import check_combination, method_names
+from isnet.config.registry import check_combination, method_names, method_specs
 from isnet.evaluate.stress.config import StressConfig
 from isnet.errors import UserError
 
@@ -60,6 +60,10 @@ def fingerprint(cfg: StressConfig, manifest_sha256: str) -> str:
     (methods, strengths and seeds may be extended between invocations)."""
     train = config_to_dict(cfg.train)
     train.pop("methods", None)
+    # a method block at its defaults says nothing about the runs (and registering a new method adds one)
+    specs = method_specs()
+    train["method"] = {name: block for name, block in train.get("method", {}).items()
+                       if name not in specs or block != specs[name].params().model_dump(mode="json")}
     train["train"].pop("seed", None)
     train["tracking"].pop("run_name", None)
     blob = json.dumps({"manifest": manifest_sha256, "target": cfg.target_class, "train": train,
