@@ -128,18 +128,153 @@ def stress_section(folder: Path) -> str:
                      + _provenance(info, folder / "run_info.json")[1:])
 
 
-def stress_headline(_: list[tuple[dict, Path]]) -> str:
-    """README: per bias kind and method, the clean → flipped accuracy drop and the clean accuracy."""
-    lines = ["| bias (target class) | method (ISNet recipe) | seeds | drop, clean − flipped (points) | clean acc. (%) |",
-             "|---|---|---|---|---|"]
+#: the matrix's columns: bias kind (label of its spec) on its usual target class, in this order
+MATRIX_KINDS = [("shape:triangle", "covid"), ("text:PORT", "tb"), ("patch", "normal"), ("noise", "normal"),
+                ("border", "normal")]
+#: the matrix's rows, in this order (ISNet runs are labelled with their recipe); others found are appended
+MATRIX_METHODS = ["standard", "isnet (warm_start)", "isnet (published)", "masked_input", "rrr", "sgdrop", "reldrop",
+                  "isnet+sgdrop (warm_start)", "group_dro", "bg_swap", "bg_consistency", "isnet+bg_swap (warm_start)"]
+#: the goal of a shortcut-proof method: drop at most this many points on every kind ...
+GOAL_DROP = 5.0
+#: ... with clean accuracy at most this many points below the standard model's
+GOAL_CLEAN = 5.0
+MATRIX_SEEDS = 3
+
+
+def _kind_name(label: str) -> str:
+    """shape:triangle → triangle, text:PORT → text, patch → patch."""
+    return label.split(":")[-1] if label.startswith("shape:") else label.split(":")[0]
+
+
+def _matrix_summary():
+    """Per (method label, kind): the summary row over the seeds of all committed sweeps at strength 1.0 and
+    64 px (a seed found in two sweeps counts once, from the first folder in name order)."""
+    import pandas as pd
+
+    from isnet.evaluate.stress.summary import summarise
+
+    frames = []
     for folder in _stress_dirs():
-        cfg, _, summary = _stress_summary(folder)
-        bias = ", ".join(b.spec().label for b in cfg.biases)
-        for _, r in summary.iterrows():
-            method = r["method"] + (f" ({cfg.train.method.isnet.recipe})" if "isnet" in r["method"] else "")
-            lines.append(f"| {bias} ({cfg.target_class}) | {method} | {r['seed list']} "
-                         f"| {_pm(r, 'drop.accuracy')} | {_pm(r, 'clean.accuracy')} |")
-    return "\n".join(lines) if len(lines) > 2 else "(no stress-test results yet)"
+        cfg, _, _ = _stress_summary(folder)
+        kind = (", ".join(b.spec().label for b in cfg.biases), cfg.target_class)
+        if kind not in MATRIX_KINDS or cfg.train.data.image_size != 64:
+            continue
+        df = pd.read_csv(folder / "results.csv")
+        df = df[df["strength"] == 1.0].copy()
+        recipe = cfg.train.method.isnet.recipe
+        df["method"] = [m + (f" ({recipe})" if "isnet" in m else "") for m in df["method"]]
+        df["kind"] = MATRIX_KINDS.index(kind)
+        frames.append(df)
+    if not frames:
+        return {}
+    df = pd.concat(frames).drop_duplicates(["method", "kind", "seed", "test_set", "metric"], keep="first")
+    out = {}
+    for k, group in df.groupby("kind"):
+        for _, row in summarise(group.drop(columns="kind")).iterrows():
+            out[(row["method"], int(k))] = row
+    return out
+
+
+def _matrix_rows(cells: dict) -> list[str]:
+    found = {m for m, _ in cells}
+    return [m for m in MATRIX_METHODS if m in found] + sorted(found - set(MATRIX_METHODS))
+
+
+def _resists(cells: dict, method: str) -> str:
+    """yes / no / "–" (not all five kinds measured): drop ≤ GOAL_DROP on every kind, clean accuracy within
+    GOAL_CLEAN points of the standard model's."""
+    rows = [cells.get((method, k)) for k in range(len(MATRIX_KINDS))]
+    base = [cells.get(("standard", k)) for k in range(len(MATRIX_KINDS))]
+    if any(r is None for r in rows + base):
+        return "–"
+    ok = all(100 * r["drop.accuracy mean"] <= GOAL_DROP
+             and 100 * (b["clean.accuracy mean"] - r["clean.accuracy mean"]) <= GOAL_CLEAN for r, b in zip(rows, base))
+    return "**yes**" if ok else "no"
+
+
+def _recommendation(cells: dict) -> list[str]:
+    """Per kind: the method with the lowest mean drop among those whose clean accuracy is within GOAL_CLEAN
+    points of the standard model's (all seeds measured)."""
+    out = []
+    for k, (label, target) in enumerate(MATRIX_KINDS):
+        base = cells.get(("standard", k))
+        fair = [(100 * r["drop.accuracy mean"], m) for (m, kk), r in cells.items()
+                if kk == k and base is not None and m != "standard" and r["seeds"] >= MATRIX_SEEDS
+                and 100 * (base["clean.accuracy mean"] - r["clean.accuracy mean"]) <= GOAL_CLEAN]
+        kind = _kind_name(label)
+        if fair:
+            drop, m = min(fair)
+            out.append(f"{kind}: {m}, {drop:.1f}")
+        else:
+            out.append(f"{kind}: none measured yet")
+    return out
+
+
+def matrix_table(cells: dict, detail: bool) -> list[str]:
+    """The matrix as Markdown: per cell the drop (points, mean ± sd) and the clean accuracy (%); ``detail``
+    adds the seed count and marks hidden shortcuts."""
+    from isnet.evaluate.stress.summary import hidden_shortcut
+
+    head = "| method | " + " | ".join(f"{label} ({target})" for label, target in MATRIX_KINDS) + " | resists all five |"
+    lines = [head, "|---" * (len(MATRIX_KINDS) + 2) + "|"]
+    for m in _matrix_rows(cells):
+        parts = []
+        for k in range(len(MATRIX_KINDS)):
+            r = cells.get((m, k))
+            if r is None:
+                parts.append("–")
+                continue
+            text = f"{_pm(r, 'drop.accuracy')} ({100 * r['clean.accuracy mean']:.0f})"
+            if detail:
+                text += f" n={int(r['seeds'])}" + (" †" if hidden_shortcut(r) else "")
+            parts.append(text)
+        lines.append(f"| {m} | " + " | ".join(parts) + f" | {_resists(cells, m)} |")
+    return lines
+
+
+def matrix_missing(cells: dict) -> list[str]:
+    """Per planned method, the kinds measured with fewer than MATRIX_SEEDS seeds (and how many they have)."""
+    missing = []
+    for m in MATRIX_METHODS:
+        short = []
+        for k, (label, _) in enumerate(MATRIX_KINDS):
+            n = 0 if cells.get((m, k)) is None else int(cells[(m, k)]["seeds"])
+            if n < MATRIX_SEEDS:
+                short.append(_kind_name(label) + (f" ({n} seeds)" if n else ""))
+        if short:
+            missing.append(f"{m}: {', '.join(short) if len(short) < len(MATRIX_KINDS) else 'all five kinds'}")
+    return missing
+
+
+def matrix_section(_: list | None = None) -> str:
+    cells = _matrix_summary()
+    if not cells:
+        return ""
+    missing = matrix_missing(cells)
+    lines = ["## The shortcut matrix: methods × bias kinds (strength 1.0, 64 px)", "",
+             "`bash scripts/stress_matrix.sh GROUP KIND...` (one `isnet stress-test` per kind, "
+             "`pipelines/stress_test.yaml`, 64 px). Cell: clean − flipped accuracy drop in points, mean ± sd over "
+             "seeds, then the clean accuracy in % (n = seeds). † hidden shortcut: the drop is over 5 points while "
+             "the heatmaps put under 5 % of their relevance on the bias. Resists all five: drop ≤ "
+             f"{GOAL_DROP:.0f} points on every kind with clean accuracy within {GOAL_CLEAN:.0f} points of the "
+             "standard model's.", "", *matrix_table(cells, detail=True), "",
+             "Lowest mean drop (points) per kind among the methods whose clean accuracy is at most "
+             f"{GOAL_CLEAN:.0f} points below the standard model's (3 seeds): " + "; ".join(_recommendation(cells))
+             + ".", ""]
+    lines += (["Not yet measured (the matrix is run in chunks on a 2-core CPU; each chunk's results are committed "
+               "as it finishes): " + "; ".join(missing) + "."] if missing else ["All cells measured."])
+    lines += ["", "- result files: `results/stress/*/` (results.csv, run_info.json; per-sweep sections below)"]
+    return "\n".join(lines)
+
+
+def stress_matrix_readme(_: list[tuple[dict, Path]]) -> str:
+    """README: the matrix, one line per method, and the recommendation per kind."""
+    cells = _matrix_summary()
+    if not cells:
+        return "(no stress-test results yet)"
+    return "\n".join(matrix_table(cells, detail=False) + [
+        "", f"Lowest drop per kind, clean accuracy at most {GOAL_CLEAN:.0f} points below the standard model's: "
+            + "; ".join(_recommendation(cells)) + "."])
 
 
 def _pm(row, col: str) -> str:
@@ -204,7 +339,7 @@ def severity_section(folders: list[Path]) -> str:
 
 #: README blocks kept up to date from the result files: name → renderer over all files
 README_BLOCKS: dict[str, Callable[[list[tuple[dict, Path]]], str]] = {"recipes": recipes_summary,
-                                                                      "stress": stress_headline}
+                                                                      "stress": stress_matrix_readme}
 README = ROOT / "README.md"
 
 def quickstart(data: dict, path: Path) -> str:
@@ -237,6 +372,7 @@ def _files() -> list[tuple[dict, Path]]:
 
 def render() -> str:
     sections = [fn(data, path) for data, path in _files() for kind, fn in RENDERERS.items() if kind in data]
+    sections += [s for s in [matrix_section()] if s]
     sections += [stress_section(folder) for folder in _stress_dirs()]
     if _severity_dirs():
         sections.append(severity_section(_severity_dirs()))

@@ -98,7 +98,7 @@ def test_changed_settings_need_a_new_out_dir(phantom, tmp_path, monkeypatch):
 
 def test_method_specs():
     assert parse_method_spec("isnet") == ["isnet"]
-    with pytest.raises(UserError, match="unknown method 'nope'.*registered methods: standard, isnet"):
+    with pytest.raises(UserError, match="unknown method 'nope'.*registered methods: standard, .*isnet"):
         parse_method_spec("isnet+nope")
     with pytest.raises(UserError, match="cannot be combined"):
         parse_method_spec("standard+isnet")
@@ -157,3 +157,23 @@ def test_no_room_for_a_bias_is_one_line_through_the_cli(tmp_path):
     assert info["command"].startswith("isnet stress-test --manifest") and "--bias border" in info["command"]
     assert info["stress"]["target_class"] == "covid" and info["stress"]["seeds"] == [0]
     assert {"cpu", "cores", "commit", "date"} <= set(info["machine"])
+
+
+def test_summary_flags_hidden_shortcuts():
+    """A cell whose drop is over 5 points while its heatmaps put under 5 % of relevance on the bias is flagged."""
+    from isnet.evaluate.stress.summary import hidden_shortcut, summarise, summary_markdown
+
+    rows = []
+    for method, drop, share in [("hidden", 0.20, 0.01), ("shown", 0.20, 0.30), ("clean", 0.01, 0.01)]:
+        for seed in (0, 1):
+            rows += [{"method": method, "strength": 1.0, "seed": seed, "run_id": f"{method}{seed}", "test_set": t,
+                      "metric": m, "value": v}
+                     for t, m, v in [("drop", "accuracy", drop), ("biased", "bias_share", share),
+                                     ("clean", "accuracy", 0.8)]]
+    summary = summarise(pd.DataFrame(rows))
+    flags = {r["method"]: hidden_shortcut(r) for _, r in summary.iterrows()}
+    assert flags == {"hidden": True, "shown": False, "clean": False}
+    cfg = load_stress_config(None, ["strengths=[1.0]"])
+    table = summary_markdown(summary, cfg)
+    assert [line.rstrip(" |").endswith("**yes**") for line in table.splitlines() if line.startswith("| hidden")] == [True]
+    assert "Hidden shortcut" in table

@@ -37,6 +37,22 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
+#: a cell hides its shortcut when the heatmap puts less than this share of relevance on the bias ...
+HIDDEN_MAX_SHARE = 0.05
+#: ... while the bias still costs more than this much accuracy (clean − flipped)
+HIDDEN_MIN_DROP = 0.05
+
+
+def hidden_shortcut(row: pd.Series) -> bool:
+    """Whether a summary row is a "hidden shortcut": the model falls for the bias (mean drop over 5 points) but
+    its heatmaps show almost none of it (mean share of relevance on the bias under 5 %). A clean heatmap is no
+    proof that a shortcut is unused; these cells are where that matters."""
+    share, drop = row.get("biased.bias_share mean", math.nan), row.get("drop.accuracy mean", math.nan)
+    if share is None or drop is None or math.isnan(share) or math.isnan(drop):
+        return False
+    return share < HIDDEN_MAX_SHARE and drop > HIDDEN_MIN_DROP
+
+
 def _pm(row: pd.Series, col: str, scale: float = 1.0, fmt: str = "{:.1f}") -> str:
     m = row.get(f"{col} mean", math.nan)
     s = row.get(f"{col} sd", math.nan)
@@ -54,12 +70,14 @@ def summary_markdown(summary: pd.DataFrame, cfg: StressConfig) -> str:
              f"points; mean ± sd over seeds. Token shift: how much the token raises the target class's logit "
              f"margin on the other classes' images; target gap: how far below the winner the target lies without it. "
              f"Logit / heatmap shift: how much the token changes the target class's logit, and the total of its LRP "
-             f"heatmap, on the same images; the difference went through relevance LRP gives to no pixel (biases, ε).",
+             f"heatmap, on the same images; the difference went through relevance LRP gives to no pixel (biases, ε). "
+             f"Hidden shortcut: the drop is over {HIDDEN_MIN_DROP * 100:.0f} points while the heatmaps put under "
+             f"{HIDDEN_MAX_SHARE:.0%} of their relevance on the bias.",
              "",
              "| method | strength | seeds | clean acc | aligned acc | flipped acc | drop (points) | clean AUC | "
              "flipped AUC | bg share clean | bg share biased | share on bias | target gap | token shift | logit shift | "
-             "heatmap shift |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "heatmap shift | hidden shortcut |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in summary.iterrows():
         lines.append(
             f"| {r['method']} | {r['strength']:g} | {r['seed list']} | {_pm(r, 'clean.accuracy', 100)} | "
@@ -68,7 +86,7 @@ def summary_markdown(summary: pd.DataFrame, cfg: StressConfig) -> str:
             f"{_pm(r, 'clean.bg_share', 1, '{:.2f}')} | {_pm(r, 'biased.bg_share', 1, '{:.2f}')} | "
             f"{_pm(r, 'biased.bias_share', 1, '{:.2f}')} | {_pm(r, 'clean.target_gap', 1, '{:.2f}')} | "
             f"{_pm(r, 'flipped.token_shift', 1, '{:.2f}')} | {_pm(r, 'flipped.logit_shift', 1, '{:.2f}')} | "
-            f"{_pm(r, 'flipped.heatmap_shift', 1, '{:.2f}')} |")
+            f"{_pm(r, 'flipped.heatmap_shift', 1, '{:.2f}')} | {'**yes**' if hidden_shortcut(r) else 'no'} |")
     return "\n".join(lines) + "\n"
 
 
