@@ -1,4 +1,4 @@
-"""Markdown tables for docs/generalisation.md from the reports of scripts/generalisation.sh.
+"""Markdown tables for docs/notes/generalisation-log.md from the reports of scripts/generalisation.sh.
 
     python scripts/generalisation_table.py runs/generalisation/seed0 runs/generalisation/seed1 ...
 

@@ -1,4 +1,4 @@
-"""Short real runs of each training method on 64 px marker phantoms (the numbers of docs/methods.md).
+"""Short real runs of each training method on 64 px marker phantoms (the numbers of docs/notes/methods-log.md).
 
 Usage (from a scratch folder: the MLflow store and checkpoints are written to the current directory):
 

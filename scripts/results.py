@@ -193,20 +193,23 @@ def _resists(cells: dict, method: str) -> str:
 
 
 def _recommendation(cells: dict) -> list[str]:
-    """Per kind: the method with the lowest mean drop among those whose clean accuracy is within GOAL_CLEAN
-    points of the standard model's (all seeds measured)."""
+    """Per kind, among the methods measured on all seeds whose clean accuracy is at most GOAL_CLEAN points below
+    the standard model's: the most accurate one that keeps the drop ≤ GOAL_DROP, or else the lowest drop."""
     out = []
-    for k, (label, target) in enumerate(MATRIX_KINDS):
+    for k, (label, _) in enumerate(MATRIX_KINDS):
         base = cells.get(("standard", k))
-        fair = [(100 * r["drop.accuracy mean"], m) for (m, kk), r in cells.items()
+        fair = [(100 * r["drop.accuracy mean"], 100 * r["clean.accuracy mean"], m) for (m, kk), r in cells.items()
                 if kk == k and base is not None and m != "standard" and r["seeds"] >= MATRIX_SEEDS
                 and 100 * (base["clean.accuracy mean"] - r["clean.accuracy mean"]) <= GOAL_CLEAN]
-        kind = _kind_name(label)
-        if fair:
-            drop, m = min(fair)
-            out.append(f"{kind}: {m}, {drop:.1f}")
+        robust = [f for f in fair if f[0] <= GOAL_DROP]
+        if robust:
+            drop, clean, m = max(robust, key=lambda f: f[1])
+            out.append(f"{_kind_name(label)}: {m} (drop {drop:.1f}, clean {clean:.0f} %)")
+        elif fair:
+            drop, clean, m = min(fair)
+            out.append(f"{_kind_name(label)}: none within {GOAL_DROP:.0f} points; lowest drop {m} ({drop:.1f})")
         else:
-            out.append(f"{kind}: none measured yet")
+            out.append(f"{_kind_name(label)}: none measured yet")
     return out
 
 
@@ -258,9 +261,9 @@ def matrix_section(_: list | None = None) -> str:
              "the heatmaps put under 5 % of their relevance on the bias. Resists all five: drop ≤ "
              f"{GOAL_DROP:.0f} points on every kind with clean accuracy within {GOAL_CLEAN:.0f} points of the "
              "standard model's.", "", *matrix_table(cells, detail=True), "",
-             "Lowest mean drop (points) per kind among the methods whose clean accuracy is at most "
-             f"{GOAL_CLEAN:.0f} points below the standard model's (3 seeds): " + "; ".join(_recommendation(cells))
-             + ".", ""]
+             "Recommended per kind: among the methods measured on 3 seeds whose clean accuracy is at most "
+             f"{GOAL_CLEAN:.0f} points below the standard model's, the most accurate one with a drop of at most "
+             f"{GOAL_DROP:.0f} points (or else the lowest drop): " + "; ".join(_recommendation(cells)) + ".", ""]
     lines += (["Not yet measured (the matrix is run in chunks on a 2-core CPU; each chunk's results are committed "
                "as it finishes): " + "; ".join(missing) + "."] if missing else ["All cells measured."])
     lines += ["", "- result files: `results/stress/*/` (results.csv, run_info.json; per-sweep sections below)"]
@@ -273,8 +276,8 @@ def stress_matrix_readme(_: list[tuple[dict, Path]]) -> str:
     if not cells:
         return "(no stress-test results yet)"
     return "\n".join(matrix_table(cells, detail=False) + [
-        "", f"Lowest drop per kind, clean accuracy at most {GOAL_CLEAN:.0f} points below the standard model's: "
-            + "; ".join(_recommendation(cells)) + "."])
+        "", f"Recommended (drop ≤ {GOAL_DROP:.0f} points, the most accurate; clean accuracy at most "
+            f"{GOAL_CLEAN:.0f} points below the standard model's): " + "; ".join(_recommendation(cells)) + "."])
 
 
 def _pm(row, col: str) -> str:

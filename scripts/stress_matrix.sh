@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The shortcut matrix (docs/stress-test.md, "The matrix"): methods × the five bias kinds, strength 1.0, 64 px,
+# The shortcut matrix (docs/stress-test.md, "The shortcut matrix"): methods × the five bias kinds, strength 1.0, 64 px,
 # pipelines/stress_test.yaml, three seeds. One call runs one group of methods on the listed kinds, one
 # `isnet stress-test` per kind (resumable: run the same call again after an interruption), and copies each
 # finished sweep into results/stress/ (scripts/results.py --add), where docs/results.md's matrix is built from.
