@@ -264,6 +264,12 @@ def matrix_section(_: list | None = None) -> str:
              "Recommended per kind: among the methods measured on 3 seeds whose clean accuracy is at most "
              f"{GOAL_CLEAN:.0f} points below the standard model's, the most accurate one with a drop of at most "
              f"{GOAL_DROP:.0f} points (or else the lowest drop): " + "; ".join(_recommendation(cells)) + ".", ""]
+    from isnet.evaluate.stress.summary import hidden_shortcut
+
+    hidden = [f"{m} × {_kind_name(MATRIX_KINDS[k][0])}" for m in _matrix_rows(cells) for k in range(len(MATRIX_KINDS))
+              if (m, k) in cells and hidden_shortcut(cells[(m, k)])]
+    lines += [("Hidden shortcuts (drop over 5 points, under 5 % of the heatmap on the token): " + "; ".join(hidden)
+               + ".") if hidden else "No hidden shortcut among the measured cells.", ""]
     lines += (["Not yet measured (the matrix is run in chunks on a 2-core CPU; each chunk's results are committed "
                "as it finishes): " + "; ".join(missing) + "."] if missing else ["All cells measured."])
     lines += ["", "- result files: `results/stress/*/` (results.csv, run_info.json; per-sweep sections below)"]
