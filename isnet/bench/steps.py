@@ -22,11 +22,7 @@ from isnet.lrp import lrp_heatmaps, run_lrp_config
 from isnet.lrp.zennit_ref import zennit_composite
 from isnet.methods import build_methods
 from isnet.config.registry import method_specs
-from isnet.methods.isnet_loss import (
-    ISNetLossConfig,
-    isnet_heatmap_loss,
-    isnet_total_loss,
-)
+from isnet.methods.isnet_loss import isnet_heatmap_loss, isnet_total_loss
 from isnet.models import build_classifier
 
 CLASSES = ["normal", "covid", "tb"]
@@ -187,7 +183,7 @@ def _zennit_naive(spec: Spec, variant: str) -> Callable[[], None]:
 
     cfg = train_config(spec, ["isnet"], variant)
     c = cfg.method.isnet
-    loss_cfg = ISNetLossConfig(P=c.P_at(1), d=c.d, E=c.E, A=c.A, B=c.B, C1=C1, C2=C2, variant=variant)
+    loss_cfg = c.loss_config(c.P_at(1), c.C1, c.C2)  # the run's loss settings, as a training step derives them
     model = copy.deepcopy(_model(spec)).train()
     opt = build_optimizer(model, cfg)
     composite = zennit_composite(model, run_lrp_config(cfg), strict=False)  # DenseNet: not equivalent, cost only
