@@ -8,7 +8,6 @@ the other rows are still predicted.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from isnet.config.schema import DataConfig
 from isnet.data.manifest import read_manifest
 from isnet.data.transforms import build_transforms
 from isnet.errors import UserError
+from isnet.files import atomic_write
 from isnet.train.loading import load_run_model
 
 
@@ -190,9 +190,7 @@ def predict_run(run_id: str, manifest: str | Path, out: str | Path, *, heatmaps:
 
 def _write_csv(table: pd.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
 
 
 def _save_heatmap(folder: Path, r, item: dict, heat: np.ndarray, pred: str, p: float, bg: float,

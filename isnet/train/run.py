@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -17,6 +16,7 @@ from isnet.config.load import config_to_dict
 from isnet.config.schema import TrainConfig
 from isnet.data.manifest import load_manifest
 from isnet.errors import UserError
+from isnet.files import atomic_write_text
 from isnet.methods import build_methods
 from isnet.models import build_classifier
 from isnet.train.init import apply_init
@@ -81,11 +81,9 @@ def _finished_before_marker(cfg: TrainConfig, run_id: str, state: dict, ckpt_dir
 
 def _write_finished(result: FitResult) -> None:
     marker = Path(result.checkpoint_dir) / FINISHED_NAME
-    tmp = marker.with_name(f".{marker.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"run_id": result.run_id, "epochs_run": result.epochs_run,
-                               "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
-                               "test_metrics": result.test_metrics}, indent=1))
-    os.replace(tmp, marker)
+    atomic_write_text(marker, json.dumps({"run_id": result.run_id, "epochs_run": result.epochs_run,
+                                          "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
+                                          "test_metrics": result.test_metrics}, indent=1))
 
 
 def _resume_state(cfg: TrainConfig, run_id: str) -> tuple[TrainConfig, dict, Path]:
