@@ -109,32 +109,16 @@ def _model(spec: Spec) -> nn.Module:
 
 
 def bench_trainer(cfg: TrainConfig, spec: Spec, batch: dict):
-    """A :class:`Trainer` wired like ``Trainer.__init__`` (model, methods, optimiser, AMP policy) but without
-    data sets, tracker or checkpoints, which a single step does not touch. Methods get their start hooks."""
-    from isnet.train.trainer import Trainer, build_optimizer, build_scheduler
+    """A :class:`Trainer` built by ``Trainer.from_loaders`` (the run's model wiring, methods, optimiser and AMP
+    policy) over the bench batch, without data sets, tracker or checkpoints, which a single step does not touch.
+    Methods get their start hooks."""
+    from isnet.train.trainer import Trainer
 
-    device = spec.torch_device
-    tr = Trainer.__new__(Trainer)
-    tr.cfg = cfg
-    tr.extra_transforms = {}
-    tr.device = device
-    tr.model = _model(spec)
-    tr.methods = build_methods(list(cfg.methods), cfg)
-    tr.tracker = None
-    tr.checkpoint_dir = Path(tempfile.gettempdir()) / "isnet-bench-unused"
-    tr.progress = False
-    tr.num_classes = len(cfg.data.classes)
-    tr.optimizer = build_optimizer(tr.model, cfg)
-    tr.scheduler = build_scheduler(tr.optimizer, cfg)
-    tr.epoch, tr.global_step = 0, 0
-    tr.history = []
-    tr.train_loader = [batch]  # methods that look at training data in on_fit_start see the bench batch
-    tr.val_loader = [batch]
-    # the trainer's AMP policy: autocast for a model-owned forward on CUDA (ISNet's LRP forward stays fp32)
-    use_amp = device.type == "cuda" and cfg.train.amp != "off"
-    tr.amp_dtype = (torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-                    else torch.float16) if use_amp else None
-    tr.scaler = torch.amp.GradScaler("cuda", enabled=tr.amp_dtype == torch.float16)
+    model = _model(spec)
+    methods = build_methods(list(cfg.methods), cfg)
+    # methods that look at training data in on_fit_start see the bench batch
+    tr = Trainer.from_loaders(cfg, model, methods, spec.torch_device, [batch], [batch],
+                              checkpoint_dir=Path(tempfile.gettempdir()) / "isnet-bench-unused")
     for m in tr.methods:
         m.on_fit_start(tr)
     for m in tr.methods:
