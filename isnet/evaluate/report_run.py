@@ -45,11 +45,14 @@ logger = logging.getLogger(__name__)
 def _in_distribution(run_id: str, tracking_uri: str, classes: Sequence[str]) -> tuple[pd.DataFrame | None, dict, str]:
     """(test-split rows with resolved paths or None, logged test metrics, note)."""
     import mlflow
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     try:
         run = MlflowClient(tracking_uri).get_run(run_id)
-    except Exception as exc:
+    except (MlflowException, OSError) as exc:  # unknown run, store error, unreachable server
+        logger.info(f"run {run_id} cannot be read from {tracking_uri} ({type(exc).__name__}: {exc}); the report "
+                    f"goes on without its in-distribution metrics")
         return None, {}, f"run {run_id} not found in {tracking_uri} ({type(exc).__name__})"
     logged = {k: v for k, v in run.data.metrics.items() if k.startswith("test_")}
     manifest_tag = run.data.tags.get("manifest_path", "")
@@ -57,7 +60,9 @@ def _in_distribution(run_id: str, tracking_uri: str, classes: Sequence[str]) -> 
         splits_path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="data/splits.csv",
                                                           tracking_uri=tracking_uri)
         splits = pd.read_csv(splits_path, dtype=str, keep_default_na=False)
-    except Exception:
+    except (MlflowException, OSError, ValueError) as exc:  # no such artifact, unreadable or not a CSV
+        logger.info(f"run {run_id}: data/splits.csv cannot be read ({type(exc).__name__}: {exc}); the report "
+                    f"goes on without recomputing its in-distribution metrics")
         return None, logged, "the run has no data/splits.csv artifact"
     base = Path(manifest_tag).expanduser()
     base = (base if base.is_absolute() else Path.cwd() / base).resolve().parent

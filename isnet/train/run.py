@@ -67,11 +67,14 @@ def _finished_before_marker(cfg: TrainConfig, run_id: str, state: dict, ckpt_dir
     uri = store_uri(saved.tracking.tracking_uri)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         return None  # reading a store that does not exist would create it
-    try:
-        from mlflow.tracking import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
 
+    try:
         status = MlflowClient(uri).get_run(run_id).info.status
-    except Exception:
+    except (MlflowException, OSError) as exc:  # unknown run, store error, unreachable server
+        logger.warning(f"cannot read the status of run {run_id} from {uri} ({type(exc).__name__}: {exc}); "
+                       f"resuming from its checkpoint as an unfinished run")
         return None
     if status != "FINISHED":
         return None

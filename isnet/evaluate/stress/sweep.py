@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -26,6 +27,8 @@ from isnet.evaluate.stress.cells import (STATE_FILE, TEST_SETS, Cell, _write_csv
 from isnet.evaluate.stress.scoring import (bias_heatmap_figure, bias_transform, evaluate_set, heatmap_account,  # noqa: E402
                                            token_effect)
 from isnet.evaluate.stress.summary import drop_plot, summarise, summary_markdown  # noqa: E402
+
+logger = logging.getLogger(__name__)
 
 
 # -- the sweep ----------------------------------------------------------------------------------------
@@ -65,12 +68,14 @@ class StressTest:
         self.parent = Tracker(t.experiment, t.tracking_uri)
         parent_id = state.get("parent_run_id")
         if parent_id is not None:
+            from mlflow.exceptions import MlflowException
             from mlflow.tracking import MlflowClient
 
             try:
                 MlflowClient(self.parent.store_uri).get_run(parent_id)
-            except Exception:
-                self.log(f"note: parent MLflow run {parent_id} not found in {self.parent.uri}; starting a new one")
+            except (MlflowException, OSError) as exc:  # unknown run, store error, unreachable server
+                logger.warning(f"note: parent MLflow run {parent_id} cannot be read from {self.parent.uri} "
+                               f"({type(exc).__name__}: {exc}); starting a new one")
                 parent_id = None
         self.parent_id = self.parent.start(run_id=parent_id, run_name=None if parent_id else "stress-test")
         # records wait here while the server is unreachable (`isnet tracking sync` finds them)
