@@ -35,7 +35,7 @@ from isnet.measure.figures import heatmap_grid  # noqa: E402
 from isnet.measure.relevance import explain_loader  # noqa: E402
 from isnet.evaluate.report import OVERALL, Cohort, MethodResult, assemble_report  # noqa: E402
 from isnet.evaluate.report_html import render_html  # noqa: E402
-from isnet.tracking import Tracker, store_uri  # noqa: E402
+from isnet.tracking import RunUnavailable, Tracker, download_run_artifact, read_run, store_uri  # noqa: E402
 from isnet.train.evaluation import predict  # noqa: E402
 from isnet.train.loading import load_run_model  # noqa: E402
 
@@ -44,23 +44,17 @@ logger = logging.getLogger(__name__)
 
 def _in_distribution(run_id: str, tracking_uri: str, classes: Sequence[str]) -> tuple[pd.DataFrame | None, dict, str]:
     """(test-split rows with resolved paths or None, logged test metrics, note)."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
     try:
-        run = MlflowClient(tracking_uri).get_run(run_id)
-    except (MlflowException, OSError) as exc:  # unknown run, store error, unreachable server
-        logger.info(f"run {run_id} cannot be read from {tracking_uri} ({type(exc).__name__}: {exc}); the report "
-                    f"goes on without its in-distribution metrics")
-        return None, {}, f"run {run_id} not found in {tracking_uri} ({type(exc).__name__})"
-    logged = {k: v for k, v in run.data.metrics.items() if k.startswith("test_")}
-    manifest_tag = run.data.tags.get("manifest_path", "")
+        run = read_run(run_id, tracking_uri)
+    except RunUnavailable as exc:  # no store, unknown run, store error, unreachable server
+        logger.info(f"{exc}; the report goes on without its in-distribution metrics")
+        return None, {}, str(exc)
+    logged = {k: v for k, v in run.metrics.items() if k.startswith("test_")}
+    manifest_tag = run.tags.get("manifest_path", "")
     try:
-        splits_path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="data/splits.csv",
-                                                          tracking_uri=tracking_uri)
+        splits_path = download_run_artifact(run_id, "data/splits.csv", tracking_uri)
         splits = pd.read_csv(splits_path, dtype=str, keep_default_na=False)
-    except (MlflowException, OSError, ValueError) as exc:  # no such artifact, unreadable or not a CSV
+    except (RunUnavailable, OSError, ValueError) as exc:  # no such artifact, unreadable or not a CSV
         logger.info(f"run {run_id}: data/splits.csv cannot be read ({type(exc).__name__}: {exc}); the report "
                     f"goes on without recomputing its in-distribution metrics")
         return None, logged, "the run has no data/splits.csv artifact"
@@ -213,14 +207,10 @@ def run_report(run_ids: Sequence[str], manifest: str | Path, out: str | Path, *,
     # from then on an outage only buffers its records (mlflow-buffer/<run id>.jsonl, `isnet tracking sync`)
     tracker = Tracker("reports", uri, enabled=log_mlflow)
     report_run = tracker.start(run_name=f"report {out.stem}")
-    try:
+    with tracker.ending_run():  # FINISHED, KILLED on Ctrl-C, FAILED on any error
         report = _score_and_write(run_ids, loaded, df, classes, sites, manifest, out, json_path, uri, dev, tracker,
                                   n_resamples=n_resamples, seed=seed, n_bins=n_bins, gallery_size=gallery_size,
                                   batch_size=batch_size)
-    except BaseException as exc:
-        tracker.end("FAILED" if isinstance(exc, Exception) else "KILLED")
-        raise
-    tracker.end("FINISHED")
     report["report_run_id"] = report_run
     return report
 
