@@ -23,6 +23,7 @@ from isnet.data.dataset import eval_loader
 from isnet.data.manifest import load_manifest
 from isnet.lrp import run_lrp_config, supports_model
 from isnet.measure.relevance import mean_background_share
+from isnet.methods import ISNetMethod
 from isnet.train.checkpoint import BEST_NAME, load_checkpoint
 from isnet.train.loading import model_from_state
 from isnet.train.run import resolve_device, train
@@ -79,11 +80,11 @@ def _first_counted_epoch(cfg: TrainConfig) -> int:
 
 
 def _warmup_epochs(cfg: TrainConfig) -> int:
-    """Plain epochs spent before ISNet's first epoch (0 when the band is set by hand or there is no ISNet)."""
+    """Plain epochs spent before ISNet's first epoch (0 when the band is set by hand or there is no ISNet): the
+    method's own rule (``ISNetMethod.band_warmup_epochs``), so the bench counts what training does."""
     if "isnet" not in cfg.methods:
         return 0
-    p = cfg.method.isnet
-    return 0 if (p.C1 is not None and p.C2 is not None) else int(p.warmup_epochs or 0)
+    return ISNetMethod(cfg).band_warmup_epochs()
 
 
 def convergence_suite(manifest: str | Path, *, config: str | Path, recipes: Sequence[str],

@@ -22,11 +22,7 @@ from isnet.lrp import lrp_heatmaps, run_lrp_config
 from isnet.lrp.zennit_ref import zennit_composite
 from isnet.methods import build_methods
 from isnet.config.registry import method_specs
-from isnet.methods.isnet_loss import (
-    ISNetLossConfig,
-    isnet_heatmap_loss,
-    isnet_total_loss,
-)
+from isnet.methods.isnet_loss import isnet_heatmap_loss, isnet_total_loss
 from isnet.models import build_classifier
 
 CLASSES = ["normal", "covid", "tb"]
@@ -113,32 +109,16 @@ def _model(spec: Spec) -> nn.Module:
 
 
 def bench_trainer(cfg: TrainConfig, spec: Spec, batch: dict):
-    """A :class:`Trainer` wired like ``Trainer.__init__`` (model, methods, optimiser, AMP policy) but without
-    data sets, tracker or checkpoints, which a single step does not touch. Methods get their start hooks."""
-    from isnet.train.trainer import Trainer, build_optimizer, build_scheduler
+    """A :class:`Trainer` built by ``Trainer.from_loaders`` (the run's model wiring, methods, optimiser and AMP
+    policy) over the bench batch, without data sets, tracker or checkpoints, which a single step does not touch.
+    Methods get their start hooks."""
+    from isnet.train.trainer import Trainer
 
-    device = spec.torch_device
-    tr = Trainer.__new__(Trainer)
-    tr.cfg = cfg
-    tr.extra_transforms = {}
-    tr.device = device
-    tr.model = _model(spec)
-    tr.methods = build_methods(list(cfg.methods), cfg)
-    tr.tracker = None
-    tr.checkpoint_dir = Path(tempfile.gettempdir()) / "isnet-bench-unused"
-    tr.progress = False
-    tr.num_classes = len(cfg.data.classes)
-    tr.optimizer = build_optimizer(tr.model, cfg)
-    tr.scheduler = build_scheduler(tr.optimizer, cfg)
-    tr.epoch, tr.global_step = 0, 0
-    tr.history = []
-    tr.train_loader = [batch]  # methods that look at training data in on_fit_start see the bench batch
-    tr.val_loader = [batch]
-    # the trainer's AMP policy: autocast for a model-owned forward on CUDA (ISNet's LRP forward stays fp32)
-    use_amp = device.type == "cuda" and cfg.train.amp != "off"
-    tr.amp_dtype = (torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-                    else torch.float16) if use_amp else None
-    tr.scaler = torch.amp.GradScaler("cuda", enabled=tr.amp_dtype == torch.float16)
+    model = _model(spec)
+    methods = build_methods(list(cfg.methods), cfg)
+    # methods that look at training data in on_fit_start see the bench batch
+    tr = Trainer.from_loaders(cfg, model, methods, spec.torch_device, [batch], [batch],
+                              checkpoint_dir=Path(tempfile.gettempdir()) / "isnet-bench-unused")
     for m in tr.methods:
         m.on_fit_start(tr)
     for m in tr.methods:
@@ -187,7 +167,7 @@ def _zennit_naive(spec: Spec, variant: str) -> Callable[[], None]:
 
     cfg = train_config(spec, ["isnet"], variant)
     c = cfg.method.isnet
-    loss_cfg = ISNetLossConfig(P=c.P_at(1), d=c.d, E=c.E, A=c.A, B=c.B, C1=C1, C2=C2, variant=variant)
+    loss_cfg = c.loss_config(c.P_at(1), c.C1, c.C2)  # the run's loss settings, as a training step derives them
     model = copy.deepcopy(_model(spec)).train()
     opt = build_optimizer(model, cfg)
     composite = zennit_composite(model, run_lrp_config(cfg), strict=False)  # DenseNet: not equivalent, cost only

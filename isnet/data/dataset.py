@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 import warnings
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
@@ -34,6 +33,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from isnet.config.schema import DataConfig
+from isnet.files import atomic_write
 from isnet.data.transforms import (
     CACHE_FORMAT,
     CACHE_KEY_FIELDS,
@@ -74,18 +74,6 @@ def file_identity_hash(record: dict) -> bytes:
     mask = record.get("mask") or ""
     ident = {"image": _identity(str(record["image"])), "mask": _identity(str(mask)) if mask else None}
     return hashlib.sha256(json.dumps(ident).encode()).hexdigest().encode()
-
-
-def _atomic_write(path: Path, write) -> None:
-    """``write(tmp)`` to a unique temporary name in ``path``'s own folder, then ``os.replace``: readers never
-    see a partial file, and two writers of the same key both leave a complete one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 class MemoryCache(CacheDataset):
@@ -145,7 +133,7 @@ class DiskCache(PersistentDataset):
             out = self._pre_transform(dict(item_transformed))
             cached = {k: out[k] for k in _DISK_KEYS if k in out}
             try:
-                _atomic_write(path, lambda tmp: torch.save(cached, tmp))
+                atomic_write(path, lambda tmp: torch.save(cached, tmp))
             except OSError as exc:
                 if not self._write_failed:
                     warnings.warn(f"cannot write to the disk cache {self.cache_dir} ({exc}); images are decoded "
@@ -160,7 +148,7 @@ def _write_key_file(folder: Path, cfg: DataConfig) -> None:
     if not path.is_file():
         text = json.dumps(cache_key(cfg), indent=1, sort_keys=True)
         try:
-            _atomic_write(path, lambda tmp: tmp.write_text(text))
+            atomic_write(path, lambda tmp: tmp.write_text(text))
         except OSError:
             pass
 

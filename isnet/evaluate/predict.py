@@ -8,7 +8,6 @@ the other rows are still predicted.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from isnet.config.schema import DataConfig
 from isnet.data.manifest import read_manifest
 from isnet.data.transforms import build_transforms
 from isnet.errors import UserError
+from isnet.files import atomic_write
 from isnet.train.loading import load_run_model
 
 
@@ -118,62 +118,91 @@ def predict_run(run_id: str, manifest: str | Path, out: str | Path, *, heatmaps:
     pending: list[tuple[object, dict]] = []
 
     def flush() -> None:
-        if not pending:
-            return
-        x = torch.stack([torch.as_tensor(item["image"]) for _, item in pending]).to(dev)
-        if lrp_cfg is None:
-            with torch.no_grad():
-                prob = torch.softmax(model(x), 1).cpu()
-            heat = None
-        else:
-            from isnet.measure.relevance import background_share, predicted_class
-            from isnet.lrp import lrp_heatmaps
-
-            logits, heat = lrp_heatmaps(model, x, predicted_class, config=lrp_cfg)
-            prob = torch.softmax(logits.detach(), 1).cpu()
-            mask = torch.stack([torch.as_tensor(item["mask"]) for _, item in pending]).to(dev)
-            heat = heat.detach()
-            share = background_share(heat, mask)[:, 0].cpu()
-            heat = heat.cpu()
-        for i, (r, item) in enumerate(pending):
-            pred = int(prob[i].argmax())
-            rec = {"image": r.image, "row": int(r.row)}
-            if has_labels:
-                rec["label"] = r.label
-            rec.update({prob_column(c): float(prob[i, k]) for k, c in enumerate(classes)})
-            rec["predicted"] = classes[pred]
-            if heat is not None:
-                has_mask = bool(item["has_mask"])
-                bg = float(share[i]) if has_mask else float("nan")
-                rec["bg_share"] = bg
-                rec["heatmap"] = str(_save_heatmap(heat_dir, r, item, heat[i, 0].numpy(), classes[pred],
-                                                   float(prob[i, pred]), bg, data_cfg.value_range))
-            rows.append(rec)
-        pending.clear()
+        if pending:
+            rows.extend(_predict_batch(model, pending, dev, lrp_cfg, classes, has_labels, heat_dir,
+                                       data_cfg.value_range))
+            pending.clear()
 
     for r in df.itertuples(index=False):
-        img = Path(r.image_path)
-        if not r.image:
-            errors.append({"row": int(r.row), "image": r.image, "error": "image cell is empty"})
-            continue
-        if not img.is_file():
-            what = "is a folder, not a file" if img.is_dir() else "not found"
-            errors.append({"row": int(r.row), "image": r.image, "error": f"image file {what} (looked at {img})"})
-            continue
-        record = {"image": r.image_path, "mask": r.mask_path, "label": -1, "row": int(r.row)}
-        try:
-            item = transform(record)
-            if not torch.isfinite(torch.as_tensor(item["image"])).all():
-                raise ValueError("the image has non-finite pixel values after preprocessing (a constant "
-                                 "or damaged image?)")
-        except Exception as exc:  # noqa: BLE001 - any decoding problem is this row's, reported with its reason
-            errors.append({"row": int(r.row), "image": r.image, "error": _reason(exc)})
+        item, error = _load_row(r, transform)
+        if error is not None:
+            errors.append({"row": int(r.row), "image": r.image, "error": error})
             continue
         pending.append((r, item))
         if len(pending) >= batch_size:
             flush()
     flush()
+    table, err_table, err_path = _write_outputs(rows, errors, out, manifest)
+    return PredictResult(table, err_table, classes, out, err_path, heat_dir)
 
+
+def _load_row(r, transform) -> tuple[dict | None, str | None]:
+    """(the preprocessed item, None) for a usable manifest row, else (None, why it cannot be used): a problem
+    with one image is that row's, and the other rows are still predicted."""
+    img = Path(r.image_path)
+    if not r.image:
+        return None, "image cell is empty"
+    if not img.is_file():
+        what = "is a folder, not a file" if img.is_dir() else "not found"
+        return None, f"image file {what} (looked at {img})"
+    record = {"image": r.image_path, "mask": r.mask_path, "label": -1, "row": int(r.row)}
+    try:
+        item = transform(record)
+        if not torch.isfinite(torch.as_tensor(item["image"])).all():
+            raise ValueError("the image has non-finite pixel values after preprocessing (a constant "
+                             "or damaged image?)")
+    except Exception as exc:  # noqa: BLE001 - any decoding problem is this row's, reported with its reason
+        return None, _reason(exc)
+    return item, None
+
+
+def _forward_batch(model: torch.nn.Module, pending: list[tuple[object, dict]], dev: torch.device,
+                   lrp_cfg) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(probabilities, heatmaps of the predicted class, background shares) of one batch, on the CPU; without an
+    LRP config only the probabilities (no graph kept)."""
+    x = torch.stack([torch.as_tensor(item["image"]) for _, item in pending]).to(dev)
+    if lrp_cfg is None:
+        with torch.no_grad():
+            prob = torch.softmax(model(x), 1).cpu()
+        return prob, None, None
+    from isnet.measure.relevance import background_share, predicted_class
+    from isnet.lrp import lrp_heatmaps
+
+    logits, heat = lrp_heatmaps(model, x, predicted_class, config=lrp_cfg)
+    prob = torch.softmax(logits.detach(), 1).cpu()
+    mask = torch.stack([torch.as_tensor(item["mask"]) for _, item in pending]).to(dev)
+    heat = heat.detach()
+    share = background_share(heat, mask)[:, 0].cpu()
+    return prob, heat.cpu(), share
+
+
+def _predict_batch(model: torch.nn.Module, pending: list[tuple[object, dict]], dev: torch.device, lrp_cfg,
+                   classes: list[str], has_labels: bool, heat_dir: Path | None,
+                   value_range: tuple[float, float]) -> list[dict]:
+    """The output rows of one batch of usable manifest rows (heatmap PNGs written when asked for)."""
+    prob, heat, share = _forward_batch(model, pending, dev, lrp_cfg)
+    rows = []
+    for i, (r, item) in enumerate(pending):
+        pred = int(prob[i].argmax())
+        rec = {"image": r.image, "row": int(r.row)}
+        if has_labels:
+            rec["label"] = r.label
+        rec.update({prob_column(c): float(prob[i, k]) for k, c in enumerate(classes)})
+        rec["predicted"] = classes[pred]
+        if heat is not None:
+            has_mask = bool(item["has_mask"])
+            bg = float(share[i]) if has_mask else float("nan")
+            rec["bg_share"] = bg
+            rec["heatmap"] = str(_save_heatmap(heat_dir, r, item, heat[i, 0].numpy(), classes[pred],
+                                               float(prob[i, pred]), bg, value_range))
+        rows.append(rec)
+    return rows
+
+
+def _write_outputs(rows: list[dict], errors: list[dict], out: Path,
+                   manifest: Path) -> tuple[pd.DataFrame, pd.DataFrame, Path | None]:
+    """Write the unusable rows' reasons (or remove a stale list) and then the predictions; no usable row is a
+    UserError. Returns (predictions, errors, the errors file or None)."""
     err_path = errors_path_for(out)
     table = pd.DataFrame(rows)
     err_table = pd.DataFrame(errors, columns=["row", "image", "error"])
@@ -185,14 +214,12 @@ def predict_run(run_id: str, manifest: str | Path, out: str | Path, *, heatmaps:
         raise UserError(f"no row of manifest {manifest} could be predicted ({len(errors)} unusable; reasons "
                         f"in {err_path}); first: row {errors[0]['row']}: {errors[0]['error']}")
     _write_csv(table, out)
-    return PredictResult(table, err_table, classes, out, err_path if errors else None, heat_dir)
+    return table, err_table, err_path if errors else None
 
 
 def _write_csv(table: pd.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
 
 
 def _save_heatmap(folder: Path, r, item: dict, heat: np.ndarray, pred: str, p: float, bg: float,

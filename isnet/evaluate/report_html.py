@@ -69,27 +69,34 @@ def _img(figures: Mapping[str, bytes], key: str, alt: str) -> dict | None:
     return {"alt": alt, "b64": base64.b64encode(figures[key]).decode("ascii")}
 
 
-def _context(report: dict, figures: Mapping[str, bytes]) -> dict:
-    names = [m["name"] for m in report["methods"]]
-    groups = report["groups"]
-    classes = report["classes"]
-    metrics = report["metrics"]
-    cols = list(HEADLINE) + ["ece", "bg_share_mean"]
-    each = [(g, n, metrics[n][g]) for g in groups for n in names]
+def _headline_rows(each: list[tuple[str, str, dict]], cols: list[str]) -> list[dict]:
+    """One row per (group, method): the headline metrics with their intervals (or why they are undefined)."""
+    return [{"group": g, "method": n, "n_images": e["values"]["n_images"],
+             "cells": [_cell(e["values"].get(m), e["ci"].get(m),
+                             e["reasons"].get(m) or e["reasons"].get(f"{m}_ci"), br=True) for m in cols]}
+            for g, n, e in each]
 
-    headline = [{"group": g, "method": n, "n_images": e["values"]["n_images"],
-                 "cells": [_cell(e["values"].get(m), e["ci"].get(m),
-                                 e["reasons"].get(m) or e["reasons"].get(f"{m}_ci"), br=True) for m in cols]}
-                for g, n, e in each]
-    per_class = [{"group": g, "method": n, "cls": c,
-                  "cells": [_cell(e["values"][m][c], e["per_class_ci"][m][c],
-                                  e["reasons"].get(f"{m}.{c}") or e["reasons"].get(m)) for m in PER_CLASS]}
-                 for g, n, e in each for c in classes]
-    paired = None
-    if len(names) > 1:
-        paired = [{"group": p["group"], "metric": LABELS[p["metric"]], "a": p["a"], "b": p["b"],
-                   "difference": _cell(p["difference"], [p["ci_low"], p["ci_high"]], p.get("reason")),
-                   "p_value": _p_value(p["p_value"], p.get("reason"))} for p in report["paired"]]
+
+def _class_rows(each: list[tuple[str, str, dict]], classes: list[str]) -> list[dict]:
+    """One row per (group, method, class): the one-vs-rest metrics of that class."""
+    return [{"group": g, "method": n, "cls": c,
+             "cells": [_cell(e["values"][m][c], e["per_class_ci"][m][c],
+                             e["reasons"].get(f"{m}.{c}") or e["reasons"].get(m)) for m in PER_CLASS]}
+            for g, n, e in each for c in classes]
+
+
+def _paired_rows(report: dict, names: list[str]) -> list[dict] | None:
+    """The paired differences between methods (None with a single method: nothing to compare)."""
+    if len(names) <= 1:
+        return None
+    return [{"group": p["group"], "metric": LABELS[p["metric"]], "a": p["a"], "b": p["b"],
+             "difference": _cell(p["difference"], [p["ci_low"], p["ci_high"]], p.get("reason")),
+             "p_value": _p_value(p["p_value"], p.get("reason"))} for p in report["paired"]]
+
+
+def _gap_rows(report: dict, names: list[str]) -> list[dict]:
+    """Per method and metric: in-distribution value, external value and the gap between them."""
+    metrics = report["metrics"]
     gap = []
     for n in names:
         gp = report["gap"][n]
@@ -101,13 +108,26 @@ def _context(report: dict, figures: Mapping[str, bytes]) -> dict:
                         "external": _cell(gp["external"].get(k), ext["ci"].get(k), ext["reasons"].get(k)),
                         "gap": _cell(d["difference"], [d["ci_low"], d["ci_high"]] if gp.get("id_ci") else None,
                                      gp.get("reason"))})
-    calibration = [{"group": g, "method": n, "ece": _cell(e["values"]["ece"], e["ci"]["ece"], e["reasons"].get("ece"))}
-                   for g, n, e in each]
-    background = [{"group": g, "method": n, "n_with_mask": e["values"]["n_with_mask"],
-                   "mean": _cell(e["values"]["bg_share_mean"], e["ci"]["bg_share_mean"],
-                                 e["reasons"].get("bg_share_mean")),
-                   "median": _cell(e["values"]["bg_share_median"], None, e["reasons"].get("bg_share_median"))}
-                  for g, n, e in each]
+    return gap
+
+
+def _calibration_rows(each: list[tuple[str, str, dict]]) -> list[dict]:
+    """One row per (group, method): the expected calibration error."""
+    return [{"group": g, "method": n, "ece": _cell(e["values"]["ece"], e["ci"]["ece"], e["reasons"].get("ece"))}
+            for g, n, e in each]
+
+
+def _background_rows(each: list[tuple[str, str, dict]]) -> list[dict]:
+    """One row per (group, method): mean and median background relevance share over the images with a mask."""
+    return [{"group": g, "method": n, "n_with_mask": e["values"]["n_with_mask"],
+             "mean": _cell(e["values"]["bg_share_mean"], e["ci"]["bg_share_mean"],
+                           e["reasons"].get("bg_share_mean")),
+             "median": _cell(e["values"]["bg_share_median"], None, e["reasons"].get("bg_share_median"))}
+            for g, n, e in each]
+
+
+def _gallery_sections(report: dict, names: list[str], figures: Mapping[str, bytes]) -> list[dict]:
+    """Per site, each method's most confident correct and wrong predictions (or why a figure is missing)."""
     gallery = []
     for s in report["sites"]:
         entries = []
@@ -119,7 +139,16 @@ def _context(report: dict, figures: Mapping[str, bytes]) -> dict:
                 entries.append({"img": _img(figures, key, f"{s} {n} {kind}"), "method": n, "kind": kind,
                                 "why": why})
         gallery.append({"name": s, "entries": entries})
+    return gallery
 
+
+def _context(report: dict, figures: Mapping[str, bytes]) -> dict:
+    """The template's variables: the report's numbers as formatted table rows, and its figures."""
+    names = [m["name"] for m in report["methods"]]
+    groups = report["groups"]
+    classes = report["classes"]
+    cols = list(HEADLINE) + ["ece", "bg_share_mean"]
+    each = [(g, n, report["metrics"][n][g]) for g in groups for n in names]
     return {
         "manifest": report.get("manifest", ""),
         "manifest_sha": str(report.get("manifest_sha256", ""))[:12],
@@ -137,19 +166,19 @@ def _context(report: dict, figures: Mapping[str, bytes]) -> dict:
                        "n_patients": report["data"][g]["n_patients"],
                        "per_class": [report["data"][g]["per_class"][c] for c in classes]} for g in groups],
         "headline_labels": [LABELS[c] for c in cols],
-        "headline_rows": headline,
+        "headline_rows": _headline_rows(each, cols),
         "forest_auc": _img(figures, "forest_auc", "macro AUC per site"),
-        "class_rows": per_class,
+        "class_rows": _class_rows(each, classes),
         "paired_labels": [LABELS[m] for m in PAIRED_METRICS],
-        "paired_rows": paired,
-        "gap_rows": gap,
+        "paired_rows": _paired_rows(report, names),
+        "gap_rows": _gap_rows(report, names),
         "n_bins": report["n_bins"],
-        "calibration_rows": calibration,
+        "calibration_rows": _calibration_rows(each),
         "reliability": _img(figures, "reliability", "reliability diagram"),
         "confusion": [_img(figures, f"confusion/{n}", f"confusion {n}") for n in names],
-        "background_rows": background,
+        "background_rows": _background_rows(each),
         "forest_bg": _img(figures, "forest_bg", "background share per site"),
-        "gallery": gallery,
+        "gallery": _gallery_sections(report, names, figures),
     }
 
 

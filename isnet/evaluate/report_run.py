@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -35,7 +36,7 @@ from isnet.measure.figures import heatmap_grid  # noqa: E402
 from isnet.measure.relevance import explain_loader  # noqa: E402
 from isnet.evaluate.report import OVERALL, Cohort, MethodResult, assemble_report  # noqa: E402
 from isnet.evaluate.report_html import render_html  # noqa: E402
-from isnet.tracking import Tracker, store_uri  # noqa: E402
+from isnet.tracking import RunUnavailable, Tracker, download_run_artifact, read_run, store_uri  # noqa: E402
 from isnet.train.evaluation import predict  # noqa: E402
 from isnet.train.loading import load_run_model  # noqa: E402
 
@@ -44,20 +45,19 @@ logger = logging.getLogger(__name__)
 
 def _in_distribution(run_id: str, tracking_uri: str, classes: Sequence[str]) -> tuple[pd.DataFrame | None, dict, str]:
     """(test-split rows with resolved paths or None, logged test metrics, note)."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
     try:
-        run = MlflowClient(tracking_uri).get_run(run_id)
-    except Exception as exc:
-        return None, {}, f"run {run_id} not found in {tracking_uri} ({type(exc).__name__})"
-    logged = {k: v for k, v in run.data.metrics.items() if k.startswith("test_")}
-    manifest_tag = run.data.tags.get("manifest_path", "")
+        run = read_run(run_id, tracking_uri)
+    except RunUnavailable as exc:  # no store, unknown run, store error, unreachable server
+        logger.info(f"{exc}; the report goes on without its in-distribution metrics")
+        return None, {}, str(exc)
+    logged = {k: v for k, v in run.metrics.items() if k.startswith("test_")}
+    manifest_tag = run.tags.get("manifest_path", "")
     try:
-        splits_path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="data/splits.csv",
-                                                          tracking_uri=tracking_uri)
+        splits_path = download_run_artifact(run_id, "data/splits.csv", tracking_uri)
         splits = pd.read_csv(splits_path, dtype=str, keep_default_na=False)
-    except Exception:
+    except (RunUnavailable, OSError, ValueError) as exc:  # no such artifact, unreadable or not a CSV
+        logger.info(f"run {run_id}: data/splits.csv cannot be read ({type(exc).__name__}: {exc}); the report "
+                    f"goes on without recomputing its in-distribution metrics")
         return None, logged, "the run has no data/splits.csv artifact"
     base = Path(manifest_tag).expanduser()
     base = (base if base.is_absolute() else Path.cwd() / base).resolve().parent
@@ -208,63 +208,45 @@ def run_report(run_ids: Sequence[str], manifest: str | Path, out: str | Path, *,
     # from then on an outage only buffers its records (mlflow-buffer/<run id>.jsonl, `isnet tracking sync`)
     tracker = Tracker("reports", uri, enabled=log_mlflow)
     report_run = tracker.start(run_name=f"report {out.stem}")
-    try:
+    with tracker.ending_run():  # FINISHED, KILLED on Ctrl-C, FAILED on any error
         report = _score_and_write(run_ids, loaded, df, classes, sites, manifest, out, json_path, uri, dev, tracker,
                                   n_resamples=n_resamples, seed=seed, n_bins=n_bins, gallery_size=gallery_size,
                                   batch_size=batch_size)
-    except BaseException as exc:
-        tracker.end("FAILED" if isinstance(exc, Exception) else "KILLED")
-        raise
-    tracker.end("FINISHED")
     report["report_run_id"] = report_run
     return report
+
+
+@dataclass
+class _ExternalSet:
+    """The external images every run is scored on, in manifest order, with their labels, sites and patients."""
+
+    records: list[dict]
+    labels: np.ndarray
+    sites: list[str]
+    patients: list[str]
 
 
 def _score_and_write(run_ids, loaded, df, classes, sites, manifest, out: Path, json_path: Path, uri: str, dev,
                      tracker: Tracker, *, n_resamples: int, seed: int, n_bins: int, gallery_size: int,
                      batch_size: int) -> dict:
+    """The report's steps in order: score every run, assemble the numbers, draw the figures, write both files and
+    only then log them (a lost tracking server costs no part of the files)."""
     # what the runs logged is read first: a server lost during the scoring costs no part of the report
     in_distribution = {r: _in_distribution(r, uri, classes) for r in run_ids}
     records = records_of(df, classes)
-    labels = np.array([r["label"] for r in records])
-    ext_sites = [r["site"] for r in records]
-    ext_patients = [r["patient_id"] for r in records]
+    ext = _ExternalSet(records, np.array([r["label"] for r in records]), [r["site"] for r in records],
+                       [r["patient_id"] for r in records])
     warnings: list[str] = []
     for s in sites:
-        if s not in set(ext_sites):
+        if s not in set(ext.sites):
             warnings.append(f"site {s!r} has no images in {Path(manifest).name}: its metrics are undefined")
 
     methods: list[MethodResult] = []
     models = {}
-    names_seen: set[str] = set()
     for run_id, (model, cfg) in zip(run_ids, loaded):
-        name = f"{'+'.join(cfg.methods)} {run_id[:8]}"
-        names_seen.add(name)
-        logger.info(f"scoring run {run_id} ({'+'.join(cfg.methods)}, {cfg.model.backbone}) on {len(records)} images")
-        pred = predict(model, eval_loader(records, cfg.data, batch_size=batch_size), dev)
-        if pred["rows"] != [r["row"] for r in records]:
-            raise RuntimeError("loader changed the order of the manifest rows")
-        rel = explain_loader(model, eval_loader(records, cfg.data, batch_size=batch_size), dev, run_lrp_config(cfg))
-        share = dict(zip(rel["rows"], rel["bg_share"].tolist()))
-        bg = np.array([share[r["row"]] for r in records], dtype=float)
-        test_df, logged, note = in_distribution[run_id]
-        id_cohort = None
-        if test_df is not None:
-            trained = test_df.attrs.get("trained_images", set())
-            overlap = sum(1 for r in records if str(Path(r["image"])) in trained)
-            if overlap:
-                warnings.append(f"{overlap} external image(s) were in the train/val split of run {run_id}: "
-                                f"this is not an external test (filter with --sites)")
-            id_records = records_of(test_df, classes)
-            id_pred = predict(model, eval_loader(id_records, cfg.data, batch_size=batch_size), dev)
-            id_cohort = Cohort(id_pred["labels"], id_pred["sites"], [r["patient_id"] for r in id_records],
-                               id_pred["probs"])
-        elif note:
-            warnings.append(f"run {run_id}: in-distribution metrics not recomputed: {note}")
-        methods.append(MethodResult(
-            name, run_id, Cohort(labels, ext_sites, ext_patients, pred["probs"], bg), id_cohort, logged, note,
-            info={"methods": list(cfg.methods), "backbone": cfg.model.backbone, "image_size": cfg.data.image_size}))
-        models[name] = (model, cfg)
+        result = _score_run(run_id, model, cfg, ext, classes, in_distribution[run_id], dev, batch_size, warnings)
+        methods.append(result)
+        models[result.name] = (model, cfg)
 
     report = assemble_report(methods, classes, sites, n_resamples=n_resamples, seed=seed, n_bins=n_bins)
     report["manifest"] = str(manifest)
@@ -274,8 +256,57 @@ def _score_and_write(run_ids, loaded, df, classes, sites, manifest, out: Path, j
                                        "label": classes[r["label"]], "probs": [float(x) for x in m.external.probs[i]],
                                        "bg_share": float(m.external.bg_share[i])}
                                       for i, r in enumerate(records)] for m in methods}
+    report["gallery"], figures = _galleries(methods, models, ext, classes, sites, dev, gallery_size)
+    figures.update(_summary_figures(report, methods))
 
-    # galleries: most confident correct and wrong predictions per site and method
+    report["report_run_id"] = tracker.run_id
+    out.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(_json_safe(report), indent=1, allow_nan=False))
+    out.write_text(render_html(report, figures), encoding="utf-8")
+    _log_report(tracker, report, methods, run_ids, manifest, sites, out, json_path,
+                n_resamples=n_resamples, seed=seed, n_bins=n_bins)
+    report["html_path"], report["json_path"] = str(out), str(json_path)
+    return report
+
+
+def _score_run(run_id: str, model, cfg: TrainConfig, ext: _ExternalSet, classes: Sequence[str],
+               in_distribution: tuple[pd.DataFrame | None, dict, str], dev, batch_size: int,
+               warnings: list[str]) -> MethodResult:
+    """One run's predictions and background shares on the external images, and its in-distribution cohort (its
+    own test split) when that can be rebuilt; problems are appended to ``warnings``."""
+    records = ext.records
+    name = f"{'+'.join(cfg.methods)} {run_id[:8]}"
+    logger.info(f"scoring run {run_id} ({'+'.join(cfg.methods)}, {cfg.model.backbone}) on {len(records)} images")
+    pred = predict(model, eval_loader(records, cfg.data, batch_size=batch_size), dev)
+    if pred["rows"] != [r["row"] for r in records]:
+        raise RuntimeError("loader changed the order of the manifest rows")
+    rel = explain_loader(model, eval_loader(records, cfg.data, batch_size=batch_size), dev, run_lrp_config(cfg))
+    share = dict(zip(rel["rows"], rel["bg_share"].tolist()))
+    bg = np.array([share[r["row"]] for r in records], dtype=float)
+    test_df, logged, note = in_distribution
+    id_cohort = None
+    if test_df is not None:
+        trained = test_df.attrs.get("trained_images", set())
+        overlap = sum(1 for r in records if str(Path(r["image"])) in trained)
+        if overlap:
+            warnings.append(f"{overlap} external image(s) were in the train/val split of run {run_id}: "
+                            f"this is not an external test (filter with --sites)")
+        id_records = records_of(test_df, classes)
+        id_pred = predict(model, eval_loader(id_records, cfg.data, batch_size=batch_size), dev)
+        id_cohort = Cohort(id_pred["labels"], id_pred["sites"], [r["patient_id"] for r in id_records],
+                           id_pred["probs"])
+    elif note:
+        warnings.append(f"run {run_id}: in-distribution metrics not recomputed: {note}")
+    return MethodResult(
+        name, run_id, Cohort(ext.labels, ext.sites, ext.patients, pred["probs"], bg), id_cohort, logged, note,
+        info={"methods": list(cfg.methods), "backbone": cfg.model.backbone, "image_size": cfg.data.image_size})
+
+
+def _galleries(methods: list[MethodResult], models: dict, ext: _ExternalSet, classes: Sequence[str],
+               sites: Sequence[str], dev, gallery_size: int) -> tuple[dict, dict[str, bytes]]:
+    """The most confident correct and wrong predictions per site and method: (the report's ``gallery`` entry,
+    their heatmap figures by name)."""
+    records, labels = ext.records, ext.labels
     figures: dict[str, bytes] = {}
     gallery: dict = {}
     for m in methods:
@@ -285,7 +316,7 @@ def _score_and_write(run_ids, loaded, df, classes, sites, manifest, out: Path, j
         correct = probs.argmax(1) == labels if len(probs) else np.zeros(0, dtype=bool)
         by_row = {r["row"]: probs[i] for i, r in enumerate(records)}
         for s in sites:
-            idx = np.flatnonzero(np.asarray(ext_sites) == s)
+            idx = np.flatnonzero(np.asarray(ext.sites) == s)
             entry = gallery.setdefault(s, {}).setdefault(m.name, {})
             for kind, want in (("correct", True), ("wrong", False)):
                 pick = idx[correct[idx] == want]
@@ -297,19 +328,25 @@ def _score_and_write(run_ids, loaded, df, classes, sites, manifest, out: Path, j
                                f"{s} · {m.name} · most confident {kind}")
                 if png:
                     figures[f"gallery/{s}/{m.name}/{kind}"] = png
-    report["gallery"] = gallery
-    figures["forest_auc"] = _forest_figure(report, "macro_auc", "macro AUC (one-vs-rest), 95% CI")
-    figures["forest_bg"] = _forest_figure(report, "bg_share_mean", "mean background relevance share, 95% CI")
+    return gallery, figures
+
+
+def _summary_figures(report: dict, methods: list[MethodResult]) -> dict[str, bytes]:
+    """The forest plots, the reliability diagram and one confusion matrix per method, by figure name."""
+    figures = {"forest_auc": _forest_figure(report, "macro_auc", "macro AUC (one-vs-rest), 95% CI"),
+               "forest_bg": _forest_figure(report, "bg_share_mean", "mean background relevance share, 95% CI")}
     curves = {m.name: report["metrics"][m.name][OVERALL]["calibration"] for m in methods}
     figures["reliability"] = _png(reliability_figure(curves, "Reliability, all external images"))
     for m in methods:
         figures[f"confusion/{m.name}"] = _confusion_figure(report, m.name)
+    return figures
 
-    report["report_run_id"] = tracker.run_id
-    out.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(_json_safe(report), indent=1, allow_nan=False))
-    out.write_text(render_html(report, figures), encoding="utf-8")
-    # the logging, after the files are written
+
+def _log_report(tracker: Tracker, report: dict, methods: list[MethodResult], run_ids: Sequence[str], manifest,
+                sites: Sequence[str], out: Path, json_path: Path, *, n_resamples: int, seed: int,
+                n_bins: int) -> None:
+    """The report's MLflow record, after the files are written: settings, headline metrics per run and group
+    (site names escaped, the mapping logged), and both files as artifacts."""
     tracker.log_params({"runs": ",".join(run_ids), "manifest": str(manifest), "sites": ",".join(sites),
                         "n_resamples": n_resamples, "seed": seed, "n_bins": n_bins})
     tracker.set_tags({"manifest_sha256": report["manifest_sha256"]})
@@ -325,5 +362,3 @@ def _score_and_write(run_ids, loaded, df, classes, sites, manifest, out: Path, j
     tracker.log_metrics(flat)
     tracker.log_artifact(out, "report")
     tracker.log_artifact(json_path, "report")
-    report["html_path"], report["json_path"] = str(out), str(json_path)
-    return report

@@ -1,11 +1,14 @@
 """Training methods that plug into the trainer through hooks (see ``isnet.methods.base``)."""
 
-from isnet.methods.base import LOSS_RULE, LossTerms, Method, StepOutput, build_methods, combine_losses, register, unregister
+from isnet.methods.base import (LOSS_RULE, LossTerms, Method, StepOutput, build_methods, combine_losses,
+                                compose_objective, register, unregister)
 from isnet.methods.gwrp import gwrp
 from isnet.methods.isnet_loss import (
     ISNetLossConfig,
+    ISNetLossFields,
     explain_targets,
     isnet_heatmap_loss,
+    isnet_loss_terms,
     isnet_total_loss,
     image_relevance_totals,
     lung_relevance_totals,
@@ -23,6 +26,6 @@ from isnet.methods.rrr import RRRMethod, rrr_penalty  # noqa: E402
 from isnet.methods.sgdrop import SGDropMethod  # noqa: E402
 
 __all__ = ["BgSwapMethod", "BgConsistencyMethod", "consistency_divergence", "GroupDROMethod", "ISNetMethod", "MaskedInputMethod", "RelDropMethod", "RRRMethod", "SGDropMethod", "rrr_penalty", "LOSS_RULE",
-           "LossTerms", "Method", "StepOutput", "combine_losses", "build_methods", "register", "unregister", "gwrp",
-           "ISNetLossConfig", "explain_targets", "isnet_heatmap_loss", "isnet_total_loss", "image_relevance_totals",
+           "LossTerms", "Method", "StepOutput", "combine_losses", "compose_objective", "build_methods", "register", "unregister", "gwrp",
+           "ISNetLossConfig", "ISNetLossFields", "explain_targets", "isnet_heatmap_loss", "isnet_loss_terms", "isnet_total_loss", "image_relevance_totals",
            "lung_relevance_totals", "tune_foreground_band"]

@@ -68,16 +68,8 @@ class LossTerms:
 LOSS_RULE = "total = (prod over methods of ce_weight) * CE + (sum over methods of their terms)"
 
 
-def combine_losses(ce: torch.Tensor, parts: Mapping[str, LossTerms]) -> tuple[torch.Tensor, dict[str, float]]:
-    """The step's objective from the true cross-entropy and each method's :class:`LossTerms`:
-
-        total = (Π_m ce_weight_m) · CE + Σ_m Σ_k terms_m[k]
-
-    Every hook sees the same true cross-entropy and nothing of the other methods' contributions, so the
-    objective of a set of methods does not depend on the order they are listed in. The weights are multiplied
-    and the terms added in the sorted order of their names, so even the floating-point result is the same for
-    every order. ``parts`` maps a method's name to what its hook returned. Returns the total and the metrics
-    ``ce_weight`` (the product) and ``loss_<term>`` (each term's value)."""
+def _compose(ce: torch.Tensor, parts: Mapping[str, LossTerms]) -> tuple[torch.Tensor, float, dict[str, torch.Tensor]]:
+    """The total of :func:`combine_losses`, with the product of the weights and the terms it added."""
     weight = 1.0
     terms: dict[str, torch.Tensor] = {}
     for name in sorted(parts):
@@ -92,6 +84,26 @@ def combine_losses(ce: torch.Tensor, parts: Mapping[str, LossTerms]) -> tuple[to
     total = ce * weight if weight != 1.0 else ce
     for key in sorted(terms):
         total = total + terms[key]
+    return total, weight, terms
+
+
+def compose_objective(ce: torch.Tensor, parts: Mapping[str, LossTerms]) -> torch.Tensor:
+    """The total of :func:`combine_losses` without its metrics (no device sync): for callers outside the
+    trainer, such as the bench, that need the training objective itself."""
+    return _compose(ce, parts)[0]
+
+
+def combine_losses(ce: torch.Tensor, parts: Mapping[str, LossTerms]) -> tuple[torch.Tensor, dict[str, float]]:
+    """The step's objective from the true cross-entropy and each method's :class:`LossTerms`:
+
+        total = (Π_m ce_weight_m) · CE + Σ_m Σ_k terms_m[k]
+
+    Every hook sees the same true cross-entropy and nothing of the other methods' contributions, so the
+    objective of a set of methods does not depend on the order they are listed in. The weights are multiplied
+    and the terms added in the sorted order of their names, so even the floating-point result is the same for
+    every order. ``parts`` maps a method's name to what its hook returned. Returns the total and the metrics
+    ``ce_weight`` (the product) and ``loss_<term>`` (each term's value)."""
+    total, weight, terms = _compose(ce, parts)
     metrics = {"ce_weight": weight}
     metrics.update({f"loss_{k}": float(v.detach()) for k, v in terms.items()})
     return total, metrics

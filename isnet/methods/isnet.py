@@ -24,10 +24,14 @@ from isnet.lrp import lrp_heatmaps, run_lrp_config, supports_model
 from isnet.config.registry import MethodParams
 from isnet.methods.base import LossTerms, Method, StepOutput, register
 from isnet.methods.isnet_loss import (
+    PUBLISHED_P,
     ISNetLossConfig,
+    ISNetLossFields,
+    check_P,
     explain_targets,
     image_relevance_totals,
     isnet_heatmap_loss,
+    isnet_loss_terms,
     lung_relevance_totals,
     tune_foreground_band,
 )
@@ -101,36 +105,20 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
-class ISNetParams(MethodParams):
+class ISNetParams(MethodParams, ISNetLossFields):
     """ISNet loss hyper-parameters; every default is the authors' reference value (docs/methods.md has the table
-    of reference vs ours), our deviations are named options or recipes."""
+    of reference vs ours), our deviations are named options or recipes. The heatmap loss's own keys (variant, d,
+    E, A, B, C1, C2, fg_upper_scale, fg_upper_loss, conservation) and their checks are inherited from
+    :class:`ISNetLossFields`, the one definition the loss's settings (:meth:`loss_config`) share."""
 
     recipe: Literal[tuple(RECIPES)] = Field(  # type: ignore[valid-type]
         "published", description="a named set of defaults for the keys below that the config leaves unset: "
                                  "published = the authors' reference; warm_start (ours) = a plain warm-up a third "
                                  "as long as the ISNet phase, kept (init_from_warmup), then the selective variant "
                                  "at P 0.5")
-    variant: Literal["original", "stochastic", "selective", "selective_top"] = Field(
-        "original", description="classes explained per image: original = all; stochastic = one (top class with "
-                                "probability stochastic_top_prob, else a random other); selective = the lowest-"
-                                "logit class's softmax quantity (Faster ISNet); selective_top = the top class's "
-                                "log-probability (ours)")
     P: Union[float, dict[int, float]] = Field(
-        0.7, description="weight of the heatmap loss, L = (1-P)·CE + P·L_hm: a number, or a schedule {epoch: P} "
+        PUBLISHED_P, description="weight of the heatmap loss, L = (1-P)·CE + P·L_hm: a number, or a schedule {epoch: P} "
                          "(epochs counted from 1; each value holds until the next key), e.g. {1: 0.0, 2: 0.35, 3: 0.7}")
-    d: float = Field(0.9, ge=0, le=1, description="GWRP decay of the background term (0: max pooling)")
-    E: float = Field(1.0, gt=0)
-    A: float = Field(1.0, ge=0)
-    B: float = Field(3.0, ge=0)
-    C1: Optional[float] = Field(None, gt=0)
-    C2: Optional[float] = Field(None, gt=0)
-    fg_upper_scale: Literal["C1", "C2"] = Field(
-        "C1", description="divisor of the upper side of the foreground penalty ((F - C2)/C1)^2 as the reference; "
-                          "C2: our earlier relative error, which makes overshooting up to 625x cheaper")
-    fg_upper_loss: Literal["l2", "hybrid"] = Field(
-        "l2", description="upper side of the foreground penalty: l2 = ((F - C2)/C1)^2 throughout (the reference's "
-                          "run scripts); hybrid = that square up to F = C1 + C2, then 1 + (F - C1 - C2) (the Faster "
-                          "ISNet paper, the default of the reference's training modules)")
     warmup_epochs: Optional[int] = Field(
         5, ge=1, description="plain epochs of a model copy trained only to tune C1/C2 when they are not set (the "
                              "reference's example: 5); null: as many as optim.epochs")
@@ -160,11 +148,6 @@ class ISNetParams(MethodParams):
                           "term's gradient is many times the CE's and the classifier stays near chance. A number, "
                           "or a schedule {epoch: ratio or null} like P's, e.g. {1: 0.5, 5: null}: balanced while "
                           "the features form, the published loss from epoch 5 on")
-    conservation: float = Field(0.0, ge=0, description="ours, 0 (off) in the reference: weight G of L_cons = "
-                                "mean ((logit - sum R) / C1)^2 over the explained maps, added to the heatmap loss. "
-                                "Relevance a heatmap does not account for went through biases (BatchNorm shifts) or "
-                                "epsilon; a shortcut acting there is invisible to the background term "
-                                "(docs/stress-test.md, 'Biases, not epsilon')")
     collapse_check: bool = Field(True, description="warn once when training CE stays above 0.9·ln K after a "
                                                    "third of the epochs while L_bg falls")
 
@@ -180,8 +163,13 @@ class ISNetParams(MethodParams):
     @field_validator("P")
     @classmethod
     def _p_range(cls, v):
-        if any(not 0 <= p <= 1 for p in _schedule_values(v, "P")):
-            raise ValueError(f"P must lie in [0, 1], got {v}")
+        try:
+            for p in _schedule_values(v, "P"):
+                check_P(p)
+        except ValueError as exc:
+            if isinstance(v, dict):
+                raise ValueError(f"{exc} (schedule {v})") from None
+            raise
         return v
 
     @field_validator("balance")
@@ -204,12 +192,14 @@ class ISNetParams(MethodParams):
         configured ISNet only from then on."""
         return max([1] + [max(s) for s in (self.P, self.balance) if isinstance(s, dict)])
 
+    def loss_config(self, P: float, C1: float | None, C2: float | None) -> ISNetLossConfig:
+        """The heatmap loss's settings for this block: its loss keys with the P in force and the band in use
+        (tuned, or the configured one); the one place a run's loss settings are derived."""
+        return ISNetLossConfig(**{**self.model_dump(include=set(ISNetLossFields.model_fields)),
+                                  "P": P, "C1": C1, "C2": C2})
+
     @model_validator(mode="after")
-    def _band_ordered(self) -> "ISNetParams":
-        if self.C1 is not None and self.C2 is not None and self.C1 > self.C2:
-            raise ValueError(f"C1 ({self.C1}) must not exceed C2 ({self.C2})")
-        if self.fg_upper_loss == "hybrid" and self.fg_upper_scale != "C1":
-            raise ValueError("fg_upper_loss: hybrid is defined with the C1 divisor; it needs fg_upper_scale: C1")
+    def _balance_needs_ce(self) -> "ISNetParams":
         keys = {1} | {k for s in (self.P, self.balance) if isinstance(s, dict) for k in s}
         if any(self.balance_at(k) is not None and self.P_at(k) >= 1 for k in keys):
             raise ValueError("balance needs P < 1 in every epoch it is on: at P = 1 there is no cross-entropy "
@@ -243,6 +233,7 @@ class ISNetMethod(Method):
         self.select_from = min(c.final_epoch_key(), cfg.optim.epochs)
         self.lrp = run_lrp_config(cfg, detach_biases=c.detach == "biases")  # the run's lrp rules; our detach mode
         self.n_classes = len(cfg.data.classes)
+        self._run_epochs = cfg.optim.epochs
         self.generator = torch.Generator().manual_seed(cfg.train.seed + 101)
         self._grad_norms: dict[str, float] = {}
         self._measure_grads = False
@@ -253,10 +244,15 @@ class ISNetMethod(Method):
         return epoch >= self.select_from
 
     def loss_config(self) -> ISNetLossConfig:
-        c = self.params
-        return ISNetLossConfig(P=self.P, d=c.d, E=c.E, A=c.A, B=c.B, C1=self.C1, C2=self.C2, variant=c.variant,
-                               fg_upper_scale=c.fg_upper_scale, fg_upper_loss=c.fg_upper_loss,
-                               conservation=c.conservation)
+        """The loss's settings now: the block's keys, this epoch's P and the tuned (or configured) band."""
+        return self.params.loss_config(self.P, self.C1, self.C2)
+
+    def band_warmup_epochs(self) -> int:
+        """Plain epochs the band tuning trains before ISNet's first epoch: 0 when C1/C2 are known (configured or
+        restored from a checkpoint), else ``warmup_epochs`` (null: the run's epoch count)."""
+        if self.C1 is not None and self.C2 is not None:
+            return 0
+        return int(self.params.warmup_epochs or self._run_epochs)
 
     def _targets(self, logits: torch.Tensor) -> torch.Tensor:
         c = self.params
@@ -267,14 +263,15 @@ class ISNetMethod(Method):
     def on_fit_start(self, trainer: "TrainContext") -> None:
         if not supports_model(trainer.model):
             raise ValueError(f"ISNet needs an LRP-supported backbone; {trainer.cfg.model.backbone} is not")
-        if self.C1 is None or self.C2 is None:
-            self.C1, self.C2, warm = self._tune_band(trainer)
+        epochs = self.band_warmup_epochs()
+        if epochs:
+            self.C1, self.C2, warm = self._tune_band(trainer, epochs)
             if self.params.init_from_warmup:
                 trainer.model.load_state_dict(warm.state_dict())
                 if self.params.finetune_lr is not None:
                     _set_peak_lr(trainer, self.params.finetune_lr)
                 logger.info("isnet: training starts from the warm-up weights")
-            logger.info(f"isnet: foreground band tuned from a {self.params.warmup_epochs}-epoch plain warm-up "
+            logger.info(f"isnet: foreground band tuned from a {epochs}-epoch plain warm-up "
                         f"({self.params.band_statistic} totals, {self.params.band_mode} mode): "
                         f"C1={self.C1:.4g}, C2={self.C2:.4g}")
             trainer.tracker.log_params({"method.isnet.C1_tuned": self.C1, "method.isnet.C2_tuned": self.C2})
@@ -289,13 +286,12 @@ class ISNetMethod(Method):
             return image_relevance_totals(heat)
         return lung_relevance_totals(heat.detach(), mask)
 
-    def _tune_band(self, trainer: "TrainContext") -> tuple[float, float, torch.nn.Module]:
+    def _tune_band(self, trainer: "TrainContext", epochs: int) -> tuple[float, float, torch.nn.Module]:
         """Train a copy of the model with plain cross-entropy (the run's optimiser and clipping) and measure the
         band statistic; train mode: on the heatmaps of the last warm-up epoch, as the reference does."""
         model = copy.deepcopy(trainer.model)
         opt = _same_optimizer(trainer.optimizer, model.parameters())
         clip = [c for c in (trainer.cfg.optim.grad_clip_norm, self.params.grad_clip_norm) if c]
-        epochs = int(self.params.warmup_epochs or trainer.cfg.optim.epochs)
         in_train = self.params.band_mode == "train"
         totals: list[torch.Tensor] = []
         for epoch in range(1, epochs + 1):
@@ -345,13 +341,13 @@ class ISNetMethod(Method):
         logits = out.logits.detach().float()
         fg = float(terms["fg_total"])
         # (1 − P)·CE + P·L_hm, composed with the other methods by combine_losses
-        return LossTerms(ce_weight=1.0 - cfg.P, terms={"isnet": cfg.P * terms["L_hm"]},
-                         metrics={"L_bg": float(terms["L_bg"].detach()), "L_fg": float(terms["L_fg"].detach()),
-                                  "L_hm": float(terms["L_hm"].detach()), "bg_share": float(terms["bg_share"]),
-                                  **({"L_cons": float(terms["L_cons"].detach())} if cfg.conservation > 0 else {}),
-                                  "logit_spread": float((logits.max(1).values - logits.min(1).values).mean()),
-                                  "F_over_C1": fg / float(self.C1), "F_over_C2": fg / float(self.C2),
-                                  "P": self.P})
+        metrics = {"L_bg": float(terms["L_bg"].detach()), "L_fg": float(terms["L_fg"].detach()),
+                   "L_hm": float(terms["L_hm"].detach()), "bg_share": float(terms["bg_share"]),
+                   **({"L_cons": float(terms["L_cons"].detach())} if cfg.conservation > 0 else {}),
+                   "logit_spread": float((logits.max(1).values - logits.min(1).values).mean()),
+                   "F_over_C1": fg / float(self.C1), "F_over_C2": fg / float(self.C2),
+                   "P": self.P}
+        return isnet_loss_terms(terms, cfg, metrics)
 
     @staticmethod
     def _term_grad_norms(model: torch.nn.Module, ce: torch.Tensor, terms: dict, cfg: ISNetLossConfig

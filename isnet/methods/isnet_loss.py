@@ -28,89 +28,108 @@ background into the lungs.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from typing import Any, Literal, Optional
 
 import torch
 import torch.nn.functional as F_nn
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import Tensor
 
+from .base import LossTerms, compose_objective
 from .gwrp import gwrp
 from .isnet_targets import VARIANTS, explain_targets
 
 __all__ = [
+    "ISNetLossFields",
     "ISNetLossConfig",
+    "check_P",
     "explain_targets",
     "isnet_heatmap_loss",
+    "isnet_loss_terms",
     "isnet_total_loss",
     "image_relevance_totals",
     "lung_relevance_totals",
     "tune_foreground_band",
 ]
 
+#: the authors' weight of the heatmap loss
+PUBLISHED_P = 0.7
 
-@dataclass
-class ISNetLossConfig:
-    """Hyper-parameters of the ISNet loss, with the published defaults.
 
-    P: weight of the heatmap loss against cross-entropy, L = (1-P)·CE + P·L_hm.
-    d: GWRP decay (0.996 in a later version of the method).
-    E: squashing constant in f(v) = v / (v + E).
-    A, B: weights of the background and foreground terms (B = 1 in later versions).
-    C1, C2: band for the total lung relevance; None until tuned
-        (see ``tune_foreground_band``).  Required unless B == 0.
-    variant: which classes are explained: "original" | "stochastic" | "selective".
-    eps_norm: added to the mean lung |R| before dividing, so a vanishing lung
-        relevance does not divide by zero.
+def check_P(p: float) -> float:
+    """The one rule for a value of P (a constant, or one entry of a schedule): a mixing weight in [0, 1]."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"P must lie in [0, 1], got {p}")
+    return p
+
+
+class ISNetLossFields(BaseModel):
+    """The heatmap loss's keys, defined and validated here once: ``method.isnet`` (``ISNetParams``) inherits them
+    as config keys and :class:`ISNetLossConfig` as the loss's settings, so the two cannot drift apart."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    variant: Literal[VARIANTS] = Field(  # type: ignore[valid-type]
+        "original", description="classes explained per image: original = all; stochastic = one (top class with "
+                                "probability stochastic_top_prob, else a random other); selective = the lowest-"
+                                "logit class's softmax quantity (Faster ISNet); selective_top = the top class's "
+                                "log-probability (ours)")
+    d: float = Field(0.9, ge=0, le=1, description="GWRP decay of the background term (0: max pooling)")
+    E: float = Field(1.0, gt=0)
+    A: float = Field(1.0, ge=0)
+    B: float = Field(3.0, ge=0)
+    C1: Optional[float] = Field(None, gt=0)
+    C2: Optional[float] = Field(None, gt=0)
+    fg_upper_scale: Literal["C1", "C2"] = Field(
+        "C1", description="divisor of the upper side of the foreground penalty ((F - C2)/C1)^2 as the reference; "
+                          "C2: our earlier relative error, which makes overshooting up to 625x cheaper")
+    fg_upper_loss: Literal["l2", "hybrid"] = Field(
+        "l2", description="upper side of the foreground penalty: l2 = ((F - C2)/C1)^2 throughout (the reference's "
+                          "run scripts); hybrid = that square up to F = C1 + C2, then 1 + (F - C1 - C2) (the Faster "
+                          "ISNet paper, the default of the reference's training modules)")
+    conservation: float = Field(0.0, description="ours, 0 (off) in the reference: weight G of L_cons = "
+                                "mean ((logit - sum R) / C1)^2 over the explained maps, added to the heatmap loss. "
+                                "Relevance a heatmap does not account for went through biases (BatchNorm shifts) or "
+                                "epsilon; a shortcut acting there is invisible to the background term "
+                                "(docs/stress-test.md, 'Biases, not epsilon')")
+
+    @field_validator("conservation")
+    @classmethod
+    def _conservation_range(cls, v: float) -> float:
+        if not v >= 0.0:
+            raise ValueError(f"conservation must be >= 0, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _band_consistent(self) -> Any:
+        if self.C1 is not None and self.C2 is not None and self.C1 > self.C2:
+            raise ValueError(f"C1 ({self.C1}) must not exceed C2 ({self.C2}): the band needs C1 <= C2")
+        if self.fg_upper_loss == "hybrid" and self.fg_upper_scale != "C1":
+            raise ValueError("fg_upper_loss: hybrid is defined with the C1 divisor; it needs fg_upper_scale: C1")
+        return self
+
+
+class ISNetLossConfig(ISNetLossFields):
+    """Settings of one evaluation of the ISNet loss, with the published defaults: the heatmap-loss keys of
+    :class:`ISNetLossFields` (a run derives them from its ``method.isnet`` block with ``ISNetParams.loss_config``),
+    the P in force and two numerical constants.
+
+    P: weight of the heatmap loss against cross-entropy, L = (1-P)·CE + P·L_hm (one number: a schedule is
+        resolved by the caller).
+    C1, C2: band for the total lung relevance; None until tuned (see ``tune_foreground_band``). Required unless
+        B == 0.
+    eps_norm: added to the mean lung |R| before dividing, so a vanishing lung relevance does not divide by zero.
     mask_threshold: mask values above it count as lung.
-    fg_upper_scale: "C1" (reference) or "C2": the divisor of the upper side of the foreground penalty.
-    fg_upper_loss: "l2" (the square on the whole upper side) or "hybrid" (square up to C1 + C2, linear beyond).
-    conservation: weight G of ``L_cons`` = mean over maps of ((s − Σ R) / C1)², s the relevance seeded at the output
-        (the explained logit), Σ R the heatmap's signed total. Ours, 0 (off) in the reference: what the heatmap does
-        not account for went through biases or ε stabilisers, a route the background term cannot see.
     """
 
-    P: float = 0.7
-    d: float = 0.9
-    E: float = 1.0
-    A: float = 1.0
-    B: float = 3.0
-    C1: float | None = None
-    C2: float | None = None
-    variant: str = "original"
-    eps_norm: float = 1e-6
+    P: float = PUBLISHED_P
+    eps_norm: float = Field(1e-6, gt=0)
     mask_threshold: float = 0.5
-    fg_upper_scale: str = "C1"
-    fg_upper_loss: str = "l2"
-    conservation: float = 0.0
 
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.P <= 1.0:
-            raise ValueError(f"ISNetLossConfig.P must lie in [0, 1], got {self.P}")
-        if not 0.0 <= self.d <= 1.0:
-            raise ValueError(f"ISNetLossConfig.d (GWRP decay) must lie in [0, 1], got {self.d}")
-        if not self.E > 0.0:
-            raise ValueError(f"ISNetLossConfig.E must be > 0, got {self.E}")
-        if self.A < 0.0 or self.B < 0.0:
-            raise ValueError(f"ISNetLossConfig.A and B must be >= 0, got A={self.A}, B={self.B}")
-        if self.variant not in VARIANTS:
-            raise ValueError(f"ISNetLossConfig.variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
-        if not self.eps_norm > 0.0:
-            raise ValueError(f"ISNetLossConfig.eps_norm must be > 0, got {self.eps_norm}")
-        if self.C1 is not None and not self.C1 > 0.0:
-            raise ValueError(f"ISNetLossConfig.C1 must be > 0, got {self.C1}")
-        if self.C2 is not None and not self.C2 > 0.0:
-            raise ValueError(f"ISNetLossConfig.C2 must be > 0, got {self.C2}")
-        if self.C1 is not None and self.C2 is not None and self.C2 < self.C1:
-            raise ValueError(f"ISNetLossConfig needs C1 <= C2, got C1={self.C1}, C2={self.C2}")
-        if self.fg_upper_scale not in ("C1", "C2"):
-            raise ValueError(f"ISNetLossConfig.fg_upper_scale must be 'C1' or 'C2', got {self.fg_upper_scale!r}")
-        if self.fg_upper_loss not in ("l2", "hybrid"):
-            raise ValueError(f"ISNetLossConfig.fg_upper_loss must be 'l2' or 'hybrid', got {self.fg_upper_loss!r}")
-        if not self.conservation >= 0.0:
-            raise ValueError(f"ISNetLossConfig.conservation must be >= 0, got {self.conservation}")
-        if self.fg_upper_loss == "hybrid" and self.fg_upper_scale != "C1":
-            raise ValueError("ISNetLossConfig.fg_upper_loss='hybrid' is defined with the C1 divisor; "
-                             f"set fg_upper_scale='C1' (got {self.fg_upper_scale!r})")
+    @field_validator("P")
+    @classmethod
+    def _p_range(cls, v: float) -> float:
+        return check_P(v)
 
 
 def _prepare(heatmaps: Tensor, masks: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
@@ -235,10 +254,18 @@ def _upper_penalty(lung_total: Tensor, c1: float, c2: float, cfg: ISNetLossConfi
     return torch.where(lung_total.detach() > c1 + c2, linear, square)
 
 
-def isnet_total_loss(ce: Tensor, terms: Mapping[str, Tensor] | Tensor, cfg: ISNetLossConfig) -> Tensor:
-    """Total ISNet objective (1 - P)·CE + P·L_hm; ``terms`` is the heatmap-loss dict or L_hm itself."""
+def isnet_loss_terms(terms: Mapping[str, Tensor] | Tensor, cfg: ISNetLossConfig,
+                     metrics: Mapping[str, float] | None = None) -> LossTerms:
+    """ISNet's part of the objective (1 − P)·CE + P·L_hm, in the form the trainer composes
+    (``isnet.methods.base.combine_losses``): the one statement of the formula, used by the training hook and,
+    through :func:`isnet_total_loss`, by the bench. ``terms`` is the heatmap-loss dict or L_hm itself."""
     l_hm = terms if isinstance(terms, Tensor) else terms["L_hm"]
-    return (1.0 - cfg.P) * ce + cfg.P * l_hm
+    return LossTerms(ce_weight=1.0 - cfg.P, terms={"isnet": cfg.P * l_hm}, metrics=dict(metrics or {}))
+
+
+def isnet_total_loss(ce: Tensor, terms: Mapping[str, Tensor] | Tensor, cfg: ISNetLossConfig) -> Tensor:
+    """Total ISNet objective (1 - P)·CE + P·L_hm, composed exactly as a training step composes ISNet alone."""
+    return compose_objective(ce, {"isnet": isnet_loss_terms(terms, cfg)})
 
 
 def tune_foreground_band(totals: Sequence[float] | Tensor) -> tuple[float, float]:

@@ -122,7 +122,7 @@ def train_segmenter(cfg: SegmenterConfig, manifest: str | Path, *, log=print) ->
     ckpt = Path(cfg.checkpoint_dir) / (run_id or "local") / BEST_NAME
     tracker.buffer_path = ckpt.parent / BUFFER_NAME  # where records wait while the server is unreachable
     result = SegFitResult(run_id, 0, -1.0, 0.0, checkpoint=ckpt)
-    try:
+    with tracker.ending_run():  # FINISHED, KILLED on Ctrl-C, FAILED on any error
         tracker.log_run_context(cfg.model_dump(mode="json"), sha256_file(manifest), str(manifest))
         tracker.set_tags({"kind": KIND})
         counts = df.groupby("split").size().to_dict()
@@ -168,8 +168,4 @@ def train_segmenter(cfg: SegmenterConfig, manifest: str | Path, *, log=print) ->
         tracker.log_metrics({"best_val_dice": result.val_dice, "best_val_iou": result.val_iou,
                              "best_epoch": result.best_epoch})
         tracker.log_artifact(ckpt, ARTIFACT_DIR)
-    except BaseException:
-        tracker.end("FAILED")
-        raise
-    tracker.end("FINISHED")
     return result

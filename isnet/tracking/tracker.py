@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -9,7 +10,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
@@ -125,6 +126,20 @@ class Tracker:
             if exp is None:
                 raise
             return exp.experiment_id
+
+    @contextlib.contextmanager
+    def ending_run(self) -> Iterator[None]:
+        """End the run with the status of how the block exits: FINISHED, KILLED on an interrupt (Ctrl-C), FAILED
+        on any other exception, which goes on up. The one rule for every command that records a run."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.end("KILLED")
+            raise
+        except BaseException:
+            self.end("FAILED")
+            raise
+        self.end("FINISHED")
 
     def end(self, status: str = "FINISHED") -> None:
         if not self.enabled or self.run_id is None:

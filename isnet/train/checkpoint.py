@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from isnet.files import atomic_write
+
 logger = logging.getLogger(__name__)
 
 CHECKSUM_RECORD = ".isnet_sha256"
@@ -88,16 +90,15 @@ def _embedded_checksum_ok(p: Path, data: bytes) -> bool:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    """``data`` to ``path`` through :func:`isnet.files.atomic_write`, synced to disk before the rename: a
+    checkpoint must survive a power cut, not only a killed process."""
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    atomic_write(path, write)
 
 
 def previous_path(path: str | Path) -> Path:

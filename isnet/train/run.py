@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -17,15 +16,16 @@ from isnet.config.load import config_to_dict
 from isnet.config.schema import TrainConfig
 from isnet.data.manifest import load_manifest
 from isnet.errors import UserError
+from isnet.files import atomic_write_text
 from isnet.methods import build_methods
 from isnet.models import build_classifier
 from isnet.train.init import apply_init
 from isnet.train.init import describe as describe_init
-from isnet.tracking import BUFFER_NAME, Tracker, flush_buffer, is_unreachable, store_uri
+from isnet.tracking import BUFFER_NAME, RunUnavailable, Tracker, flush_buffer, is_unreachable, read_run
 from isnet.train.checkpoint import ARTIFACT_DIR, BEST_NAME, CheckpointError, LAST_NAME, load_latest_checkpoint, previous_path
 from isnet.train.distributed import distribute_trainer, init_distributed
 from isnet.train.seeding import seed_everything
-from isnet.train.trainer import FitResult, Trainer, TrainingDiverged
+from isnet.train.trainer import FitResult, Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -64,14 +64,11 @@ def _finished_before_marker(cfg: TrainConfig, run_id: str, state: dict, ckpt_dir
     patience = saved.optim.early_stopping_patience
     if not (int(state["epoch"]) >= saved.optim.epochs or (patience and int(state["bad_epochs"]) >= patience)):
         return None
-    uri = store_uri(saved.tracking.tracking_uri)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        return None  # reading a store that does not exist would create it
     try:
-        from mlflow.tracking import MlflowClient
-
-        status = MlflowClient(uri).get_run(run_id).info.status
-    except Exception:
+        status = read_run(run_id, saved.tracking.tracking_uri).status
+    except RunUnavailable as exc:  # no store, unknown run, store error, unreachable server
+        logger.warning(f"cannot read the status of run {run_id} ({exc}); resuming from its checkpoint as an "
+                       f"unfinished run")
         return None
     if status != "FINISHED":
         return None
@@ -81,11 +78,9 @@ def _finished_before_marker(cfg: TrainConfig, run_id: str, state: dict, ckpt_dir
 
 def _write_finished(result: FitResult) -> None:
     marker = Path(result.checkpoint_dir) / FINISHED_NAME
-    tmp = marker.with_name(f".{marker.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"run_id": result.run_id, "epochs_run": result.epochs_run,
-                               "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
-                               "test_metrics": result.test_metrics}, indent=1))
-    os.replace(tmp, marker)
+    atomic_write_text(marker, json.dumps({"run_id": result.run_id, "epochs_run": result.epochs_run,
+                                          "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
+                                          "test_metrics": result.test_metrics}, indent=1))
 
 
 def _resume_state(cfg: TrainConfig, run_id: str) -> tuple[TrainConfig, dict, Path]:
@@ -157,7 +152,7 @@ def _train(cfg, manifest_path, device, ctx, *, resume, state, progress, extra_tr
         tracker.set_tags(tags)
     ckpt_dir = Path(cfg.train.checkpoint_dir) / (run_id or "local")
     tracker.buffer_path = ckpt_dir / BUFFER_NAME  # where records wait while the server is unreachable
-    try:
+    with tracker.ending_run():  # FINISHED, KILLED on Ctrl-C, FAILED on any error (TrainingDiverged too)
         run_tags = tracker.load_logged() if state is not None else {}  # resumed: nothing is logged twice
         trainer = Trainer(cfg, manifest, model, methods, tracker, device, ckpt_dir, progress=progress,
                           extra_transforms=extra_transforms, dist=ctx)
@@ -182,33 +177,22 @@ def _train(cfg, manifest_path, device, ctx, *, resume, state, progress, extra_tr
             logger.info(f"run {run_id} started; checkpoints in {ckpt_dir}\n"
                         f"images per split and class:\n{counts.to_string()}")
         result = trainer.fit()
-        if not main:  # rank 0 tests and exports
-            tracker.end("FINISHED")
-            return result
-        result.test_metrics = trainer.test()
-        tracker.log_metrics(result.test_metrics)
-        tracker.log_metrics({"best_epoch": result.best_epoch, "epochs_run": result.epochs_run})
-        tracker.log_artifact(trainer.best_path, ARTIFACT_DIR)
-        if cfg.tracking.log_model and MODEL_TAG not in run_tags:
-            size = cfg.data.image_size
-            example = np.zeros((2, 1, size, size), dtype=np.float32)  # batch 2: a batch of 1 would be exported as a fixed size
-            try:
-                if tracker.log_model(trainer.model.cpu().eval(), example):
-                    tracker.set_tags({MODEL_TAG: "true"})
-            except Exception as exc:  # the weights are already logged as checkpoints/best.pt
-                logger.warning(f"warning: MLflow could not export the model ({type(exc).__name__}: {exc}); "
-                               f"the best checkpoint is logged under {ARTIFACT_DIR}/{BEST_NAME}")
-    except TrainingDiverged:
-        tracker.end("FAILED")
-        raise
-    except KeyboardInterrupt:
-        tracker.end("KILLED")
-        raise
-    except BaseException:
-        tracker.end("FAILED")
-        raise
-    tracker.end("FINISHED")
-    _write_finished(result)
+        if main:  # rank 0 tests and exports
+            result.test_metrics = trainer.test()
+            tracker.log_metrics(result.test_metrics)
+            tracker.log_metrics({"best_epoch": result.best_epoch, "epochs_run": result.epochs_run})
+            tracker.log_artifact(trainer.best_path, ARTIFACT_DIR)
+            if cfg.tracking.log_model and MODEL_TAG not in run_tags:
+                size = cfg.data.image_size
+                example = np.zeros((2, 1, size, size), dtype=np.float32)  # batch 2: a batch of 1 would be exported as a fixed size
+                try:
+                    if tracker.log_model(trainer.model.cpu().eval(), example):
+                        tracker.set_tags({MODEL_TAG: "true"})
+                except Exception as exc:  # the weights are already logged as checkpoints/best.pt
+                    logger.warning(f"warning: MLflow could not export the model ({type(exc).__name__}: {exc}); "
+                                   f"the best checkpoint is logged under {ARTIFACT_DIR}/{BEST_NAME}")
+    if main:
+        _write_finished(result)
     return result
 
 

@@ -6,10 +6,11 @@ import contextlib
 import logging
 import math
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -82,12 +83,15 @@ class Trainer:
         """Rank 0 (or the only process): the one that logs, checkpoints and validates."""
         return self.dist.is_main
 
-    def __init__(self, cfg: TrainConfig, manifest: Manifest, model: torch.nn.Module, methods: list[Method],
-                 tracker: Tracker, device: torch.device, checkpoint_dir: Path, progress: bool | None = None,
+    def __init__(self, cfg: TrainConfig, manifest: Manifest | None, model: torch.nn.Module, methods: list[Method],
+                 tracker: Tracker | None, device: torch.device, checkpoint_dir: Path, progress: bool | None = None,
                  extra_transforms: Mapping[str, Sequence] | None = None,
-                 dist: "SingleProcess | DistContext | None" = None):
+                 dist: "SingleProcess | DistContext | None" = None, *,
+                 loaders: tuple[Iterable[dict], Iterable[dict] | None] | None = None):
         """``dist``: a torchrun rank's :class:`DistContext` (then :func:`distribute_trainer` follows), so that
-        this rank builds and caches only its own shard of the training split, and validation data on rank 0."""
+        this rank builds and caches only its own shard of the training split, and validation data on rank 0.
+        ``loaders``: prebuilt (training, validation) loaders used as they are instead of data sets built from
+        ``manifest`` (see :meth:`from_loaders`); everything else is set up as for a run."""
         self.cfg = cfg
         if dist is not None:
             self.dist = dist
@@ -112,11 +116,28 @@ class Trainer:
         self.bad_epochs = 0
         self.history: list[dict[str, float]] = []
         self.fit_start_seconds = 0.0
-        self._build_data()
+        if loaders is None:
+            self._build_data()
+        else:
+            self.train_loader, self.val_loader = loaders
+            self.train_ds = self.val_ds = None
+            self.cache_info = {"mode": "prebuilt loaders"}
         use_amp = device.type == "cuda" and cfg.train.amp != "off"
         self.amp_dtype = (torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported()
                           else torch.float16) if use_amp else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+
+    @classmethod
+    def from_loaders(cls, cfg: TrainConfig, model: torch.nn.Module, methods: list[Method], device: torch.device,
+                     train_loader: Iterable[dict], val_loader: Iterable[dict] | None = None, *,
+                     tracker: Tracker | None = None, checkpoint_dir: Path | None = None,
+                     progress: bool | None = False) -> "Trainer":
+        """A trainer over batches the caller supplies, without a manifest (the bench's train-step cases): built by
+        the same ``__init__`` as a run's, so its optimiser, schedule, AMP policy and method wiring cannot drift
+        from what ``isnet train`` runs. Without a tracker or checkpoint folder, only steps and the methods' hooks
+        that touch neither can be run (no :meth:`fit`, :meth:`state_dict` or :meth:`test`)."""
+        folder = checkpoint_dir if checkpoint_dir is not None else Path(tempfile.gettempdir()) / "isnet-unused"
+        return cls(cfg, None, model, methods, tracker, device, folder, progress, loaders=(train_loader, val_loader))
 
     # -- data --------------------------------------------------------------------------------------------
     def _show_progress(self) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from isnet.config.load import config_to_dict
 from isnet.config.registry import check_combination, method_names, method_specs
 from isnet.evaluate.stress.config import StressConfig
 from isnet.errors import UserError
+from isnet.files import atomic_write
 
 
 TEST_SETS = ("clean", "aligned", "flipped")
@@ -86,6 +86,4 @@ def done_keys(df: pd.DataFrame) -> set[tuple[str, str, int]]:
 
 
 def _write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -26,6 +27,8 @@ from isnet.evaluate.stress.cells import (STATE_FILE, TEST_SETS, Cell, _write_csv
 from isnet.evaluate.stress.scoring import (bias_heatmap_figure, bias_transform, evaluate_set, heatmap_account,  # noqa: E402
                                            token_effect)
 from isnet.evaluate.stress.summary import drop_plot, summarise, summary_markdown  # noqa: E402
+
+logger = logging.getLogger(__name__)
 
 
 # -- the sweep ----------------------------------------------------------------------------------------
@@ -54,7 +57,7 @@ class StressTest:
 
     # parent run and state -----------------------------------------------------------------------------
     def _open_parent(self, fp: str) -> None:
-        from isnet.tracking import BUFFER_NAME, Tracker
+        from isnet.tracking import BUFFER_NAME, RunUnavailable, Tracker, read_run
 
         state_path = self.out / STATE_FILE
         state = json.loads(state_path.read_text()) if state_path.is_file() else {}
@@ -65,12 +68,10 @@ class StressTest:
         self.parent = Tracker(t.experiment, t.tracking_uri)
         parent_id = state.get("parent_run_id")
         if parent_id is not None:
-            from mlflow.tracking import MlflowClient
-
             try:
-                MlflowClient(self.parent.store_uri).get_run(parent_id)
-            except Exception:
-                self.log(f"note: parent MLflow run {parent_id} not found in {self.parent.uri}; starting a new one")
+                read_run(parent_id, t.tracking_uri)
+            except RunUnavailable as exc:  # no store, unknown run, store error, unreachable server
+                logger.warning(f"note: parent MLflow run {parent_id} cannot be read ({exc}); starting a new one")
                 parent_id = None
         self.parent_id = self.parent.start(run_id=parent_id, run_name=None if parent_id else "stress-test")
         # records wait here while the server is unreachable (`isnet tracking sync` finds them)
@@ -88,23 +89,20 @@ class StressTest:
         """Evaluated child runs of the parent, as CSV rows (recovers cells missing from a lost CSV)."""
         if self.parent_id is None:
             return {}
-        from mlflow.tracking import MlflowClient
+        from isnet.tracking import child_runs
 
-        client = MlflowClient(self.parent.store_uri)
-        exp = client.get_experiment_by_name(self.cfg.train.tracking.experiment)
-        runs = client.search_runs([exp.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{self.parent_id}' "
-                                                f"and tags.`stress.evaluated` = '1'", max_results=5000)
+        t = self.cfg.train.tracking
+        runs = child_runs(self.parent_id, t.experiment, t.tracking_uri, tags={"stress.evaluated": "1"})
         out = {}
         for r in runs:
-            tg = r.data.tags
+            tg = r.tags
             cell = (tg["stress.method"], f"{float(tg['stress.strength']):g}", int(tg["stress.seed"]))
             rows = []
-            for k, v in r.data.metrics.items():
+            for k, v in r.metrics.items():
                 if k.startswith("stress."):
                     _, test_set, metric = k.split(".", 2)
                     rows.append({"method": cell[0], "strength": float(cell[1]), "seed": cell[2],
-                                 "run_id": r.info.run_id, "test_set": test_set, "metric": metric, "value": v})
+                                 "run_id": r.run_id, "test_set": test_set, "metric": metric, "value": v})
             out[cell] = rows
         return out
 
@@ -201,7 +199,7 @@ class StressTest:
         fp = fingerprint(self.cfg, manifest.sha256)
         results = read_results(self.csv)
         self._open_parent(fp)
-        try:
+        with self.parent.ending_run():  # FINISHED, KILLED on Ctrl-C, FAILED on any error
             done = done_keys(results)
             recovered = {k: v for k, v in self._mlflow_done().items() if k not in done and v}
             if recovered:
@@ -218,24 +216,20 @@ class StressTest:
                 rows = self.run_cell(cell, manifest, names)
                 results = pd.concat([results, pd.DataFrame(rows)], ignore_index=True)
                 _write_csv_atomic(results, self.csv)
-        except BaseException as exc:
-            self.parent.end("FAILED" if isinstance(exc, Exception) else "KILLED")
-            raise
-        wanted = {c.key for c in cells_of(self.cfg)}
-        mine = results[[k in wanted for k in zip(results["method"].astype(str), results["strength"].map(lambda s: f"{float(s):g}"),
-                                                  results["seed"].astype(int))]]
-        summary = summarise(mine)
-        text = summary_markdown(summary, self.cfg)
-        (self.out / "summary.md").write_text(text)
-        if len(summary):
-            fig = drop_plot(mine)
-            fig.savefig(self.out / "drop_vs_strength.png", dpi=120)
-            self.parent.log_figure(fig, "stress/drop_vs_strength.png")
-            plt.close(fig)
-        self.parent.log_artifact(self.csv, "stress")
-        self.parent.log_artifact(self.out / "summary.md", "stress")
-        if self.cfg.report:
-            Path(self.cfg.report).parent.mkdir(parents=True, exist_ok=True)
-            Path(self.cfg.report).write_text(text)
-        self.parent.end("FINISHED")
+            wanted = {c.key for c in cells_of(self.cfg)}
+            mine = results[[k in wanted for k in zip(results["method"].astype(str), results["strength"].map(lambda s: f"{float(s):g}"),
+                                                      results["seed"].astype(int))]]
+            summary = summarise(mine)
+            text = summary_markdown(summary, self.cfg)
+            (self.out / "summary.md").write_text(text)
+            if len(summary):
+                fig = drop_plot(mine)
+                fig.savefig(self.out / "drop_vs_strength.png", dpi=120)
+                self.parent.log_figure(fig, "stress/drop_vs_strength.png")
+                plt.close(fig)
+            self.parent.log_artifact(self.csv, "stress")
+            self.parent.log_artifact(self.out / "summary.md", "stress")
+            if self.cfg.report:
+                Path(self.cfg.report).parent.mkdir(parents=True, exist_ok=True)
+                Path(self.cfg.report).write_text(text)
         return summary
