@@ -44,7 +44,7 @@ def test_the_collapse_warning_is_one_line_on_stderr_through_the_cli(toy_manifest
     assert res.returncode == 0, res.stderr[-3000:]
     [line] = [ln for ln in res.stderr.splitlines() if "possible collapse" in ln]
     assert line.startswith("warning: isnet: possible collapse at epoch ")
-    assert line.endswith("(fine-tune a trained model; docs/methods.md, 'ISNet from the initial weights').")
+    assert line.endswith("(fine-tune a trained model; docs/notes/methods-log.md, 'ISNet from the initial weights').")
     # Python's own form would be a second line with "possible collapse" (".../isnet/methods/isnet.py:N:
     # RuntimeWarning: isnet: possible collapse ...") and the code line below it
     for noise in ("isnet/methods/isnet.py", "self._check_collapse("):

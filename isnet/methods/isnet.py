@@ -56,7 +56,7 @@ def collapse_message(epoch: int, ce: float, n_classes: int, l_bg_first: float, l
             f"shortcuts), a P schedule that starts low "
             f"(method.isnet.P={{1: 0.0, 3: 0.7}}), a smaller P, or "
             f"method.isnet.init_from_warmup=true with method.isnet.warmup_epochs=null (fine-tune a trained model; "
-            f"docs/methods.md, 'ISNet from the initial weights').")
+            f"docs/notes/methods-log.md, 'ISNet from the initial weights').")
 
 
 def _schedule_values(value: Any, name: str) -> list:

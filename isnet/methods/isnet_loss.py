@@ -91,7 +91,7 @@ class ISNetLossFields(BaseModel):
                                 "mean ((logit - sum R) / C1)^2 over the explained maps, added to the heatmap loss. "
                                 "Relevance a heatmap does not account for went through biases (BatchNorm shifts) or "
                                 "epsilon; a shortcut acting there is invisible to the background term "
-                                "(docs/stress-test.md, 'Biases, not epsilon')")
+                                "(docs/notes/stress-test-log.md, 'Biases, not ε')")
 
     @field_validator("conservation")
     @classmethod
