@@ -21,6 +21,7 @@ from PIL import Image
 from isnet.data.manifest import read_manifest
 from isnet.data.transforms import base_transforms
 from isnet.errors import UserError
+from isnet.files import atomic_write
 from isnet.models.segmenter import build_segmenter
 from isnet.segment.config import SegmenterConfig
 from isnet.segment.postprocess import clean_mask, mask_quality
@@ -146,7 +147,5 @@ def fill_masks(run_id: str, manifest: str | Path, out: str | Path, *, all_rows: 
     new["mask_quality"] = quality
     new["mask_flagged"] = flagged_path
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    new.to_csv(tmp, index=False)
-    os.replace(tmp, out)
+    atomic_write(out, lambda tmp: new.to_csv(tmp, index=False))
     return PredictSummary(out=out, predicted=predicted, flagged=flagged, kept=len(df) - len(todo))
