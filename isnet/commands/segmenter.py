@@ -44,7 +44,8 @@ def _run_train(args: argparse.Namespace) -> int:
                                         if (v := getattr(args, k)) is not None]
     cfg = load_segmenter_config(overrides)
     r = train_segmenter(cfg, args.manifest)
-    msg = f"finished segmenter run {r.run_id}: best epoch {r.best_epoch}, val Dice {r.val_dice:.4f}, IoU {r.val_iou:.4f}"
+    msg = (f"finished segmenter run {r.run_id}: best epoch {r.best_epoch}, val Dice {r.val_dice:.4f}, "
+           f"IoU {r.val_iou:.4f}")
     if r.test_dice is not None:
         msg += f"; test Dice {r.test_dice:.4f}, IoU {r.test_iou:.4f}"
     print(msg)

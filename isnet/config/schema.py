@@ -251,7 +251,8 @@ class RunConfig(_Strict):
     threads: Optional[int] = Field(None, ge=1, description="torch CPU threads; default: torch's choice")
     val_bg_share: bool = Field(True, description="measure the background relevance share on validation each epoch")
     heatmap_every: int = Field(1, ge=0, description="log a validation heatmap grid every N epochs; 0 = never")
-    sync_bn: bool = Field(False, description="distributed runs: convert BatchNorm to SyncBatchNorm (batch statistics over all ranks)")
+    sync_bn: bool = Field(False, description="distributed runs: convert BatchNorm to SyncBatchNorm "
+                                             "(batch statistics over all ranks)")
 
 
 def _as_text(v):

@@ -126,6 +126,7 @@ def register_model(model: nn.Module, cfg: TrainConfig, name: str, run_id: str,
     with torch.no_grad():
         probs = wrapped(torch.from_numpy(example)).numpy()
     metadata = {"isnet_preprocessing": preprocessing_spec(cfg, run_id)}
-    reqs = [f"{k}=={v}" for k, v in package_versions().items() if k in ("torch", "torchvision") and v != "not installed"]
+    reqs = [f"{k}=={v}" for k, v in package_versions().items()
+            if k in ("torch", "torchvision") and v != "not installed"]
     return register_pytorch_model(wrapped, name, run_id, example, probs, metadata=metadata, pip_requirements=reqs,
                                   tracking_uri=tracking_uri or cfg.tracking.tracking_uri)

@@ -23,7 +23,8 @@ serialised with a file lock and "database is locked" errors are retried with bac
 
 import os
 
-# No telemetry leaves a hospital's machine; set before mlflow is imported (every module of this package imports it after this file).
+# No telemetry leaves a hospital's machine; set before mlflow is imported (every module of this package imports it
+# after this file).
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 # An unreachable server costs a few seconds per attempt, not MLflow's default of minutes (7 retries, 120 s).

@@ -49,8 +49,9 @@ def model_from_state(state: dict, device: str | torch.device = "cpu") -> tuple[t
         cfg = TrainConfig.model_validate(state["config"])
     except ValidationError as exc:  # e.g. trained with a plug-in method that is not installed here
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        known = ", ".join(method_names())
         raise UserError(f"the configuration stored with this model is not valid here ({problems}); install the "
-                        f"plug-in methods it was trained with (registered methods: {', '.join(method_names())})") from None
+                        f"plug-in methods it was trained with (registered methods: {known})") from None
     classes = state.get("classes") or cfg.data.classes
     model = build_classifier(cfg.model.backbone, len(classes), width=cfg.model.width)
     model.load_state_dict(state["model"])
