@@ -82,8 +82,8 @@ def test_set_override_errors_name_the_override(toy_manifest: Path, tmp_path: Pat
     proc = run_isnet(["train", "--config", str(cfg), "--manifest", str(toy_manifest), "--set", "data.image_size=0"],
                      tmp_path)
     _assert_user_error(proc, "c.yaml", "'optim.lr'", "--set data.image_size=0: 'data.image_size'")
-    proc = run_isnet(["segmenter", "train", "--manifest", str(toy_manifest), "--set", "epochs=0"], tmp_path)
-    _assert_user_error(proc, "--set epochs=0: 'epochs'")
+    proc = run_isnet(["segmenter", "train", "--manifest", str(toy_manifest), "--set", "optim.epochs=0"], tmp_path)
+    _assert_user_error(proc, "--set optim.epochs=0: 'optim.epochs'")
 
 
 def test_config_that_is_a_directory_or_not_text(toy_manifest: Path, tmp_path: Path):

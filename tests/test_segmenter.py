@@ -59,7 +59,40 @@ def test_config_errors_name_the_key():
         load_segmenter_config(["postprocess.area_range=[0.7,0.2]"])
     with pytest.raises(ConfigError, match="encodr"):
         load_segmenter_config(["encodr=resnet18"])
-    assert load_segmenter_config(["epochs=3"]).epochs == 3 and SegmenterConfig().encoder == "mobilenet_v2"
+    assert load_segmenter_config(["optim.epochs=3"]).optim.epochs == 3 and SegmenterConfig().encoder == "mobilenet_v2"
+    with pytest.raises(ConfigError, match=r"'data\.split_fractions'.*train and val > 0"):
+        load_segmenter_config(["data.split_fractions=[1.0,0.0,0.0]"])
+
+
+def test_old_flat_config_is_read_into_the_blocks():
+    """Checkpoints and runs stored before the data/optim/tracking blocks hold those keys at the top level."""
+    flat = {"encoder": "mobilenet_v2", "decoder_channels": [64, 32, 16, 16, 8], "image_size": 64, "batch_size": 8,
+            "epochs": 3, "lr": 0.01, "weight_decay": 0.0, "dice_weight": 1.0, "bce_weight": 0.5,
+            "early_stopping_patience": 2, "split_fractions": [0.7, 0.3, 0.0], "split_seed": 4,
+            "lower_percentile": 1.0, "upper_percentile": 99.0, "augment": {"enabled": False},
+            "postprocess": {"threshold": 0.4}, "seed": 1, "device": "cpu", "threads": 1, "checkpoint_dir": "c",
+            "experiment": "old-seg", "run_name": "r1", "tracking_uri": None}
+    cfg = SegmenterConfig.model_validate(flat)
+    assert (cfg.data.image_size, cfg.data.batch_size, cfg.data.split_fractions, cfg.data.split_seed) == \
+        (64, 8, (0.7, 0.3, 0.0), 4)
+    assert (cfg.data.lower_percentile, cfg.data.upper_percentile, cfg.data.augment.enabled) == (1.0, 99.0, False)
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.epochs, cfg.optim.early_stopping_patience) == \
+        (0.01, 0.0, 3, 2)
+    assert (cfg.tracking.experiment, cfg.tracking.run_name, cfg.tracking.tracking_uri) == ("old-seg", "r1", None)
+    assert (cfg.bce_weight, cfg.postprocess.threshold, cfg.seed, cfg.checkpoint_dir) == (0.5, 0.4, 1, "c")
+    assert SegmenterConfig.model_validate(cfg.model_dump(mode="json")) == cfg  # the new form reads back as it is
+    # a flat key and its block key at once is refused, not silently resolved
+    with pytest.raises(ValueError, match="lr is given twice"):
+        SegmenterConfig.model_validate({"lr": 0.1, "optim": {"lr": 0.2}})
+    # an old flat --set key is applied to its block and reported under the block's name
+    assert load_segmenter_config(["epochs=3", "image_size=64"]).optim.epochs == 3
+    with pytest.raises(ConfigError, match=r"--set optim\.epochs=0: 'optim\.epochs'"):
+        load_segmenter_config(["epochs=0"])
+    # defaults unchanged by the move
+    d = SegmenterConfig()
+    assert (d.data.image_size, d.data.batch_size, d.data.split_fractions, d.optim.lr, d.optim.epochs,
+            d.optim.early_stopping_patience, d.tracking.experiment) == (128, 16, (0.8, 0.2, 0.0), 3e-3, 30, 0,
+                                                                      "isnet-segmenter")
 
 
 @pytest.mark.slow  # over 25 s on 2 cores; the default suite must stay under 15 minutes

@@ -62,7 +62,7 @@ def predict_mask(model: torch.nn.Module, cfg: SegmenterConfig, image_path: str |
     from isnet.data.io import image_shape
 
     shape = image_shape(image_path)
-    (rh, rw), (top, left) = _geometry(shape, cfg.image_size)
+    (rh, rw), (top, left) = _geometry(shape, cfg.data.image_size)
     logits = model(x)[:, :, top:top + rh, left:left + rw]
     prob = torch.sigmoid(F.interpolate(logits, size=shape, mode="bilinear", align_corners=False))[0, 0].cpu().numpy()
     pp = cfg.postprocess
