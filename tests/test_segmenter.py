@@ -8,11 +8,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+import torch.nn.functional as F
+from monai.transforms import Compose
+from PIL import Image
 
 from isnet.data import io
 from isnet.data.manifest import load_manifest
 from isnet.data.phantom import generate_dataset
-from isnet.segment import SegmenterConfig, clean_mask, dice_iou, load_segmenter_config, mask_quality
+from isnet.data.transforms import base_transforms
+from isnet.segment import SegmenterConfig, clean_mask, dice_iou, load_segmenter_config, mask_quality, predict_mask
+from isnet.segment.train import data_config
 from isnet.errors import ConfigError
 
 from conftest import CLASSES, run_isnet
@@ -93,6 +99,41 @@ def test_old_flat_config_is_read_into_the_blocks():
     assert (d.data.image_size, d.data.batch_size, d.data.split_fractions, d.optim.lr, d.optim.epochs,
             d.optim.early_stopping_patience, d.tracking.experiment) == (128, 16, (0.8, 0.2, 0.0), 3e-3, 30, 0,
                                                                       "isnet-segmenter")
+
+
+class _ImageAsLogits(torch.nn.Module):
+    """A stand-in segmenter whose logits follow the input image: where it says "lung" is where the image is
+    bright, so a mask mapped back to the wrong place shows."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - 0.5) * 12
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (100, 50), (50, 100), (333, 517), (31, 47), (129, 128)])
+def test_predicted_mask_is_mapped_back_to_the_image(tmp_path: Path, shape: tuple[int, int]):
+    """The network-input mask goes back through the pipeline's inverse resize and pad to the image's own size
+    and place: the same probabilities as cropping the padding and resizing bilinearly by hand, and a mask on
+    the bright ellipse of the image."""
+    h, w = shape
+    yy, xx = np.mgrid[:h, :w]
+    ellipse = ((yy - h / 2) ** 2 / (h / 3) ** 2 + (xx - w / 2) ** 2 / (w / 3) ** 2) < 1
+    noise = np.random.default_rng(0).integers(0, 40, shape)
+    path = tmp_path / "x.png"
+    Image.fromarray((ellipse * 200 + noise).astype(np.uint8)).save(path)
+    cfg = SegmenterConfig.model_validate({"data": {"image_size": 64}, "postprocess": {"keep_components": 1}})
+    model = _ImageAsLogits()
+    prob, mask = predict_mask(model, cfg, path)
+    assert prob.shape == mask.shape == shape
+    # by hand: where Resized(size_mode="longest") + SpatialPadd put the image in the network input
+    size = cfg.data.image_size
+    rh, rw = (int(round(s * size / max(shape))) for s in shape)
+    top, left = (size - rh) // 2, (size - rw) // 2
+    pipeline = Compose(base_transforms(data_config(cfg)))
+    x = torch.as_tensor(np.asarray(pipeline({"image": str(path), "mask": ""})["image"]))
+    logits = model(x[None])[:, :, top:top + rh, left:left + rw]
+    by_hand = torch.sigmoid(F.interpolate(logits, size=shape, mode="bilinear", align_corners=False))[0, 0].numpy()
+    np.testing.assert_allclose(prob, by_hand, atol=1e-5)
+    assert dice_iou(mask, ellipse)[0] >= 0.95
 
 
 @pytest.mark.slow  # over 25 s on 2 cores; the default suite must stay under 15 minutes
