@@ -9,7 +9,8 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, computed_field, create_model, field_validator,
+                      model_validator)
 
 from isnet.config.registry import MethodParams, check_combination, method_names, method_specs
 
@@ -46,11 +47,9 @@ class InputMaskConfig(MethodParams):
                     "`isnet segmenter predict` first)")
 
     def resolve(self, cfg: "TrainConfig", enabled: bool) -> None:
-        """The masked-input method is a property of the data: stored in ``data.input_mask`` so that every
+        """The masked-input method is a property of the data: derived into ``data.input_mask`` so that every
         pipeline built from this config (val, test, explain) masks the images the way training did."""
-        want = self if enabled else None
-        if cfg.data.input_mask != want:
-            cfg.data.input_mask = want
+        cfg.data.set_input_mask(self if enabled else None)
 
 
 class DataCore(_Strict):
@@ -107,8 +106,24 @@ class DataConfig(DataCore):
     crop: Literal["none", "center"] = Field(
         "none", description="'center': crop the largest centred square before resizing (torchxrayvision's "
                             "XRayCenterCrop), the lung mask identically; 'none': resize the longest side, pad")
-    input_mask: Optional[InputMaskConfig] = Field(
-        None, description="set from method.masked_input when that method is on; do not set by hand")
+    #: derived, not an input: see :attr:`input_mask`
+    _input_mask: Optional[InputMaskConfig] = PrivateAttr(None)
+
+    @computed_field(description="derived from method.masked_input when that method is listed; not an input")
+    @property
+    def input_mask(self) -> Optional[InputMaskConfig]:
+        """The lung mask every pipeline of this data multiplies images by (masked-input runs), else None.
+
+        Derived state, so not part of the schema a config is written in: the run config sets it from
+        ``method.masked_input`` when ``masked_input`` is listed (:meth:`set_input_mask`). It is still in the
+        dumped config (checkpoints, MLflow, the export sidecar), so a stored config shows it, and a stored
+        config's value is read back by re-deriving it (:meth:`TrainConfig._derived_data_input_mask`)."""
+        return self._input_mask
+
+    def set_input_mask(self, mask: Optional[InputMaskConfig]) -> None:
+        """Make every pipeline built from this data mask its images (``mask``) or not (None); the run config's
+        method resolution calls it, and code that builds a pipeline without a run config may."""
+        self._input_mask = mask
 
     @property
     def value_range(self) -> tuple[float, float]:
@@ -317,6 +332,16 @@ class TrainConfig(_Strict):
     methods: list[str] = Field(["standard"], description="training methods, by registered name "
                                                          "(isnet.config.registry); combined in one objective")
     method: MethodBlocks = Field(default_factory=dict, validate_default=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derived_data_input_mask(cls, raw: Any) -> Any:
+        """Stored configs (checkpoints, runs, a dumped config fed back) hold ``data.input_mask``, which is derived
+        from ``method.masked_input``: drop it here, the method resolution below sets it again (a config stored
+        by a run always agrees; ``load_config`` refuses a hand-written one that does not)."""
+        if isinstance(raw, dict) and isinstance(raw.get("data"), dict) and "input_mask" in raw["data"]:
+            raw = {**raw, "data": {k: v for k, v in raw["data"].items() if k != "input_mask"}}
+        return raw
 
     @model_validator(mode="before")
     @classmethod
