@@ -22,8 +22,8 @@ def test_bench_cli_tiny_every_row_has_numbers(tmp_path) -> None:
     manifest = make_toy_set(tmp_path / "toy", n_per_class=4, size=40)
     out = tmp_path / "bench.json"
     res = run_isnet(["bench", "--suite", "all", "--backbones", "small_cnn", "--sizes", "32", "--batch", "2",
-                     "--warmup", "0", "--repeats", "1", "--memory", "shared", "--cases", "all", "--manifest", str(manifest),
-                     "--threads", "1", "--out", str(out)], cwd=tmp_path, timeout=600)
+                     "--warmup", "0", "--repeats", "1", "--memory", "shared", "--cases", "all",
+                     "--manifest", str(manifest), "--threads", "1", "--out", str(out)], cwd=tmp_path, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "isnet-original" in res.stdout and "memory: later epochs" in res.stdout
     data = json.loads(out.read_text())

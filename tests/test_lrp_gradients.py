@@ -30,7 +30,8 @@ def heatmap_loss(heat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (bg ** 2).sum() + ((ranked * w).sum(-1) / w.sum()).sum()
 
 
-def _assert_weight_gradients_match_finite_differences(model: nn.Sequential, n_classes: int, compile: bool = False) -> None:
+def _assert_weight_gradients_match_finite_differences(model: nn.Sequential, n_classes: int,
+                                                      compile: bool = False) -> None:
     torch.manual_seed(1)
     x = torch.rand(3, 1, 8, 8, dtype=torch.float64)
     mask = torch.zeros(1, 1, 8, 8, dtype=torch.float64)

@@ -7,7 +7,8 @@ import torch
 
 from isnet.config import load_config
 from isnet.methods import RelDropMethod
-from isnet.methods.reldrop import BOX_TRIES, box_drop as block_drop, box_sizes, dataset_mean, normalise, occlude, pixel_drop
+from isnet.methods.reldrop import BOX_TRIES, box_sizes, dataset_mean, normalise, occlude, pixel_drop
+from isnet.methods.reldrop import box_drop as block_drop
 from isnet.lrp import lrp_heatmaps, run_lrp_config
 from isnet.models import build_classifier
 

@@ -118,7 +118,8 @@ def test_report_logged_to_mlflow(report):
     names = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
     assert names == {"report/external.html", "report/external.json"}
     key = f"{ids[0][:8]}.overall.macro_auc"
-    assert run.data.metrics[key] == pytest.approx(data["metrics"][data["methods"][0]["name"]]["overall"]["values"]["macro_auc"])
+    first = data["methods"][0]["name"]
+    assert run.data.metrics[key] == pytest.approx(data["metrics"][first]["overall"]["values"]["macro_auc"])
 
 
 def test_report_user_errors(trained, monkeypatch, capsys):
@@ -131,8 +132,10 @@ def test_report_user_errors(trained, monkeypatch, capsys):
                  "--out", "reports/x.html"]) == 2
     err = capsys.readouterr().err
     assert "no rows of site(s) ['site_q']" in err and "site_b" in err
-    assert main(["report", "--runs", "0123456789abcdef", "--manifest", "ph/external.csv", "--out", "reports/x.html"]) == 2
+    assert main(["report", "--runs", "0123456789abcdef", "--manifest", "ph/external.csv",
+                 "--out", "reports/x.html"]) == 2
     assert "0123456789abcdef" in capsys.readouterr().err
-    assert main(["report", "--runs", f"{ids[0]},{ids[0]}", "--manifest", "ph/external.csv", "--out", "reports/x.html"]) == 2
+    assert main(["report", "--runs", f"{ids[0]},{ids[0]}", "--manifest", "ph/external.csv",
+                 "--out", "reports/x.html"]) == 2
     assert "listed twice" in capsys.readouterr().err
     assert not (root / "reports" / "x.html").exists()

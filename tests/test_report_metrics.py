@@ -72,7 +72,8 @@ def test_vectorised_bootstrap_matches_sklearn_with_weights():
     for r in range(len(W)):
         w = W[r]
         assert s["accuracy"][r] == pytest.approx(np.sum(w * (pred == y)) / w.sum())
-        assert s["macro_f1"][r] == pytest.approx(f1_score(y, pred, average="macro", sample_weight=w, zero_division=np.nan))
+        assert s["macro_f1"][r] == pytest.approx(f1_score(y, pred, average="macro", sample_weight=w,
+                                                          zero_division=np.nan))
         assert s["macro_sensitivity"][r] == pytest.approx(recall_score(y, pred, average="macro", sample_weight=w))
         assert s["macro_precision"][r] == pytest.approx(precision_score(y, pred, average="macro", sample_weight=w,
                                                                         zero_division=np.nan))
@@ -150,7 +151,8 @@ def test_assemble_report_one_class_site_and_empty_site_say_why():
     patients = [f"p{i}" for i in range(len(y))]
     share = np.array([0.2, 0.3, np.nan, 0.1, 0.5, 0.4, 0.3, 0.2, 0.1])
     cohort = Cohort(y, sites, patients, probs, share)
-    methods = [MethodResult("m1", "r1", cohort), MethodResult("m2", "r2", Cohort(y, sites, patients, probs[:, [0, 2, 1]], share))]
+    methods = [MethodResult("m1", "r1", cohort),
+               MethodResult("m2", "r2", Cohort(y, sites, patients, probs[:, [0, 2, 1]], share))]
     rep = assemble_report(methods, CLASSES, ["a", "one", "empty"], n_resamples=50, seed=0)
     one = rep["metrics"]["m1"]["one"]
     assert math.isnan(one["values"]["macro_auc"]) and "only one class" in one["reasons"]["macro_auc"]

@@ -8,11 +8,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+import torch.nn.functional as F
+from monai.transforms import Compose
+from PIL import Image
 
 from isnet.data import io
 from isnet.data.manifest import load_manifest
 from isnet.data.phantom import generate_dataset
-from isnet.segment import SegmenterConfig, clean_mask, dice_iou, load_segmenter_config, mask_quality
+from isnet.data.transforms import base_transforms
+from isnet.segment import SegmenterConfig, clean_mask, dice_iou, load_segmenter_config, mask_quality, predict_mask
+from isnet.segment.train import data_config
 from isnet.errors import ConfigError
 
 from conftest import CLASSES, run_isnet
@@ -59,7 +65,75 @@ def test_config_errors_name_the_key():
         load_segmenter_config(["postprocess.area_range=[0.7,0.2]"])
     with pytest.raises(ConfigError, match="encodr"):
         load_segmenter_config(["encodr=resnet18"])
-    assert load_segmenter_config(["epochs=3"]).epochs == 3 and SegmenterConfig().encoder == "mobilenet_v2"
+    assert load_segmenter_config(["optim.epochs=3"]).optim.epochs == 3 and SegmenterConfig().encoder == "mobilenet_v2"
+    with pytest.raises(ConfigError, match=r"'data\.split_fractions'.*train and val > 0"):
+        load_segmenter_config(["data.split_fractions=[1.0,0.0,0.0]"])
+
+
+def test_old_flat_config_is_read_into_the_blocks():
+    """Checkpoints and runs stored before the data/optim/tracking blocks hold those keys at the top level."""
+    flat = {"encoder": "mobilenet_v2", "decoder_channels": [64, 32, 16, 16, 8], "image_size": 64, "batch_size": 8,
+            "epochs": 3, "lr": 0.01, "weight_decay": 0.0, "dice_weight": 1.0, "bce_weight": 0.5,
+            "early_stopping_patience": 2, "split_fractions": [0.7, 0.3, 0.0], "split_seed": 4,
+            "lower_percentile": 1.0, "upper_percentile": 99.0, "augment": {"enabled": False},
+            "postprocess": {"threshold": 0.4}, "seed": 1, "device": "cpu", "threads": 1, "checkpoint_dir": "c",
+            "experiment": "old-seg", "run_name": "r1", "tracking_uri": None}
+    cfg = SegmenterConfig.model_validate(flat)
+    assert (cfg.data.image_size, cfg.data.batch_size, cfg.data.split_fractions, cfg.data.split_seed) == \
+        (64, 8, (0.7, 0.3, 0.0), 4)
+    assert (cfg.data.lower_percentile, cfg.data.upper_percentile, cfg.data.augment.enabled) == (1.0, 99.0, False)
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.epochs, cfg.optim.early_stopping_patience) == \
+        (0.01, 0.0, 3, 2)
+    assert (cfg.tracking.experiment, cfg.tracking.run_name, cfg.tracking.tracking_uri) == ("old-seg", "r1", None)
+    assert (cfg.bce_weight, cfg.postprocess.threshold, cfg.seed, cfg.checkpoint_dir) == (0.5, 0.4, 1, "c")
+    assert SegmenterConfig.model_validate(cfg.model_dump(mode="json")) == cfg  # the new form reads back as it is
+    # a flat key and its block key at once is refused, not silently resolved
+    with pytest.raises(ValueError, match="lr is given twice"):
+        SegmenterConfig.model_validate({"lr": 0.1, "optim": {"lr": 0.2}})
+    # an old flat --set key is applied to its block and reported under the block's name
+    assert load_segmenter_config(["epochs=3", "image_size=64"]).optim.epochs == 3
+    with pytest.raises(ConfigError, match=r"--set optim\.epochs=0: 'optim\.epochs'"):
+        load_segmenter_config(["epochs=0"])
+    # defaults unchanged by the move
+    d = SegmenterConfig()
+    assert (d.data.image_size, d.data.batch_size, d.data.split_fractions, d.optim.lr, d.optim.epochs,
+            d.optim.early_stopping_patience, d.tracking.experiment) == (128, 16, (0.8, 0.2, 0.0), 3e-3, 30, 0,
+                                                                      "isnet-segmenter")
+
+
+class _ImageAsLogits(torch.nn.Module):
+    """A stand-in segmenter whose logits follow the input image: where it says "lung" is where the image is
+    bright, so a mask mapped back to the wrong place shows."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - 0.5) * 12
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (100, 50), (50, 100), (333, 517), (31, 47), (129, 128)])
+def test_predicted_mask_is_mapped_back_to_the_image(tmp_path: Path, shape: tuple[int, int]):
+    """The network-input mask goes back through the pipeline's inverse resize and pad to the image's own size
+    and place: the same probabilities as cropping the padding and resizing bilinearly by hand, and a mask on
+    the bright ellipse of the image."""
+    h, w = shape
+    yy, xx = np.mgrid[:h, :w]
+    ellipse = ((yy - h / 2) ** 2 / (h / 3) ** 2 + (xx - w / 2) ** 2 / (w / 3) ** 2) < 1
+    noise = np.random.default_rng(0).integers(0, 40, shape)
+    path = tmp_path / "x.png"
+    Image.fromarray((ellipse * 200 + noise).astype(np.uint8)).save(path)
+    cfg = SegmenterConfig.model_validate({"data": {"image_size": 64}, "postprocess": {"keep_components": 1}})
+    model = _ImageAsLogits()
+    prob, mask = predict_mask(model, cfg, path)
+    assert prob.shape == mask.shape == shape
+    # by hand: where Resized(size_mode="longest") + SpatialPadd put the image in the network input
+    size = cfg.data.image_size
+    rh, rw = (int(round(s * size / max(shape))) for s in shape)
+    top, left = (size - rh) // 2, (size - rw) // 2
+    pipeline = Compose(base_transforms(data_config(cfg)))
+    x = torch.as_tensor(np.asarray(pipeline({"image": str(path), "mask": ""})["image"]))
+    logits = model(x[None])[:, :, top:top + rh, left:left + rw]
+    by_hand = torch.sigmoid(F.interpolate(logits, size=shape, mode="bilinear", align_corners=False))[0, 0].numpy()
+    np.testing.assert_allclose(prob, by_hand, atol=1e-5)
+    assert dice_iou(mask, ellipse)[0] >= 0.95
 
 
 @pytest.mark.slow  # over 25 s on 2 cores; the default suite must stay under 15 minutes

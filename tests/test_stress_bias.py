@@ -175,7 +175,8 @@ def test_contrast_polarity_stands_out_from_the_background(background, expect_dar
 
 
 def test_token_effect_is_the_paired_change_of_the_target_margin():
-    """Margins are logit differences: log p_target − max over the others of log p, on the images that carry the token."""
+    """Margins are logit differences: log p_target − max over the others of log p, on the images that carry the
+    token."""
     from isnet.evaluate.stress.scoring import token_effect
 
     def probs(logits):

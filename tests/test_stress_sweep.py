@@ -55,7 +55,8 @@ def test_resumed_sweep_skips_finished_cells(phantom, tmp_path, monkeypatch):
         assert {"clean", "aligned", "flipped", "drop"} <= set(first.loc[first["metric"] == m, "test_set"])
     assert {"bg_share", "bias_share"} <= set(first.loc[first["test_set"] == "biased", "metric"])
     effect = first[first["metric"].isin(["token_shift", "target_gap"])]
-    assert sorted(set(zip(effect["test_set"], effect["metric"]))) == [("clean", "target_gap"), ("flipped", "token_shift")]
+    assert sorted(set(zip(effect["test_set"], effect["metric"]))) == [("clean", "target_gap"),
+                                                                      ("flipped", "token_shift")]
     assert len(effect) == 4 and effect["value"].notna().all()
     assert "token shift" in Path("out/summary.md").read_text()
     shown = first[first["metric"].isin(["logit_shift", "heatmap_shift"])]  # how much of it the heatmap shows
@@ -175,5 +176,6 @@ def test_summary_flags_hidden_shortcuts():
     assert flags == {"hidden": True, "shown": False, "clean": False}
     cfg = load_stress_config(None, ["strengths=[1.0]"])
     table = summary_markdown(summary, cfg)
-    assert [line.rstrip(" |").endswith("**yes**") for line in table.splitlines() if line.startswith("| hidden")] == [True]
+    hidden_rows = [line for line in table.splitlines() if line.startswith("| hidden")]
+    assert [line.rstrip(" |").endswith("**yes**") for line in hidden_rows] == [True]
     assert "Hidden shortcut" in table

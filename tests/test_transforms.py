@@ -33,6 +33,7 @@ def test_augmentation_moves_image_and_mask_together(tmp_path: Path):
 
 def test_eval_pipeline_pads_to_square_and_flags_missing_masks(tmp_path: Path):
     Image.fromarray((np.arange(100 * 50).reshape(100, 50) % 251).astype(np.uint8)).save(tmp_path / "i.png")
-    d = build_transforms(DataConfig(image_size=32), train=False)({"image": str(tmp_path / "i.png"), "mask": "", "label": 1})
+    d = build_transforms(DataConfig(image_size=32), train=False)({"image": str(tmp_path / "i.png"), "mask": "",
+                                                                  "label": 1})
     assert d["image"].shape == (1, 32, 32) and d["has_mask"] == 0 and float(d["mask"].sum()) == 0
     assert float(d["image"][0, :, :8].abs().sum()) == 0.0                  # padding at the sides

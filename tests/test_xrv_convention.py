@@ -17,7 +17,7 @@ from PIL import Image
 from torch import nn
 
 from isnet.config import load_config
-from isnet.config.schema import DataConfig
+from isnet.config.schema import DataConfig, InputMaskConfig
 from isnet.data import io
 from isnet.data.dataset import build_dataset
 from isnet.data.phantom import generate_dataset
@@ -126,7 +126,8 @@ def test_center_crop_makes_a_square_and_crops_the_mask_identically(phantoms: Pat
 
 def test_masked_input_fills_with_black_under_xrv(phantoms: Path):
     rec = _records(phantoms)[0]
-    cfg = DataConfig(image_size=64, intensity="xrv", input_mask={"dilation_px": 0})
+    cfg = DataConfig(image_size=64, intensity="xrv")
+    cfg.set_input_mask(InputMaskConfig(dilation_px=0))
     out = build_transforms(cfg, train=False)(rec)
     outside = out["image"][out["mask"] < 0.5]
     assert outside.numel() > 0 and float(outside.max()) == -1024.0

@@ -60,7 +60,8 @@ def _rows(req: dict) -> list[dict]:
                      "first_batch_s": sorted(f for _, f in runs)[len(runs) // 2], "peak_rss_mb": peak(),
                      "cached": ds.cached_count()})
     for r in rows:
-        r.update(images=n, cache=cfg.cache, cache_dtype=cfg.cache_dtype, baseline_rss_mb=None if base is None else base / 2**20)
+        r.update(images=n, cache=cfg.cache, cache_dtype=cfg.cache_dtype,
+                 baseline_rss_mb=None if base is None else base / 2**20)
     return rows
 
 

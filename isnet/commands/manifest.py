@@ -28,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--site", default=None, help="site name for every row (default: the layout's own)")
     b.add_argument("--label-map", action="append", default=[], metavar="RAW=CLASS",
                    help="override the layout's label table; RAW= skips that label (repeatable)")
-    b.add_argument("--mask-dir", type=Path, default=None, help="folders layout: lung masks with the images' relative paths")
+    b.add_argument("--mask-dir", type=Path, default=None,
+                   help="folders layout: lung masks with the images' relative paths")
     b.add_argument("--classes", default="normal,covid,tb", help="comma-separated class names for the validation")
     b.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     b.add_argument("--no-validate", action="store_true", help="skip validating the written manifest")
@@ -46,7 +47,8 @@ def _run_manifest_build(args: argparse.Namespace) -> int:
     write_manifest_csv(result.frame, args.out, overwrite=args.overwrite)
     print(f"wrote {args.out}: {len(result.frame)} rows from {args.layout} layout at {args.root}")
     if result.skipped:
-        print("skipped (label not mapped to a class): " + ", ".join(f"{k} x{v}" for k, v in sorted(result.skipped.items())))
+        skipped = ", ".join(f"{k} x{v}" for k, v in sorted(result.skipped.items()))
+        print(f"skipped (label not mapped to a class): {skipped}")
     for note in result.notes[:20]:
         print(f"note: {note}")
     if args.no_validate:

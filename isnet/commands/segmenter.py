@@ -5,9 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-SHORTCUTS = [("--epochs", "epochs", int), ("--image-size", "image_size", int), ("--batch-size", "batch_size", int),
-             ("--encoder", "encoder", str), ("--lr", "lr", float), ("--seed", "seed", int), ("--device", "device", str),
-             ("--threads", "threads", int), ("--experiment", "experiment", str), ("--run-name", "run_name", str)]
+#: (flag, config key, type): each flag is a shortcut for --set <key>=...
+SHORTCUTS = [("--epochs", "optim.epochs", int), ("--image-size", "data.image_size", int),
+             ("--batch-size", "data.batch_size", int), ("--encoder", "encoder", str), ("--lr", "optim.lr", float),
+             ("--seed", "seed", int), ("--device", "device", str), ("--threads", "threads", int),
+             ("--experiment", "tracking.experiment", str), ("--run-name", "tracking.run_name", str)]
+
+
+def _dest(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any SegmenterConfig value, e.g. --set postprocess.area_range=[0.1,0.6] (repeatable)")
     for flag, key, typ in SHORTCUTS:
-        t.add_argument(flag, dest=key, type=typ, default=None, help=f"shortcut for --set {key}=...")
+        t.add_argument(flag, dest=_dest(key), type=typ, default=None, help=f"shortcut for --set {key}=...")
     t.set_defaults(func=_run_train)
     q = ssub.add_parser("predict", help="write a copy of a manifest whose empty mask cells are filled")
     q.add_argument("--run", required=True, help="MLflow run id of a segmenter run")
@@ -41,14 +47,15 @@ def _run_train(args: argparse.Namespace) -> int:
 
     # text flags stay text (a YAML reading would turn '#1' into null, '[a]' into a list)
     overrides = list(args.overrides) + [f"{k}={json.dumps(v) if isinstance(v, str) else v}" for _, k, _ in SHORTCUTS
-                                        if (v := getattr(args, k)) is not None]
+                                        if (v := getattr(args, _dest(k))) is not None]
     cfg = load_segmenter_config(overrides)
     r = train_segmenter(cfg, args.manifest)
-    msg = f"finished segmenter run {r.run_id}: best epoch {r.best_epoch}, val Dice {r.val_dice:.4f}, IoU {r.val_iou:.4f}"
+    msg = (f"finished segmenter run {r.run_id}: best epoch {r.best_epoch}, val Dice {r.val_dice:.4f}, "
+           f"IoU {r.val_iou:.4f}")
     if r.test_dice is not None:
         msg += f"; test Dice {r.test_dice:.4f}, IoU {r.test_iou:.4f}"
     print(msg)
-    print(f"MLflow run {r.run_id} in {resolve_tracking_uri(cfg.tracking_uri)}")
+    print(f"MLflow run {r.run_id} in {resolve_tracking_uri(cfg.tracking.tracking_uri)}")
     return 0
 
 

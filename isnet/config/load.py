@@ -10,7 +10,7 @@ from typing import Any, Iterable
 import yaml
 from pydantic import ValidationError
 
-from isnet.config.schema import TrainConfig
+from isnet.config.schema import InputMaskConfig, TrainConfig
 from isnet.errors import ConfigError
 
 
@@ -115,7 +115,30 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     raw = read_yaml(path) if path is not None else {}
     overrides = list(overrides)
     raw = apply_overrides(raw, overrides)
-    return validate_config(raw, str(path) if path is not None else "(defaults)", overrides)
+    source = str(path) if path is not None else "(defaults)"
+    cfg = validate_config(raw, source, overrides)
+    _check_derived_input_mask(raw, cfg, source, overrides)
+    return cfg
+
+
+def _check_derived_input_mask(raw: dict[str, Any], cfg: TrainConfig, source: str, overrides: list[str]) -> None:
+    """``data.input_mask`` is derived from ``method.masked_input`` (the validated config re-derives it): a config
+    file or ``--set`` that writes it is refused unless it says what the methods give (a dumped config fed back)."""
+    data = raw.get("data")
+    if not isinstance(data, dict) or "input_mask" not in data:
+        return
+    given = data["input_mask"]
+    try:
+        agrees = (None if given is None else InputMaskConfig.model_validate(given)) == cfg.data.input_mask
+    except ValidationError:
+        agrees = False
+    if agrees:
+        return
+    where = next((f"--set {o}" for o in overrides if o.split("=", 1)[0].strip().startswith("data.input_mask")),
+                 source)
+    derived = "none" if cfg.data.input_mask is None else cfg.data.input_mask.model_dump(mode="json")
+    raise ConfigError(f"invalid config {where}: data.input_mask is derived from the methods, not set by hand (these "
+                      f"methods give {derived}); list masked_input in methods and set method.masked_input instead")
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:

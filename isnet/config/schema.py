@@ -9,7 +9,8 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, computed_field, create_model, field_validator,
+                      model_validator)
 
 from isnet.config.registry import MethodParams, check_combination, method_names, method_specs
 
@@ -46,17 +47,34 @@ class InputMaskConfig(MethodParams):
                     "`isnet segmenter predict` first)")
 
     def resolve(self, cfg: "TrainConfig", enabled: bool) -> None:
-        """The masked-input method is a property of the data: stored in ``data.input_mask`` so that every
+        """The masked-input method is a property of the data: derived into ``data.input_mask`` so that every
         pipeline built from this config (val, test, explain) masks the images the way training did."""
-        want = self if enabled else None
-        if cfg.data.input_mask != want:
-            cfg.data.input_mask = want
+        cfg.data.set_input_mask(self if enabled else None)
 
 
-class DataConfig(_Strict):
-    classes: list[str] = ["normal", "covid", "tb"]
+class DataCore(_Strict):
+    """The data settings of every network trained here, classifier (:class:`DataConfig`) and lung segmenter
+    (``isnet.segment.config``): input size, batching, the split of rows left without one, intensity scaling
+    and augmentation. Each holds them once; the segmenter's block only changes some defaults."""
+
     image_size: int = Field(128, ge=16, le=2048)
     batch_size: int = Field(32, ge=1)
+    split_seed: int = 0
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    lower_percentile: float = Field(0.5, ge=0, lt=50)
+    upper_percentile: float = Field(99.5, gt=50, le=100)
+    augment: AugmentConfig = AugmentConfig()
+
+    @field_validator("split_fractions")
+    @classmethod
+    def _fractions_sum_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(f < 0 for f in v) or abs(sum(v) - 1.0) > 1e-6 or v[0] <= 0:
+            raise ValueError("must be three non-negative fractions (train, val, test) summing to 1")
+        return v
+
+
+class DataConfig(DataCore):
+    classes: list[str] = ["normal", "covid", "tb"]
     num_workers: int = Field(0, ge=0)
     cache: Literal["memory", "disk", "none"] = Field(
         "memory", description="where the deterministic part of the pipeline (load, percentile scaling, crop, "
@@ -81,10 +99,6 @@ class DataConfig(_Strict):
         None, gt=0, description="data.cache=memory: at most this many GiB of cached images per process (training "
                                 "and validation together), turned into a cache rate from the measured size of one "
                                 "cached image; the smaller of this and data.cache_rate applies")
-    split_seed: int = 0
-    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    lower_percentile: float = Field(0.5, ge=0, lt=50)
-    upper_percentile: float = Field(99.5, gt=50, le=100)
     intensity: Literal["unit", "xrv"] = Field(
         "unit", description="pixel convention of the network input. 'unit': [0, 1] after percentile scaling; "
                             "'xrv': torchxrayvision's [-1024, 1024], (2*x - 1)*1024 of that [0, 1] image "
@@ -92,9 +106,24 @@ class DataConfig(_Strict):
     crop: Literal["none", "center"] = Field(
         "none", description="'center': crop the largest centred square before resizing (torchxrayvision's "
                             "XRayCenterCrop), the lung mask identically; 'none': resize the longest side, pad")
-    augment: AugmentConfig = AugmentConfig()
-    input_mask: Optional[InputMaskConfig] = Field(
-        None, description="set from method.masked_input when that method is on; do not set by hand")
+    #: derived, not an input: see :attr:`input_mask`
+    _input_mask: Optional[InputMaskConfig] = PrivateAttr(None)
+
+    @computed_field(description="derived from method.masked_input when that method is listed; not an input")
+    @property
+    def input_mask(self) -> Optional[InputMaskConfig]:
+        """The lung mask every pipeline of this data multiplies images by (masked-input runs), else None.
+
+        Derived state, so not part of the schema a config is written in: the run config sets it from
+        ``method.masked_input`` when ``masked_input`` is listed (:meth:`set_input_mask`). It is still in the
+        dumped config (checkpoints, MLflow, the export sidecar), so a stored config shows it, and a stored
+        config's value is read back by re-deriving it (:meth:`TrainConfig._derived_data_input_mask`)."""
+        return self._input_mask
+
+    def set_input_mask(self, mask: Optional[InputMaskConfig]) -> None:
+        """Make every pipeline built from this data mask its images (``mask``) or not (None); the run config's
+        method resolution calls it, and code that builds a pipeline without a run config may."""
+        self._input_mask = mask
 
     @property
     def value_range(self) -> tuple[float, float]:
@@ -114,13 +143,6 @@ class DataConfig(_Strict):
             raise ValueError(f"data.cache_rate and data.cache_max_gb apply to data.cache=memory, not "
                              f"data.cache={self.cache}")
         return self
-
-    @field_validator("split_fractions")
-    @classmethod
-    def _fractions_sum_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
-        if any(f < 0 for f in v) or abs(sum(v) - 1.0) > 1e-6 or v[0] <= 0:
-            raise ValueError("must be three non-negative fractions (train, val, test) summing to 1")
-        return v
 
 
 #: torchxrayvision's weight families that fit our backbones (its DenseNet121 and ResNet50 have a 1-channel stem)
@@ -170,16 +192,22 @@ class ModelConfig(_Strict):
         return self
 
 
-class OptimConfig(_Strict):
-    optimizer: Literal["adamw", "sgd"] = "adamw"
+class OptimCore(_Strict):
+    """The optimiser settings every network trained here has (classifier and lung segmenter): learning rate,
+    weight decay, how long, when to stop early."""
+
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
+    epochs: int = Field(10, ge=1)
+    early_stopping_patience: int = Field(5, ge=0, description="epochs without val-loss improvement; 0 = off")
+
+
+class OptimConfig(OptimCore):
+    optimizer: Literal["adamw", "sgd"] = "adamw"
     momentum: float = Field(0.9, ge=0, lt=1)
     scheduler: Literal["cosine", "step", "none"] = "cosine"
     step_size: int = Field(10, ge=1)
     gamma: float = Field(0.1, gt=0, le=1)
-    epochs: int = Field(10, ge=1)
-    early_stopping_patience: int = Field(5, ge=0, description="epochs without val-loss improvement; 0 = off")
     grad_clip_norm: Optional[float] = Field(None, gt=0)
 
 
@@ -251,7 +279,8 @@ class RunConfig(_Strict):
     threads: Optional[int] = Field(None, ge=1, description="torch CPU threads; default: torch's choice")
     val_bg_share: bool = Field(True, description="measure the background relevance share on validation each epoch")
     heatmap_every: int = Field(1, ge=0, description="log a validation heatmap grid every N epochs; 0 = never")
-    sync_bn: bool = Field(False, description="distributed runs: convert BatchNorm to SyncBatchNorm (batch statistics over all ranks)")
+    sync_bn: bool = Field(False, description="distributed runs: convert BatchNorm to SyncBatchNorm "
+                                             "(batch statistics over all ranks)")
 
 
 def _as_text(v):
@@ -277,15 +306,20 @@ def check_experiment_name(v: str) -> str:
     return v
 
 
-class TrackingConfig(_Strict):
+class TrackingCore(_Strict):
+    """Where a run is recorded (classifier and lung segmenter): MLflow experiment, run name, store."""
+
     experiment: str = "isnet"
     run_name: Optional[str] = None
     tracking_uri: Optional[str] = Field(None, description="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow/mlflow.db")
-    log_model: bool = True
 
     _text = field_validator("experiment", "run_name", mode="before")(_as_text)
     _run_name = field_validator("run_name")(check_run_name)
     _experiment = field_validator("experiment")(check_experiment_name)
+
+
+class TrackingConfig(TrackingCore):
+    log_model: bool = True
 
 
 class TrainConfig(_Strict):
@@ -298,6 +332,16 @@ class TrainConfig(_Strict):
     methods: list[str] = Field(["standard"], description="training methods, by registered name "
                                                          "(isnet.config.registry); combined in one objective")
     method: MethodBlocks = Field(default_factory=dict, validate_default=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derived_data_input_mask(cls, raw: Any) -> Any:
+        """Stored configs (checkpoints, runs, a dumped config fed back) hold ``data.input_mask``, which is derived
+        from ``method.masked_input``: drop it here, the method resolution below sets it again (a config stored
+        by a run always agrees; ``load_config`` refuses a hand-written one that does not)."""
+        if isinstance(raw, dict) and isinstance(raw.get("data"), dict) and "input_mask" in raw["data"]:
+            raw = {**raw, "data": {k: v for k, v in raw["data"].items() if k != "input_mask"}}
+        return raw
 
     @model_validator(mode="before")
     @classmethod

@@ -75,9 +75,10 @@ class BiasSpec:
         lo, hi = self.intensity
         if not 0 <= lo <= hi <= 1:
             raise ValueError(f"intensity range {self.intensity} must satisfy 0 <= low <= high <= 1")
-        t, l, b, r = self.region
-        if not (0 <= t < b <= 1 and 0 <= l < r <= 1):
-            raise ValueError(f"region {self.region} must be (top, left, bottom, right) fractions with top < bottom, left < right")
+        top, left, bottom, right = self.region
+        if not (0 <= top < bottom <= 1 and 0 <= left < right <= 1):
+            raise ValueError(f"region {self.region} must be (top, left, bottom, right) fractions with top < bottom, "
+                             f"left < right")
         if self.polarity not in ("bright", "dark", "contrast"):
             raise ValueError(f"polarity {self.polarity!r} must be bright, dark or contrast")
         if not 0 <= self.margin < 0.5:
@@ -187,9 +188,9 @@ def forbidden_zone(mask: np.ndarray, margin_px: int) -> np.ndarray:
 def _free_positions(blocked: np.ndarray, fh: int, fw: int, region: tuple[float, float, float, float]) -> np.ndarray:
     """Top-left corners (y, x) where an fh×fw box lies in ``region`` and covers no blocked pixel."""
     H, W = blocked.shape
-    t, l, b, r = region
-    y0, x0 = int(np.floor(t * H)), int(np.floor(l * W))
-    y1, x1 = int(np.ceil(b * H)) - fh, int(np.ceil(r * W)) - fw
+    top, left, bottom, right = region
+    y0, x0 = int(np.floor(top * H)), int(np.floor(left * W))
+    y1, x1 = int(np.ceil(bottom * H)) - fh, int(np.ceil(right * W)) - fw
     if y1 < y0 or x1 < x0:
         return np.zeros((0, 2), int)
     ii = np.pad(blocked.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))

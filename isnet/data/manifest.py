@@ -211,13 +211,15 @@ def _check_files(df: pd.DataFrame, report: ValidationReport, require_masks: bool
             except io.NotAnImageError as exc:
                 report.add(row.row, f"image {row.image!r} is {_short(exc)}")
             except DicomError as exc:
-                report.add(row.row, f"DICOM image {row.image!r} cannot be used: {_short(exc, 400).replace(str(img) + ': ', '')}")
+                why = _short(exc, 400).replace(str(img) + ": ", "")
+                report.add(row.row, f"DICOM image {row.image!r} cannot be used: {why}")
             except Exception as exc:
                 report.add(row.row, f"image {row.image!r} cannot be read: {_short(exc)}")
             else:
                 digest = sha256_file(img)
                 if digest in hashes:
-                    report.add(row.row, f"image {row.image!r} has the same content as the image in row {hashes[digest]}")
+                    report.add(row.row, f"image {row.image!r} has the same content as the image in row "
+                                        f"{hashes[digest]}")
                 else:
                     hashes[digest] = row.row
         if not row.mask:

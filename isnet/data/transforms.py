@@ -89,7 +89,8 @@ class ToCacheDtyped(MapTransform):
     range) is kept in float32 rather than clipped. Inverse: :class:`FromCacheDtyped`.
     """
 
-    def __init__(self, dtype: str = "auto", image_keys: Sequence[str] = ("image",), mask_keys: Sequence[str] = ("mask",)):
+    def __init__(self, dtype: str = "auto", image_keys: Sequence[str] = ("image",),
+                 mask_keys: Sequence[str] = ("mask",)):
         super().__init__(keys=[*image_keys, *mask_keys], allow_missing_keys=True)
         if dtype != "auto" and dtype not in _TORCH_DTYPES:
             raise ValueError(f"unknown cache dtype {dtype!r}; one of auto, {', '.join(_TORCH_DTYPES)}")

@@ -17,7 +17,6 @@ import pandas as pd
 import torch
 
 from isnet.lrp import run_lrp_config
-from isnet.config.schema import DataConfig
 from isnet.data.manifest import read_manifest
 from isnet.data.transforms import build_transforms
 from isnet.errors import UserError
@@ -106,7 +105,7 @@ def predict_run(run_id: str, manifest: str | Path, out: str | Path, *, heatmaps:
     df = read_manifest(manifest, required=("image",))
     _check_labels(df, manifest, classes, run_id)
     has_labels = (df["label"] != "").any()
-    data_cfg = DataConfig(**{**cfg.data.model_dump(), "cache": "none"})
+    data_cfg = cfg.data.model_copy(update={"cache": "none"})  # a copy keeps the derived data.input_mask
     transform = build_transforms(data_cfg, train=False)
     lrp_cfg = run_lrp_config(cfg) if heatmaps is not None else None
     heat_dir = Path(heatmaps) if heatmaps is not None else None

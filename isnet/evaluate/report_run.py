@@ -144,7 +144,8 @@ def _gallery(records: list[dict], model, cfg: TrainConfig, device, classes: Sequ
              title: str) -> bytes | None:
     if not records:
         return None
-    out = explain_loader(model, eval_loader(records, cfg.data, batch_size=len(records)), device, run_lrp_config(cfg), keep=len(records))
+    out = explain_loader(model, eval_loader(records, cfg.data, batch_size=len(records)), device, run_lrp_config(cfg),
+                         keep=len(records))
     k = out["kept"]
     titles = []
     for lab, pred, r in zip(k["label"], k["pred"], out["rows"]):

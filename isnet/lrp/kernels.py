@@ -2,9 +2,9 @@
 
 Each ε step and its gradients are a dozen passes over an activation-sized tensor (|y|, |y| + ε, the ratio, the
 products with g and s, the derivative's r²·sign(y), ...). In eager mode each pass reads and writes the whole tensor;
-elementwise work was about a quarter of a DenseNet121 ISNet step on CPU, most of it these passes. Compiled, each function below
-becomes one or two loops that read their inputs once. The functions are pure (no in-place updates of their
-arguments) and are called only on plain tensors: inside an autograd Function's forward or backward with gradients
+elementwise work was about a quarter of a DenseNet121 ISNet step on CPU, most of it these passes. Compiled, each
+function below becomes one or two loops that read their inputs once. The functions are pure (no in-place updates of
+their arguments) and are called only on plain tensors: inside an autograd Function's forward or backward with gradients
 off and no functorch transform (vmap) active; everywhere else the eager forms in :mod:`isnet.lrp.rules` run.
 
 Compilation is off by default (it costs tens of seconds on the first step and needs a C++ compiler on CPU):

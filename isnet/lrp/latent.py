@@ -85,8 +85,8 @@ def lrp_relevance_at(
         with torch.no_grad():
             logits = tr.output(forward(tr, model, tr.x))
             if not probes:
-                raise ValueError(f"LRP relevance at {where}: the LRP forward never calls this module "
-                                 f"(it calls the leaves of containers such as ResNet's layer4, and applies ReLU functionally)")
+                raise ValueError(f"LRP relevance at {where}: the LRP forward never calls this module (it calls "
+                                 f"the leaves of containers such as ResNet's layer4, and applies ReLU functionally)")
             tensor = probes[0]
             if at == "output" and tr.watched is not None:
                 tensor = tr.watched

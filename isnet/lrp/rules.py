@@ -99,9 +99,9 @@ def _outside(g: Tensor, n_inputs: int) -> tuple:
 
 
 class _RelevanceStep(torch.autograd.Function):
-    """Base of the relevance-step nodes (EpsilonScale, EpsilonAffineScale, RoutedScale, RoutedAffineScale): ``forward(*tensors,
-    epsilon)`` keeps its tensor inputs and ε for the heatmap loss's backward, which may reach it without a
-    gradient (not materialised); vmap rule generated (the batched classes)."""
+    """Base of the relevance-step nodes (EpsilonScale, EpsilonAffineScale, RoutedScale, RoutedAffineScale):
+    ``forward(*tensors, epsilon)`` keeps its tensor inputs and ε for the heatmap loss's backward, which may reach it
+    without a gradient (not materialised); vmap rule generated (the batched classes)."""
 
     generate_vmap_rule = True
 
@@ -180,8 +180,8 @@ class EpsilonAffineScale(_RelevanceStep):
         return epsilon_step_grads(gg, g, z, s, t, ctx.epsilon, ctx.needs_input_grad[:4], fused=ctx.fused)[:4] + (None,)
 
 
-def epsilon_step_grads(u: Optional[Tensor], g: Tensor, z: Tensor, s: Optional[Tensor], t: Optional[Tensor], epsilon: float,
-                       needs: tuple[bool, ...], u_scratch: bool = False, need_c: bool = False,
+def epsilon_step_grads(u: Optional[Tensor], g: Tensor, z: Tensor, s: Optional[Tensor], t: Optional[Tensor],
+                       epsilon: float, needs: tuple[bool, ...], u_scratch: bool = False, need_c: bool = False,
                        fused: bool = False) -> tuple[Optional[Tensor], ...]:
     """Gradients (g, z, s, t) of ``c = g · f(y) · s`` for the incoming gradient ``u`` at ``c``, where ``y = s·z + t``
     (``y = z`` and no scale where s, t are None) and ``f(y) = |y| / (|y| + ε)``; plus ``c`` itself where ``need_c``

@@ -154,7 +154,8 @@ class Tracer:
         leaves = [t if t.requires_grad else t.requires_grad_(True) for t in inputs]
         terms = [op(t, wt) for t, wt in zip(leaves, weights)]
         self.heat_terms = [(t, 1.0) for t in leaves]
-        return self._emit(routed_out(y, info, sum(terms[1:], terms[0]), *terms, factor_from=y_rule, affine=affine), info)
+        total = sum(terms[1:], terms[0])
+        return self._emit(routed_out(y, info, total, *terms, factor_from=y_rule, affine=affine), info)
 
     # ------------------------------------------------------------------ layers
     def linear_layer(

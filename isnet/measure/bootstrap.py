@@ -107,7 +107,8 @@ def weighted_auc(positive: np.ndarray, score: np.ndarray, W: np.ndarray) -> np.n
     return _div(num, Pw.sum(1) * Nw.sum(1))
 
 
-def expected_calibration_error_weighted(y: np.ndarray, probs: np.ndarray, W: np.ndarray, n_bins: int = 10) -> np.ndarray:
+def expected_calibration_error_weighted(y: np.ndarray, probs: np.ndarray, W: np.ndarray,
+                                        n_bins: int = 10) -> np.ndarray:
     """[R] top-label ECE with equal-width confidence bins, for every row of ``W``."""
     probs = np.asarray(probs, dtype=float)
     W = np.atleast_2d(np.asarray(W, dtype=float))

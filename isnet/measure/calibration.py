@@ -37,7 +37,8 @@ def reliability_bins(y: Sequence[int], probs: np.ndarray, n_bins: int = 10) -> d
             if count[i]:
                 conf_mean[i] = float(conf[sel].mean())
                 acc[i] = float(correct[sel].mean())
-    return {"edges": edges.tolist(), "count": count.tolist(), "confidence": conf_mean.tolist(), "accuracy": acc.tolist()}
+    return {"edges": edges.tolist(), "count": count.tolist(), "confidence": conf_mean.tolist(),
+            "accuracy": acc.tolist()}
 
 
 def expected_calibration_error(y: Sequence[int], probs: np.ndarray, n_bins: int = 10) -> float:

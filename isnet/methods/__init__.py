@@ -25,7 +25,9 @@ from isnet.methods.reldrop import RelDropMethod  # noqa: E402
 from isnet.methods.rrr import RRRMethod, rrr_penalty  # noqa: E402
 from isnet.methods.sgdrop import SGDropMethod  # noqa: E402
 
-__all__ = ["BgSwapMethod", "BgConsistencyMethod", "consistency_divergence", "GroupDROMethod", "ISNetMethod", "MaskedInputMethod", "RelDropMethod", "RRRMethod", "SGDropMethod", "rrr_penalty", "LOSS_RULE",
-           "LossTerms", "Method", "StepOutput", "combine_losses", "compose_objective", "build_methods", "register", "unregister", "gwrp",
-           "ISNetLossConfig", "ISNetLossFields", "explain_targets", "isnet_heatmap_loss", "isnet_loss_terms", "isnet_total_loss", "image_relevance_totals",
-           "lung_relevance_totals", "tune_foreground_band"]
+__all__ = ["BgSwapMethod", "BgConsistencyMethod", "consistency_divergence", "GroupDROMethod", "ISNetMethod",
+           "MaskedInputMethod", "RelDropMethod", "RRRMethod", "SGDropMethod", "rrr_penalty", "LOSS_RULE",
+           "LossTerms", "Method", "StepOutput", "combine_losses", "compose_objective", "build_methods", "register",
+           "unregister", "gwrp", "ISNetLossConfig", "ISNetLossFields", "explain_targets", "isnet_heatmap_loss",
+           "isnet_loss_terms", "isnet_total_loss", "image_relevance_totals", "lung_relevance_totals",
+           "tune_foreground_band"]

@@ -25,8 +25,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 class TrainContext(Protocol):
     """What a method's hooks see of the run being trained (the trainer provides it): the model, its
-    optimiser and learning-rate schedule, the run config, the device, the training and validation loaders, the manifest, the tracker and the run's LRP
-    rules. Nothing else of the training loop is part of the method interface."""
+    optimiser and learning-rate schedule, the run config, the device, the training and validation loaders, the
+    manifest, the tracker and the run's LRP rules. Nothing else of the training loop is part of the method interface."""
 
     cfg: "TrainConfig"
     model: torch.nn.Module

@@ -28,8 +28,8 @@ class BackgroundParams(MethodParams):
     dilation_px: int = Field(2, ge=0, le=256, description="the lung mask is dilated by this many pixels of the "
                                                           "network input before the swap; what lies outside "
                                                           "is background")
-    source: Literal["batch", "noise"] = Field("batch", description="batch: the background of a random image of "
-                                                                     "the previous batch; noise: a smooth noise texture")
+    source: Literal["batch", "noise"] = Field("batch", description="batch: the background of a random image of the "
+                                                                     "previous batch; noise: a smooth noise texture")
 
 
 class BgSwapParams(BackgroundParams):

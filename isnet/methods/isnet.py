@@ -117,8 +117,9 @@ class ISNetParams(MethodParams, ISNetLossFields):
                                  "as long as the ISNet phase, kept (init_from_warmup), then the selective variant "
                                  "at P 0.5")
     P: Union[float, dict[int, float]] = Field(
-        PUBLISHED_P, description="weight of the heatmap loss, L = (1-P)·CE + P·L_hm: a number, or a schedule {epoch: P} "
-                         "(epochs counted from 1; each value holds until the next key), e.g. {1: 0.0, 2: 0.35, 3: 0.7}")
+        PUBLISHED_P, description="weight of the heatmap loss, L = (1-P)·CE + P·L_hm: a number, or a schedule "
+                                 "{epoch: P} (epochs counted from 1; each value holds until the next key), "
+                                 "e.g. {1: 0.0, 2: 0.35, 3: 0.7}")
     warmup_epochs: Optional[int] = Field(
         5, ge=1, description="plain epochs of a model copy trained only to tune C1/C2 when they are not set (the "
                              "reference's example: 5); null: as many as optim.epochs")

@@ -244,7 +244,8 @@ class RelDropMethod(Method):
         return dataclasses.replace(run, epsilon=p.epsilon, first_rule=p.first_rule or run.first_rule,
                                    body_rule=p.body_rule or run.body_rule)
 
-    def relevance(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, trainer: "TrainContext") -> torch.Tensor:
+    def relevance(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  trainer: "TrainContext") -> torch.Tensor:
         """Eval-mode LRP of the true class, [B, 1, H, W]; the model's train/eval mode is restored."""
         if self.params.engine == "zennit":  # works on an eval-mode copy: the model is not touched
             return zennit_heatmaps(model, x, y, self.lrp_config(trainer))

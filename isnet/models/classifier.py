@@ -1,8 +1,8 @@
 """Chest X-ray classifiers: torchvision backbones with a single-channel stem.
 
 Nothing is downloaded: every backbone is built with ``weights=None``; pretrained weights are loaded
-afterwards from local files when ``model.init`` asks for them (``isnet.train.init``). The first convolution is rebuilt for
-one input channel (radiographs are grey) with the same kernel, stride and padding as the original.
+afterwards from local files when ``model.init`` asks for them (``isnet.train.init``). The first convolution is
+rebuilt for one input channel (radiographs are grey) with the same kernel, stride and padding as the original.
 """
 
 from __future__ import annotations

@@ -119,30 +119,14 @@ def register_model(model: nn.Module, cfg: TrainConfig, name: str, run_id: str,
     """Log the probability model with MLflow (signature from an input example, the preprocessing in the
     model's metadata) in a new run of the source run's experiment, and register it as ``name``; returns
     (export run id, registered version)."""
-    import mlflow
-    import mlflow.pytorch
-    from mlflow.models import infer_signature
+    from isnet.tracking import package_versions, register_pytorch_model
 
-    from isnet.tracking import package_versions, store_uri
-
-    uri = store_uri(tracking_uri or cfg.tracking.tracking_uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    client = mlflow.MlflowClient(uri)
-    try:
-        experiment_id = client.get_run(run_id).info.experiment_id
-    except Exception:  # noqa: BLE001 - the checkpoint came from disk; its run is not in this store
-        experiment_id = None
     wrapped = ProbabilityModel(model.cpu().eval()).eval()
     example = _example(cfg).numpy().astype(np.float32)
     with torch.no_grad():
         probs = wrapped(torch.from_numpy(example)).numpy()
-    signature = infer_signature(example, probs)
     metadata = {"isnet_preprocessing": preprocessing_spec(cfg, run_id)}
-    reqs = [f"{k}=={v}" for k, v in package_versions().items() if k in ("torch", "torchvision") and v != "not installed"]
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"export-{run_id[:8]}",
-                          tags={"isnet.source_run": run_id}) as run:
-        info = mlflow.pytorch.log_model(wrapped, name="model", signature=signature, input_example=example,
-                                        metadata=metadata, pip_requirements=reqs, registered_model_name=name)
-    version = getattr(info, "registered_model_version", None)
-    return run.info.run_id, str(version)
+    reqs = [f"{k}=={v}" for k, v in package_versions().items()
+            if k in ("torch", "torchvision") and v != "not installed"]
+    return register_pytorch_model(wrapped, name, run_id, example, probs, metadata=metadata, pip_requirements=reqs,
+                                  tracking_uri=tracking_uri or cfg.tracking.tracking_uri)

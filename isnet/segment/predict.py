@@ -15,12 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
+from monai.data import MetaTensor
+from monai.transforms import Compose
+from monai.transforms.utils import allow_missing_keys_mode, convert_applied_interp_mode
 from PIL import Image
 
 from isnet.data.manifest import read_manifest
 from isnet.data.transforms import base_transforms
 from isnet.errors import UserError
+from isnet.files import atomic_write
 from isnet.models.segmenter import build_segmenter
 from isnet.segment.config import SegmenterConfig
 from isnet.segment.postprocess import clean_mask, mask_quality
@@ -41,29 +44,22 @@ def load_segmenter(run_id: str, checkpoint_dir: str | Path = "checkpoints", trac
     return model.to(device).eval(), cfg
 
 
-def _geometry(shape: tuple[int, int], size: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Where the image sits in the network input: its resized (rows, cols) and the top/left padding, as
-    MONAI's ``Resized(size_mode='longest')`` + symmetric ``SpatialPadd`` place it."""
-    scale = size / max(shape)
-    rh, rw = (int(round(s * scale)) for s in shape)
-    return (rh, rw), ((size - rh) // 2, (size - rw) // 2)
-
-
 @torch.no_grad()
 def predict_mask(model: torch.nn.Module, cfg: SegmenterConfig, image_path: str | Path,
                  device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """(probability map, cleaned 0/1 mask), both at the image's own size."""
-    steps = base_transforms(data_config(cfg))
-    d = {"image": str(image_path), "mask": ""}
-    for t in steps:
-        d = t(d)
-    x = torch.as_tensor(np.asarray(d["image"]), dtype=torch.float32)[None].to(device)
-    from isnet.data.io import image_shape
+    """(probability map, cleaned 0/1 mask), both at the image's own size.
 
-    shape = image_shape(image_path)
-    (rh, rw), (top, left) = _geometry(shape, cfg.image_size)
-    logits = model(x)[:, :, top:top + rh, left:left + rw]
-    prob = torch.sigmoid(F.interpolate(logits, size=shape, mode="bilinear", align_corners=False))[0, 0].cpu().numpy()
+    The logits are mapped back through the inverse of the pipeline's own geometry (MONAI's record of its
+    resize and pad on the image, inverted by the same transforms), so the mask lands where the network saw the
+    lungs whatever the pipeline does; the inverse resize interpolates the logits bilinearly, not with the
+    image's area mode, so the mask's outline stays smooth when the image is larger than the network input."""
+    pipeline = Compose(base_transforms(data_config(cfg)))
+    image = pipeline({"image": str(image_path), "mask": ""})["image"]
+    logits = model(image.as_tensor().to(device, torch.float32)[None])[0].cpu()
+    trace = convert_applied_interp_mode(image.applied_operations, mode="bilinear", align_corners=False)
+    with allow_missing_keys_mode(pipeline):  # the network's output stands in for the image; no mask to invert
+        logits = pipeline.inverse({"image": MetaTensor(logits, meta=image.meta, applied_operations=trace)})["image"]
+    prob = torch.sigmoid(torch.as_tensor(logits))[0].numpy()
     pp = cfg.postprocess
     return prob, clean_mask(prob > pp.threshold, pp.keep_components, pp.fill_holes)
 
@@ -146,7 +142,5 @@ def fill_masks(run_id: str, manifest: str | Path, out: str | Path, *, all_rows: 
     new["mask_quality"] = quality
     new["mask_flagged"] = flagged_path
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    new.to_csv(tmp, index=False)
-    os.replace(tmp, out)
+    atomic_write(out, lambda tmp: new.to_csv(tmp, index=False))
     return PredictSummary(out=out, predicted=predicted, flagged=flagged, kept=len(df) - len(todo))

@@ -43,9 +43,9 @@ class SegFitResult:
 
 
 def data_config(cfg: SegmenterConfig) -> DataConfig:
-    """The classifier's data pipeline settings reused for the segmenter (same loading and normalisation)."""
-    return DataConfig(image_size=cfg.image_size, batch_size=cfg.batch_size, lower_percentile=cfg.lower_percentile,
-                      upper_percentile=cfg.upper_percentile, augment=cfg.augment)
+    """The classifier's data pipeline with the segmenter's ``data`` block (same loading and normalisation); the
+    settings only a classifier has keep their defaults."""
+    return DataConfig.model_validate(cfg.data.model_dump())
 
 
 def _records(df) -> list[dict]:
@@ -61,7 +61,7 @@ def segmentation_rows(manifest: str | Path, cfg: SegmenterConfig):
         raise UserError(f"manifest {manifest} has no row with a lung mask; the segmenter learns from masks")
     labels = sorted(set(df["label"]))  # labels do not matter here; validate files, masks, leakage
     validate_manifest(df, manifest, labels).raise_if_any()
-    df = assign_splits(df, cfg.split_fractions, cfg.split_seed)
+    df = assign_splits(df, cfg.data.split_fractions, cfg.data.split_seed)
     for s in ("train", "val"):
         if not (df["split"] == s).any():
             raise UserError(f"manifest {manifest}: no masked rows in split {s!r}; leave split cells empty for "
@@ -114,11 +114,11 @@ def train_segmenter(cfg: SegmenterConfig, manifest: str | Path, *, log=print) ->
     train_loader = build_loader(train_ds, dcfg, shuffle=True, generator=gen)
     val_loader = build_loader(val_ds, dcfg, shuffle=False)
     model = build_segmenter(cfg.encoder, cfg.decoder_channels).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * len(train_loader),
-                                                pct_start=0.2)
-    tracker = Tracker(cfg.experiment, cfg.tracking_uri)
-    run_id = tracker.start(run_name=cfg.run_name)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.optim.lr,
+                                                total_steps=cfg.optim.epochs * len(train_loader), pct_start=0.2)
+    tracker = Tracker(cfg.tracking.experiment, cfg.tracking.tracking_uri)
+    run_id = tracker.start(run_name=cfg.tracking.run_name)
     ckpt = Path(cfg.checkpoint_dir) / (run_id or "local") / BEST_NAME
     tracker.buffer_path = ckpt.parent / BUFFER_NAME  # where records wait while the server is unreachable
     result = SegFitResult(run_id, 0, -1.0, 0.0, checkpoint=ckpt)
@@ -127,9 +127,9 @@ def train_segmenter(cfg: SegmenterConfig, manifest: str | Path, *, log=print) ->
         tracker.set_tags({"kind": KIND})
         counts = df.groupby("split").size().to_dict()
         tracker.log_params({f"rows_{k}": v for k, v in counts.items()})
-        log(f"segmenter run {run_id}: {counts} masked images, encoder {cfg.encoder}, {cfg.image_size} px")
+        log(f"segmenter run {run_id}: {counts} masked images, encoder {cfg.encoder}, {cfg.data.image_size} px")
         stale = 0
-        for epoch in range(1, cfg.epochs + 1):
+        for epoch in range(1, cfg.optim.epochs + 1):
             t0 = time.time()
             model.train()
             total, n = 0.0, 0
@@ -148,14 +148,14 @@ def train_segmenter(cfg: SegmenterConfig, manifest: str | Path, *, log=print) ->
             rec = {"train_loss": total / n, "val_dice": dice, "val_iou": iou, "epoch_seconds": time.time() - t0}
             result.history.append(rec)
             tracker.log_metrics(rec, step=epoch)
-            log(f"epoch {epoch}/{cfg.epochs}: loss {rec['train_loss']:.4f}  val Dice {dice:.4f}  IoU {iou:.4f}")
+            log(f"epoch {epoch}/{cfg.optim.epochs}: loss {rec['train_loss']:.4f}  val Dice {dice:.4f}  IoU {iou:.4f}")
             if dice > result.val_dice:
                 result.best_epoch, result.val_dice, result.val_iou, stale = epoch, dice, iou, 0
                 save_checkpoint({"kind": KIND, "model": model.state_dict(), "config": cfg.model_dump(mode="json"),
                                  "epoch": epoch, "val_dice": dice, "val_iou": iou}, ckpt)
             else:
                 stale += 1
-                if cfg.early_stopping_patience and stale >= cfg.early_stopping_patience:
+                if cfg.optim.early_stopping_patience and stale >= cfg.optim.early_stopping_patience:
                     log(f"early stop: no val Dice improvement for {stale} epochs")
                     break
         if len(test_rows):

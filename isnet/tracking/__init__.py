@@ -1,9 +1,10 @@
 """MLflow tracking: where runs go and what every run records.
 
-Four modules: :mod:`.store` (which store, its lock, retries, code and package versions), :mod:`.buffer` (the
+Five modules: :mod:`.store` (which store, its lock, retries, code and package versions), :mod:`.buffer` (the
 offline record buffer and its replay), :mod:`.tracker` (``Tracker``, one run, and ``Tracker.ending_run``: the
-status a run ends with) and :mod:`.runs` (``read_run``, ``child_runs``, ``download_run_artifact``: what runs
-recorded), all on MLflow's client API.
+status a run ends with), :mod:`.runs` (``read_run``, ``child_runs``, ``download_run_artifact``: what runs
+recorded) and :mod:`.registry` (``register_pytorch_model``: a model logged and registered), all on MLflow's
+API, which no other package calls.
 
 Default store: ``sqlite:///mlflow/mlflow.db`` with artifacts under ``mlflow/artifacts`` (relative to the
 working directory); ``MLFLOW_TRACKING_URI`` or ``tracking.tracking_uri`` point elsewhere, e.g. a shared
@@ -22,7 +23,8 @@ serialised with a file lock and "database is locked" errors are retried with bac
 
 import os
 
-# No telemetry leaves a hospital's machine; set before mlflow is imported (every module of this package imports it after this file).
+# No telemetry leaves a hospital's machine; set before mlflow is imported (every module of this package imports it
+# after this file).
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 # An unreachable server costs a few seconds per attempt, not MLflow's default of minutes (7 retries, 120 s).
@@ -36,7 +38,9 @@ from isnet.tracking.store import (DEFAULT_URI, git_commit, is_locked, is_unreach
 from isnet.tracking.buffer import BUFFER_NAME, flush_buffer, read_buffer, send_record  # noqa: E402
 from isnet.tracking.tracker import RETRY_SECONDS, Tracker  # noqa: E402
 from isnet.tracking.runs import RunRecord, RunUnavailable, child_runs, download_run_artifact, read_run  # noqa: E402
+from isnet.tracking.registry import register_pytorch_model  # noqa: E402
 
 __all__ = ["BUFFER_NAME", "DEFAULT_URI", "RETRY_SECONDS", "RunRecord", "RunUnavailable", "Tracker", "child_runs",
            "download_run_artifact", "flush_buffer", "git_commit", "is_locked", "is_unreachable", "package_versions",
-           "read_buffer", "read_run", "resolve_tracking_uri", "send_record", "store_uri", "with_lock_retry"]
+           "read_buffer", "read_run", "register_pytorch_model", "resolve_tracking_uri", "send_record", "store_uri",
+           "with_lock_retry"]

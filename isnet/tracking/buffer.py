@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
 from mlflow.tracking import MlflowClient
 
+from isnet.files import atomic_write_text
 from isnet.tracking.store import with_lock_retry
 
 logger = logging.getLogger(__name__)
@@ -75,9 +75,7 @@ def flush_buffer(path: Path, tracking_uri: str | None = None) -> tuple[int, int]
             if files.is_dir():
                 shutil.rmtree(files, ignore_errors=True)
         elif sent:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in left))
-            os.replace(tmp, path)
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in left))
     return sent, len(left)
 
 

@@ -13,18 +13,26 @@ from isnet.tracking.store import is_unreachable, resolve_tracking_uri, store_uri
 
 
 class RunUnavailable(UserError):
-    """A run (or its artifact) that cannot be read: no store, an unknown run, a failing or unreachable store."""
+    """A run (or its artifact) that cannot be read: no store, an unknown run, a failing or unreachable store.
+
+    ``reason`` is the underlying error in a few words (empty when the message says it all), for a caller that
+    words its own message."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass
 class RunRecord:
-    """What one MLflow run holds: the latest value of each metric, its tags, name and status."""
+    """What one MLflow run holds: the latest value of each metric, its tags, name, status and experiment."""
 
     run_id: str
     run_name: str
     status: str
     metrics: dict[str, float] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
+    experiment_id: str = ""
 
 
 def read_run(run_id: str, tracking_uri: str | None = None) -> RunRecord:
@@ -56,7 +64,8 @@ def read_run(run_id: str, tracking_uri: str | None = None) -> RunRecord:
 
 def _record(run) -> RunRecord:
     return RunRecord(run_id=run.info.run_id, run_name=run.info.run_name or "", status=run.info.status,
-                     metrics=dict(run.data.metrics), tags=dict(run.data.tags))
+                     metrics=dict(run.data.metrics), tags=dict(run.data.tags),
+                     experiment_id=run.info.experiment_id or "")
 
 
 def child_runs(parent_run_id: str, experiment: str, tracking_uri: str | None = None,
@@ -86,6 +95,5 @@ def download_run_artifact(run_id: str, artifact_path: str, tracking_uri: str | N
         return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path,
                                                         tracking_uri=store_uri(tracking_uri)))
     except (MlflowException, OSError) as exc:
-        first_line = (str(exc).splitlines() or [""])[0][:160]
-        raise RunUnavailable(f"run {run_id}: artifact {artifact_path} cannot be read "
-                             f"({type(exc).__name__}: {first_line})") from None
+        reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}"
+        raise RunUnavailable(f"run {run_id}: artifact {artifact_path} cannot be read ({reason})", reason) from None

@@ -292,7 +292,8 @@ class Tracker:
             return False
         import mlflow.pytorch
 
-        reqs = [f"{k}=={v}" for k, v in package_versions().items() if k in ("torch", "torchvision") and v != "not installed"]
+        reqs = [f"{k}=={v}" for k, v in package_versions().items()
+                if k in ("torch", "torchvision") and v != "not installed"]
         # MLflow's model logging works only on its fluent "active run": this run is made active for the call
         # and nothing else (every other record goes through the client); the run's status is set by end()
         mlflow.set_tracking_uri(self.store_uri)

@@ -20,9 +20,9 @@ inside the LRP forward is an ``autograd.grad`` with respect to activations only 
 accumulator fires), so the reducer sees each parameter's gradient exactly once, in the final backward of
 the total loss, second-order terms included (tests/test_distributed.py checks DDP against one process).
 
-Only rank 0 logs to MLflow, writes checkpoints, validates and tests (and builds validation data); validation metrics are broadcast so
-early stopping agrees on every rank. Training metrics are summed over ranks (loss × n and correct counts).
-With ``train.sync_bn`` BatchNorm layers become SyncBatchNorm (batch statistics over the global batch, also
+Only rank 0 logs to MLflow, writes checkpoints, validates and tests (and builds validation data); validation metrics
+are broadcast so early stopping agrees on every rank. Training metrics are summed over ranks (loss × n and correct
+counts). With ``train.sync_bn`` BatchNorm layers become SyncBatchNorm (batch statistics over the global batch, also
 inside the LRP forward: see :mod:`isnet.lrp.batchnorm`).
 """
 

@@ -11,24 +11,20 @@ from isnet.config.registry import method_names
 from isnet.config.schema import TrainConfig
 from isnet.errors import UserError
 from isnet.models import build_classifier
-from isnet.tracking import store_uri
+from isnet.tracking import RunUnavailable, download_run_artifact
 from isnet.train.checkpoint import ARTIFACT_DIR, BEST_NAME, CheckpointError, load_checkpoint
 
 
 def find_best_checkpoint(run_id: str, checkpoint_dir: str | Path = "checkpoints",
                          tracking_uri: str | None = None) -> Path:
+    """A run's best checkpoint: the local copy when there is one (no store needed), else the run's artifact."""
     local = Path(checkpoint_dir) / run_id / BEST_NAME
     if local.is_file():
         return local
-    import mlflow
-
     try:
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{ARTIFACT_DIR}/{BEST_NAME}",
-                                                   tracking_uri=store_uri(tracking_uri))
-    except Exception as exc:
-        raise UserError(f"run {run_id}: no checkpoint at {local} and none in the MLflow run "
-                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
-    return Path(path)
+        return download_run_artifact(run_id, f"{ARTIFACT_DIR}/{BEST_NAME}", tracking_uri)
+    except RunUnavailable as exc:
+        raise UserError(f"run {run_id}: no checkpoint at {local} and none in the MLflow run ({exc.reason})") from None
 
 
 def load_best_state(run_id: str, checkpoint_dir: str | Path = "checkpoints", tracking_uri: str | None = None,
@@ -53,8 +49,9 @@ def model_from_state(state: dict, device: str | torch.device = "cpu") -> tuple[t
         cfg = TrainConfig.model_validate(state["config"])
     except ValidationError as exc:  # e.g. trained with a plug-in method that is not installed here
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        known = ", ".join(method_names())
         raise UserError(f"the configuration stored with this model is not valid here ({problems}); install the "
-                        f"plug-in methods it was trained with (registered methods: {', '.join(method_names())})") from None
+                        f"plug-in methods it was trained with (registered methods: {known})") from None
     classes = state.get("classes") or cfg.data.classes
     model = build_classifier(cfg.model.backbone, len(classes), width=cfg.model.width)
     model.load_state_dict(state["model"])

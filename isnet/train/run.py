@@ -22,7 +22,8 @@ from isnet.models import build_classifier
 from isnet.train.init import apply_init
 from isnet.train.init import describe as describe_init
 from isnet.tracking import BUFFER_NAME, RunUnavailable, Tracker, flush_buffer, is_unreachable, read_run
-from isnet.train.checkpoint import ARTIFACT_DIR, BEST_NAME, CheckpointError, LAST_NAME, load_latest_checkpoint, previous_path
+from isnet.train.checkpoint import (ARTIFACT_DIR, BEST_NAME, LAST_NAME, CheckpointError, load_latest_checkpoint,
+                                    previous_path)
 from isnet.train.distributed import distribute_trainer, init_distributed
 from isnet.train.seeding import seed_everything
 from isnet.train.trainer import FitResult, Trainer
@@ -184,7 +185,8 @@ def _train(cfg, manifest_path, device, ctx, *, resume, state, progress, extra_tr
             tracker.log_artifact(trainer.best_path, ARTIFACT_DIR)
             if cfg.tracking.log_model and MODEL_TAG not in run_tags:
                 size = cfg.data.image_size
-                example = np.zeros((2, 1, size, size), dtype=np.float32)  # batch 2: a batch of 1 would be exported as a fixed size
+                # batch 2: a batch of 1 would be exported as a fixed size
+                example = np.zeros((2, 1, size, size), dtype=np.float32)
                 try:
                     if tracker.log_model(trainer.model.cpu().eval(), example):
                         tracker.set_tags({MODEL_TAG: "true"})

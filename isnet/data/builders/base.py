@@ -21,6 +21,7 @@ import pandas as pd
 from PIL import Image
 
 from isnet.errors import UserError
+from isnet.files import atomic_write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp")
 COLUMNS = ("image", "mask", "label", "site", "patient_id", "split")
@@ -118,14 +119,12 @@ def build_manifest(layout: str, root: str | Path, out: str | Path, *, label_map:
 
 
 def write_manifest_csv(frame: pd.DataFrame, out: str | Path, *, overwrite: bool = False) -> Path:
+    """Write ``frame`` to ``out`` as CSV; atomically, so an interrupted build never leaves half a manifest."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; pass --overwrite to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, out)
-    return out
+    return atomic_write(out, lambda tmp: frame.to_csv(tmp, index=False))
 
 
 def list_images(folder: Path, recursive: bool = False) -> list[Path]:

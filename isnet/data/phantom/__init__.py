@@ -6,5 +6,6 @@ from .render import DEFAULT_LESION_CONTRAST, PhantomCase, render_case
 from .scenarios import SCENARIOS, SEVERITIES, Severity
 from .sites import SITE_TABLE, SiteStyle, site_styles
 
-__all__ = ["generate_dataset", "PhantomSpec", "Severity", "SEVERITIES", "SCENARIOS", "render_case", "PhantomCase", "SiteStyle", "SITE_TABLE",
-           "site_styles", "LABELS", "MANIFEST_COLUMNS", "DEFAULT_LESION_CONTRAST", "patient_id", "SCENARIOS"]
+__all__ = ["generate_dataset", "PhantomSpec", "Severity", "SEVERITIES", "SCENARIOS", "render_case", "PhantomCase",
+           "SiteStyle", "SITE_TABLE", "site_styles", "LABELS", "MANIFEST_COLUMNS", "DEFAULT_LESION_CONTRAST",
+           "patient_id", "SCENARIOS"]

@@ -38,11 +38,12 @@ def expose(P: np.ndarray, field: np.ndarray, style: SiteStyle, rng: np.random.Ge
     n = P.shape[0]
     primary = np.exp(-P) * field
     scat = lowpass(primary, 8, n / 96) * (style.scatter * 0.25)  # kernel ~ 3 cm
-    I = primary + scat
+    intensity = primary + scat
     # quanta per pixel scale with pixel area; a denser native grid gets proportionally fewer per pixel
     q = style.photons * (256.0 / n) ** 2
-    I = I + np.sqrt(np.maximum(I, 0.0) / q + 2e-8) * rng.standard_normal((n, n), dtype=np.float32)
-    p = -np.log(np.maximum(I, 2e-4))
+    intensity = intensity + np.sqrt(np.maximum(intensity, 0.0) / q + 2e-8) * rng.standard_normal((n, n),
+                                                                                                 dtype=np.float32)
+    p = -np.log(np.maximum(intensity, 2e-4))
     if style.eq > 0:
         p = p + style.eq * (p - lowpass(p, 8, n / 110))  # kernel ~ 2.5 cm
     x = (p - style.lo - shift) / (style.hi - style.lo)

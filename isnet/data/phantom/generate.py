@@ -142,8 +142,9 @@ def _default_jobs(spec: PhantomSpec, out: str) -> list[tuple]:
 
 
 def _confounded_jobs(spec: PhantomSpec, out: str) -> list[tuple]:
-    """Every site of the confounded plan (at the spec's severity) with ``len(LABELS) * per_class`` images in its class mix; training sites
-    split train/val/test (patient-grouped, stratified by class and site, seeded), external sites test."""
+    """Every site of the confounded plan (at the spec's severity) with ``len(LABELS) * per_class`` images in its
+    class mix; training sites split train/val/test (patient-grouped, stratified by class and site, seeded),
+    external sites test."""
     import pandas as pd
 
     from isnet.data.splits import SPLITS, assign_splits

@@ -28,7 +28,8 @@ def parse_method_spec(spec: str) -> list[str]:
     names = [n.strip() for n in spec.split("+")]
     known = method_names()
     if not spec.strip() or any(not n for n in names):
-        raise UserError(f"bad method spec {spec!r}: use names joined by '+', e.g. isnet+sgdrop; known: {', '.join(known)}")
+        raise UserError(f"bad method spec {spec!r}: use names joined by '+', e.g. isnet+sgdrop; "
+                        f"known: {', '.join(known)}")
     try:
         return check_combination(names)
     except ValueError as exc:
@@ -82,7 +83,8 @@ def read_results(path: Path) -> pd.DataFrame:
 
 
 def done_keys(df: pd.DataFrame) -> set[tuple[str, str, int]]:
-    return {(str(m), f"{float(s):g}", int(seed)) for m, s, seed in df[["method", "strength", "seed"]].drop_duplicates().itertuples(index=False)}
+    cells = df[["method", "strength", "seed"]].drop_duplicates()
+    return {(str(m), f"{float(s):g}", int(seed)) for m, s, seed in cells.itertuples(index=False)}
 
 
 def _write_csv_atomic(df: pd.DataFrame, path: Path) -> None:

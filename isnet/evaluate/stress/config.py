@@ -38,7 +38,8 @@ class _BiasBase(_Strict):
 #: with unknown keys refused and BiasSpec's own range checks.
 BiasConfig = create_model("BiasConfig", __base__=_BiasBase, **{
     **{f.name: (_SPEC_TYPES[f.name], f.default) for f in fields(BiasSpec)},
-    "margin": (float, Field(BiasSpec.margin, ge=0, lt=0.5, description="lung-mask dilation, fraction of the image side")),
+    "margin": (float, Field(BiasSpec.margin, ge=0, lt=0.5,
+                            description="lung-mask dilation, fraction of the image side")),
     "polarity": (_SPEC_TYPES["polarity"], Field(BiasSpec.polarity, description="contrast: dark on a bright background, "
                                                                                 "bright on a dark one"))})
 

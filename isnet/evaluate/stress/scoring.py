@@ -69,7 +69,8 @@ def evaluate_set(model: torch.nn.Module, loader, num_classes: int, device: torch
     return out, kept, per_image
 
 
-def token_effect(clean_probs: np.ndarray, token_probs: np.ndarray, carries: np.ndarray, target: int) -> dict[str, float]:
+def token_effect(clean_probs: np.ndarray, token_probs: np.ndarray, carries: np.ndarray,
+                 target: int) -> dict[str, float]:
     """What the token does to the decision, from the same images without and with it (rows paired).
 
     The target's margin is log p_target − max over the other classes of log p (= the logit difference).
@@ -91,7 +92,8 @@ def token_effect(clean_probs: np.ndarray, token_probs: np.ndarray, carries: np.n
     return {"target_gap": float(np.median(-m0)), "token_shift": float(np.mean(m1 - m0))}
 
 
-def heatmap_account(clean: dict[str, np.ndarray], token: dict[str, np.ndarray], carries: np.ndarray) -> dict[str, float]:
+def heatmap_account(clean: dict[str, np.ndarray], token: dict[str, np.ndarray],
+                    carries: np.ndarray) -> dict[str, float]:
     """How much of the token's effect on the target logit its heatmap shows (rows paired as in ``token_effect``;
     ``logit`` and ``total`` per image, as ``evaluate_set`` gives them with ``target``).
 

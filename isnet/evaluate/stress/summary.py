@@ -75,8 +75,8 @@ def summary_markdown(summary: pd.DataFrame, cfg: StressConfig) -> str:
              f"{HIDDEN_MAX_SHARE:.0%} of their relevance on the bias.",
              "",
              "| method | strength | seeds | clean acc | aligned acc | flipped acc | drop (points) | clean AUC | "
-             "flipped AUC | bg share clean | bg share biased | share on bias | target gap | token shift | logit shift | "
-             "heatmap shift | hidden shortcut |",
+             "flipped AUC | bg share clean | bg share biased | share on bias | target gap | token shift | "
+             "logit shift | heatmap shift | hidden shortcut |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in summary.iterrows():
         lines.append(

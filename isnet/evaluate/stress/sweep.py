@@ -155,8 +155,9 @@ class StressTest:
         kept = sets["all"][1]
         fig = None
         if kept["image"]:
-            fig = bias_heatmap_figure(kept, self.classes, f"{cell.method}, strength {cell.strength:g}, seed {cell.seed}: "
-                                                          f"test images with the bias (cyan), LRP of the predicted class")
+            title = (f"{cell.method}, strength {cell.strength:g}, seed {cell.seed}: "
+                     f"test images with the bias (cyan), LRP of the predicted class")
+            fig = bias_heatmap_figure(kept, self.classes, title)
             (self.out / "heatmaps").mkdir(parents=True, exist_ok=True)
             fig.savefig(self.out / "heatmaps" / f"{cell.name}.png", dpi=110)
         self._log_child(result.run_id, result.checkpoint_dir, metrics, fig)
@@ -165,10 +166,11 @@ class StressTest:
         c, f = sets["clean"][0], sets["flipped"][0]
         self.log(f"cell {cell.name}: accuracy clean {c['accuracy']:.3f}, aligned {sets['aligned'][0]['accuracy']:.3f}, "
                  f"flipped {f['accuracy']:.3f} (drop {100 * (c['accuracy'] - f['accuracy']):+.1f} points); "
-                 f"bg share clean {c.get('bg_share', math.nan):.3f}, biased {sets['all'][0].get('bg_share', math.nan):.3f}; "
-                 f"token shift {effect['token_shift']:+.2f} against a target gap of {effect['target_gap']:.2f} (logits); "
-                 f"target logit {metrics.get('stress.flipped.logit_shift', math.nan):+.2f}, its heatmap's total "
-                 f"{metrics.get('stress.flipped.heatmap_shift', math.nan):+.2f}")
+                 f"bg share clean {c.get('bg_share', math.nan):.3f}, "
+                 f"biased {sets['all'][0].get('bg_share', math.nan):.3f}; "
+                 f"token shift {effect['token_shift']:+.2f} against a target gap of {effect['target_gap']:.2f} "
+                 f"(logits); target logit {metrics.get('stress.flipped.logit_shift', math.nan):+.2f}, "
+                 f"its heatmap's total {metrics.get('stress.flipped.heatmap_shift', math.nan):+.2f}")
         return rows
 
     def _log_child(self, run_id: str | None, checkpoint_dir: Path, metrics: dict[str, float], fig) -> None:
@@ -203,7 +205,8 @@ class StressTest:
             done = done_keys(results)
             recovered = {k: v for k, v in self._mlflow_done().items() if k not in done and v}
             if recovered:
-                results = pd.concat([results, pd.DataFrame([r for v in recovered.values() for r in v])], ignore_index=True)
+                results = pd.concat([results, pd.DataFrame([r for v in recovered.values() for r in v])],
+                                    ignore_index=True)
                 _write_csv_atomic(results, self.csv)
                 done |= set(recovered)
                 self.log(f"recovered {len(recovered)} evaluated cell(s) from MLflow")
@@ -217,8 +220,9 @@ class StressTest:
                 results = pd.concat([results, pd.DataFrame(rows)], ignore_index=True)
                 _write_csv_atomic(results, self.csv)
             wanted = {c.key for c in cells_of(self.cfg)}
-            mine = results[[k in wanted for k in zip(results["method"].astype(str), results["strength"].map(lambda s: f"{float(s):g}"),
-                                                      results["seed"].astype(int))]]
+            keys = zip(results["method"].astype(str), results["strength"].map(lambda s: f"{float(s):g}"),
+                       results["seed"].astype(int))
+            mine = results[[k in wanted for k in keys]]
             summary = summarise(mine)
             text = summary_markdown(summary, self.cfg)
             (self.out / "summary.md").write_text(text)
