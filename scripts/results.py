@@ -297,8 +297,11 @@ SEVERITY_ORDER = {"low": 0, "medium": 1, "high": 2}
 
 def _severity_dirs() -> list[Path]:
     found = [p.parent for p in RESULTS.glob("severity/*/run_info.json")]
-    return sorted(found, key=lambda d: (SEVERITY_ORDER.get(json.loads((d / "run_info.json").read_text())["severity"], 9),
-                                        d.name))
+    def order(d: Path) -> tuple:
+        severity = json.loads((d / "run_info.json").read_text())["severity"]
+        return SEVERITY_ORDER.get(severity, 9), d.name
+
+    return sorted(found, key=order)
 
 
 def _paired(report: dict, a: str, b: str, group: str, metric: str = "macro_auc") -> tuple | None:
@@ -341,8 +344,8 @@ def severity_section(folders: list[Path]) -> str:
                      f"| {shift[std]:+.3f} | {shift[isn]:+.3f} |")
     cmds = sorted({json.loads((f / "run_info.json").read_text())["command"] for f in folders})
     first = json.loads((folders[0] / "run_info.json").read_text())
-    return "\n".join(lines + ["", f"- result files: `results/severity/<severity>_seed<seed>/` (report.json, runs.tsv, "
-                                  f"run_info.json)", *[f"- command: `{c}`" for c in cmds]]
+    return "\n".join(lines + ["", "- result files: `results/severity/<severity>_seed<seed>/` (report.json, runs.tsv, "
+                                  "run_info.json)", *[f"- command: `{c}`" for c in cmds]]
                       + _provenance(first, folders[0] / "run_info.json")[2:])
 
 
