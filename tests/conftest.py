@@ -53,6 +53,9 @@ def run_isnet(args: list[str], cwd: Path, timeout: float = 300, env: dict | None
     """Run ``python -m isnet ARGS`` in ``cwd`` (so the default MLflow store and checkpoints land there)."""
     e = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     e.update({"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    # the package of this checkout, even when the environment's editable install points at another (a worktree)
+    root = str(Path(__file__).resolve().parents[1])
+    e["PYTHONPATH"] = os.pathsep.join([root] + [p for p in e.get("PYTHONPATH", "").split(os.pathsep) if p])
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "isnet", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=e)
