@@ -72,6 +72,8 @@ def test_bench_run_config_sets_the_recipe_and_turns_per_epoch_diagnostics_off() 
     assert cfg.methods == ["isnet"] and cfg.method.isnet.recipe == "warm_start"
     assert (cfg.train.seed, cfg.data.image_size, cfg.optim.epochs, cfg.train.val_bg_share) == (3, 32, 6, False)
     assert run_config(PIPELINE, "standard", backbone="small_cnn", size=32, seed=0, epochs=6).methods == ["standard"]
+    combo = run_config(PIPELINE, "warm_start+bg_swap", backbone="small_cnn", size=32, seed=0, epochs=6)
+    assert combo.methods == ["isnet", "bg_swap"] and combo.method.isnet.recipe == "warm_start"
 
 
 def test_bench_convergence_cli_trains_standard_and_each_recipe_side_by_side(tmp_path) -> None:

@@ -40,8 +40,11 @@ def _quiet(_: str) -> None:
 
 def run_config(config: str | Path, name: str, *, backbone: str, size: int, seed: int, epochs: int,
                overrides: Sequence[str] = ()) -> TrainConfig:
-    """The config of one bench run: ``name`` is ``standard`` or an ISNet recipe (``method.isnet.recipe``)."""
-    method = ["methods=[standard]"] if name == STANDARD else ["methods=[isnet]", f"method.isnet.recipe={name}"]
+    """The config of one bench run: ``name`` is ``standard`` or an ISNet recipe (``method.isnet.recipe``),
+    optionally with more methods trained beside ISNet (``warm_start+bg_swap``)."""
+    recipe, *extra = name.split("+")
+    method = (["methods=[standard]"] if name == STANDARD
+              else [f"methods=[{','.join(['isnet', *extra])}]", f"method.isnet.recipe={recipe}"])
     return load_config(config, [*method, f"model.backbone={backbone}", f"data.image_size={size}",
                                 f"train.seed={seed}", f"optim.epochs={epochs}", "train.val_bg_share=false",
                                 "train.heatmap_every=0", "tracking.log_model=false", *overrides])

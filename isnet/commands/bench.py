@@ -57,8 +57,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="convergence suite: the run config every run starts from (default "
                         "pipelines/isnet_covid_tb.yaml)")
     p.add_argument("--recipes", type=_csv(str), default=None,
-                   help="convergence suite: ISNet recipes (method.isnet.recipe) run beside the standard model "
-                        "(default: all recipes)")
+                   help="convergence suite: ISNet recipes (method.isnet.recipe) run beside the standard model, "
+                        "each optionally with more methods beside ISNet (warm_start+bg_swap) (default: all recipes)")
     p.add_argument("--seeds", type=_csv(int), default=[0], help="convergence suite: training seeds (default 0)")
     p.add_argument("--epochs", type=_csv(str), default=["24"],
                    help="convergence suite: optim.epochs of every run (N), or per run (standard=24,published=48); "
@@ -173,7 +173,7 @@ def _run_convergence(args: argparse.Namespace, log) -> dict:
     from isnet.methods.isnet import RECIPES
 
     recipes = args.recipes or list(RECIPES)
-    unknown = [r for r in recipes if r not in RECIPES]
+    unknown = [r for r in recipes if r.split("+")[0] not in RECIPES]
     if unknown:
         raise UserError(f"--recipes: unknown ISNet recipe(s) {unknown}; choose from {', '.join(RECIPES)}")
     epochs = _epochs_per_run(args.epochs, [STANDARD, *recipes])
