@@ -1,7 +1,7 @@
 """Gradient balance: keep the extra loss terms from drowning the cross-entropy's gradient.
 
-From the initial weights, ISNet's heatmap loss has a weight gradient many times the cross-entropy's (17-27x on
-the first step of the quick-start runs, small_cnn and resnet18; docs/notes/methods-log.md), so every update mostly
+From the initial weights, ISNet's heatmap loss has a weight gradient many times the cross-entropy's (an order of
+magnitude larger on the first step of the quick-start runs; docs/notes/methods-log.md), so every update mostly
 serves the heatmap and the classifier stays near chance. With a ratio r, each step's gradient becomes
 
     g = g_CE + c · (g − g_CE),   c = min(1, r · |g_CE| / |g − g_CE|),
