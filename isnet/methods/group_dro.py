@@ -62,17 +62,11 @@ def update_group_weights(log_q: torch.Tensor, group_losses: torch.Tensor, presen
     return log_q + step_size * torch.where(present, group_losses.detach(), torch.zeros_like(group_losses))
 
 
-def robust_loss(losses: torch.Tensor, group: torch.Tensor, log_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                           torch.Tensor]:
-    """(Σ_g q_g ℓ_g over the groups present, ℓ per group, which groups are present) from per-image losses and
-    each image's group index."""
-    n_groups = log_q.numel()
+def group_losses(losses: torch.Tensor, group: torch.Tensor, n_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean loss ℓ_g of each group, which groups are in the batch) from per-image losses and group indices."""
     counts = torch.bincount(group, minlength=n_groups).to(losses.dtype)
     sums = torch.zeros(n_groups, dtype=losses.dtype, device=losses.device).index_add(0, group, losses)
-    present = counts > 0
-    group_losses = sums / counts.clamp_min(1)
-    q = torch.softmax(log_q, 0)
-    return (q * group_losses * present).sum(), group_losses, present
+    return sums / counts.clamp_min(1), counts > 0
 
 
 @register("group_dro", params=GroupDROParams)
@@ -127,12 +121,11 @@ class GroupDROMethod(Method):
         logits = out.logits.float()
         group = self.group_index(batch).to(logits.device)
         losses = F.cross_entropy(logits, batch["label"], reduction="none")
-        self.log_q = self.log_q.to(logits.device)
-        _, group_losses, present = robust_loss(losses, group, self.log_q)
-        self.log_q = update_group_weights(self.log_q, group_losses, present, self.params.step_size)
-        loss, _, _ = robust_loss(losses, group, self.log_q)  # the paper weights with the updated q
+        means, present = group_losses(losses, group, self.log_q.numel())
+        self.log_q = update_group_weights(self.log_q.to(logits.device), means, present, self.params.step_size)
         q = torch.softmax(self.log_q, 0)
-        worst = float(group_losses[present].max().detach())
+        loss = (q * means * present).sum()  # Σ_g q_g ℓ_g with the updated q, as the paper
+        worst = float(means[present].max().detach())
         return LossTerms(ce_weight=0.0, terms={"group_dro": loss},
                          metrics={"group_dro_worst_loss": worst, "group_dro_max_q": float(q.max()),
                                   "group_dro_entropy": float(-(q * q.clamp_min(1e-12).log()).sum() / math.log(
