@@ -76,7 +76,7 @@ class BackgroundSwapd(Randomizable, MapTransform):
         self.carry_keys, self.present_key, self.partner_key = tuple(carry_keys), present_key, partner_key
         self._apply = torch.zeros(0, dtype=torch.bool)
         self._partner = torch.zeros(0, dtype=torch.long)
-        self._bank: dict[str, torch.Tensor] | None = None  # the previous batch: image, mask, carry keys
+        self._bank: dict[str, torch.Tensor] | None = None  # the previous batch: image and carry keys
         self._generator = torch.Generator().manual_seed(0)
 
     def set_random_state(self, seed: int | None = None, state=None) -> "BackgroundSwapd":
@@ -109,12 +109,12 @@ class BackgroundSwapd(Randomizable, MapTransform):
             rows = [int(r) for r, h in zip(d.get("row", []), d["has_mask"]) if not int(h)]
             raise ValueError(f"background swap needs a lung mask for every training image; manifest rows without "
                              f"one: {rows[:10]} (isnet segmenter predict fills them into a new manifest)")
-        current = {k: torch.as_tensor(d[k]).detach().clone() for k in (self.image_key, self.mask_key,
-                                                                        *self.carry_keys) if k in d}
+        n = image.shape[0]
+        current = {k: torch.as_tensor(d[k]).detach().clone() for k in (self.image_key, *self.carry_keys)
+                   if k in d} if self.source == "batch" else {}
         bank = self._bank if self._bank is not None and self._bank[self.image_key].shape[1:] == image.shape[1:] \
             else current
-        n = image.shape[0]
-        self.randomize((n, bank[self.image_key].shape[0]))
+        self.randomize((n, bank[self.image_key].shape[0] if bank else n))
         apply, partner = self._apply.to(image.device), self._partner.to(image.device)
         lungs = dilate_mask(d[self.mask_key], self.dilation_px).to(image.device)
         if self.source == "batch":
@@ -124,7 +124,7 @@ class BackgroundSwapd(Randomizable, MapTransform):
         source = partner if self.source == "batch" else torch.full_like(partner, -1)  # -1: noise
         d[self.partner_key] = torch.where(apply, source, torch.full_like(partner, -2))
         self._carry(d, bank, lungs, apply, partner)
-        self._bank = current
+        self._bank = current or None
         return d
 
     def _noise_background(self, image: torch.Tensor, lungs: torch.Tensor, apply: torch.Tensor) -> torch.Tensor:
@@ -134,8 +134,7 @@ class BackgroundSwapd(Randomizable, MapTransform):
         std = (((image - mean) * background) ** 2).sum().div(count).sqrt()
         noise = smooth_noise(image.shape, mean.expand(image.shape[0]).cpu(), std.expand(image.shape[0]).cpu(),
                              self._generator).to(image.device, image.dtype)
-        filled = image * (1 - background) + noise * background
-        return torch.where(apply.view(-1, 1, 1, 1), filled, image)
+        return swap_backgrounds(image, lungs, noise, apply)
 
     def _carry(self, d: dict, bank: dict, lungs: torch.Tensor, apply: torch.Tensor, partner: torch.Tensor) -> None:
         changed = []
@@ -145,8 +144,9 @@ class BackgroundSwapd(Randomizable, MapTransform):
             original = torch.as_tensor(d[key])
             region = original.to(lungs.device, torch.float32)
             inside = region * lungs  # what lies in the lungs stays (it is not swapped)
+            # a noise background carries no annotation (the bank is empty then)
             donor = bank[key].to(lungs.device, torch.float32)[partner] if key in bank else torch.zeros_like(region)
-            moved = donor * (1 - lungs) if self.source == "batch" else torch.zeros_like(region)
+            moved = donor * (1 - lungs)
             new = torch.where(apply.view(-1, 1, 1, 1), inside + moved, region)
             d[key] = (new > 0) if original.dtype == torch.bool else new.to(original.dtype)
             changed.append(d[key])
