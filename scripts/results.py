@@ -105,15 +105,21 @@ def _stress_dirs() -> list[Path]:
     return sorted(p.parent for p in RESULTS.glob("stress/*/run_info.json"))
 
 
+def _stress_info(folder: Path):
+    """(sweep config, run info) of one committed stress-test result folder."""
+    from isnet.evaluate.stress.config import StressConfig
+
+    info = json.loads((folder / "run_info.json").read_text())
+    return StressConfig.model_validate(info["stress"]), info
+
+
 def _stress_summary(folder: Path):
     """(sweep config, run info, per-(method, strength) summary) of one committed stress-test result folder."""
     import pandas as pd
 
-    from isnet.evaluate.stress.config import StressConfig
     from isnet.evaluate.stress.summary import summarise
 
-    info = json.loads((folder / "run_info.json").read_text())
-    return StressConfig.model_validate(info["stress"]), info, summarise(pd.read_csv(folder / "results.csv"))
+    return (*_stress_info(folder), summarise(pd.read_csv(folder / "results.csv")))
 
 
 def stress_section(folder: Path) -> str:
@@ -155,7 +161,7 @@ def _matrix_summary():
 
     frames = []
     for folder in _stress_dirs():
-        cfg, _, _ = _stress_summary(folder)
+        cfg, _ = _stress_info(folder)
         kind = (", ".join(b.spec().label for b in cfg.biases), cfg.target_class)
         if kind not in MATRIX_KINDS or cfg.train.data.image_size != 64:
             continue
